@@ -1,0 +1,32 @@
+//! `sluice check`: every problem in one pass, or exit 0.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use super::{GlobalArgs, Workspace};
+
+pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let ws = Workspace::load(global)?;
+    if ws.report_diagnostics() {
+        return Ok(ExitCode::FAILURE);
+    }
+    let nodes: usize = ws
+        .graph
+        .pipelines
+        .iter()
+        .map(|p| ws.graph.pipeline_nodes(p).len())
+        .sum();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "ok: {} pipeline{}, {} nodes",
+        ws.graph.pipelines.len(),
+        if ws.graph.pipelines.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+        nodes
+    )?;
+    Ok(ExitCode::SUCCESS)
+}

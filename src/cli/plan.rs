@@ -1,0 +1,90 @@
+//! `sluice plan`: each node's change against the production manifest.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::{GlobalArgs, Workspace};
+use crate::pipeline::RepoPath;
+use crate::plan::manifest::Manifest;
+use crate::plan::{self, Change, PipelinePlan};
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Pipelines to plan (directories, e.g. clinics/clinic_a). Default: all.
+    #[arg(value_name = "PIPELINE")]
+    pub pipelines: Vec<String>,
+    /// Print JSON: {"plans":[{"pipeline":..,"nodes":[{"name":..,"change":..}]}]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct PlanOutput<'a> {
+    plans: &'a [PipelinePlan],
+}
+
+pub fn run(global: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<ExitCode> {
+    let mut ws = Workspace::load(global)?;
+    let hashes = ws.hashes();
+    if ws.report_diagnostics() {
+        return Ok(ExitCode::FAILURE);
+    }
+    let selected = ws.select_pipelines(&args.pipelines)?;
+    let mut plans = Vec::new();
+    for p in &selected {
+        let production = production_manifest(&ws, p)?;
+        plans.push(plan::plan_pipeline(
+            &ws.graph,
+            &hashes,
+            p,
+            production.as_ref(),
+        ));
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &PlanOutput { plans: &plans })?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for plan in &plans {
+        write_plan(&mut out, plan)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The manifest `production/<pipeline>` points at. Runs (and with them the
+/// state store that keeps refs) are not built yet, so there is none.
+fn production_manifest(_ws: &Workspace, _pipeline: &RepoPath) -> anyhow::Result<Option<Manifest>> {
+    Ok(None)
+}
+
+fn write_plan(out: &mut impl Write, plan: &PipelinePlan) -> std::io::Result<()> {
+    writeln!(out, "{}", plan.pipeline)?;
+    for n in &plan.nodes {
+        writeln!(out, "  {:<10} {}", n.change.as_str(), n.name)?;
+    }
+    let mut parts = Vec::new();
+    for c in [
+        Change::Modified,
+        Change::Affected,
+        Change::New,
+        Change::Removed,
+        Change::Unchanged,
+    ] {
+        let k = plan.count(c);
+        if k > 0 {
+            parts.push(format!("{k} {}", c.as_str()));
+        }
+    }
+    let to_run = plan.nodes.iter().filter(|n| n.change.needs_run()).count();
+    writeln!(
+        out,
+        "  {} nodes: {}; {} to run\n",
+        plan.nodes.len(),
+        parts.join(", "),
+        to_run
+    )
+}

@@ -1,0 +1,121 @@
+//! `sluice show PIPELINE/NODE`: a node after includes, mounts and
+//! templates, with where each part came from.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Args;
+
+use super::{GlobalArgs, Workspace};
+use crate::pipeline::RepoPath;
+use crate::pipeline::directive::nearest;
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The node, as PIPELINE/NODE (e.g. clinics/clinic_b/Patient).
+    #[arg(value_name = "PIPELINE/NODE")]
+    pub node: String,
+}
+
+pub fn run(global: &GlobalArgs, args: &ShowArgs) -> anyhow::Result<ExitCode> {
+    let mut ws = Workspace::load(global)?;
+    let hashes = ws.hashes();
+    let failed = ws.report_diagnostics();
+    let Some((dir, name)) = args.node.trim_matches('/').rsplit_once('/') else {
+        bail!(
+            "`{}`: name a node as PIPELINE/NODE, e.g. clinics/clinic_a/Patient",
+            args.node
+        );
+    };
+    let dir = RepoPath::parse(dir).map_err(|e| anyhow::anyhow!("`{}`: {e}", args.node))?;
+    let Some(node) = ws.graph.lookup(&dir, name) else {
+        let names: Vec<&str> = ws
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| n.dir == dir)
+            .map(|n| n.name.as_str())
+            .collect();
+        if names.is_empty() {
+            bail!("no pipeline `{dir}`");
+        }
+        let hint = nearest(name, names.iter().copied())
+            .map(|s| format!(" (did you mean {dir}/{s}?)"))
+            .unwrap_or_default();
+        bail!("no node `{name}` in {dir}{hint}");
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "node        {}/{}", node.dir, node.name)?;
+    writeln!(out, "file        {}", node.file)?;
+    if let Some(o) = &node.overrides {
+        writeln!(out, "overrides   {o}")?;
+    }
+    for m in &node.via {
+        writeln!(out, "mounted by  {m}")?;
+    }
+    for i in &node.includes {
+        writeln!(out, "inherits    {i}")?;
+    }
+    let how = if node.action.by_extension {
+        "by file extension"
+    } else {
+        "included"
+    };
+    writeln!(
+        out,
+        "action      {} (from {}, {how})",
+        node.action.action, node.action.defined_in
+    )?;
+    for (k, v) in &node.params {
+        writeln!(out, "param       {k}={} (set at {})", v.value, v.origin)?;
+    }
+    for d in &node.deps {
+        let target = if d.dir == node.dir {
+            format!("./{}", d.name)
+        } else {
+            format!("/{}/{}", d.dir, d.name)
+        };
+        let file = d
+            .node
+            .map(|id| ws.graph.nodes[id].file.to_string())
+            .unwrap_or_else(|| "missing".into());
+        writeln!(
+            out,
+            "depends     {target} as table {} -> {file} (at {})",
+            d.table, d.origin
+        )?;
+    }
+    for s in &node.sources {
+        writeln!(
+            out,
+            "source      data://{} as table {} (at {})",
+            s.path, s.table, s.origin
+        )?;
+    }
+    if let Some((k, o)) = &node.key {
+        writeln!(out, "key         {} (at {o})", k.join(", "))?;
+    }
+    for (a, o) in &node.asserts {
+        writeln!(out, "assert      {a} (at {o})")?;
+    }
+    if let Some((t, o)) = &node.timeout {
+        writeln!(out, "timeout     {t}s (at {o})")?;
+    }
+    match hashes.get(node.id).copied().flatten() {
+        Some(h) => {
+            writeln!(out, "definition  {}", h.definition)?;
+            writeln!(out, "local       {}", h.local)?;
+        }
+        None => writeln!(out, "definition  unknown (see the problems above)")?,
+    }
+    writeln!(out, "body        (from {})", node.body_from)?;
+    for line in node.body.lines() {
+        writeln!(out, "  | {line}")?;
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

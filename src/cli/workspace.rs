@@ -1,0 +1,230 @@
+//! Loading a repository for a command: find the root, choose the working
+//! tree or a commit, read `sluice.toml`, resolve the pipelines.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use super::GlobalArgs;
+use crate::config::{self, RepoConfig};
+use crate::git::GitVfs;
+use crate::pipeline::diag::Diagnostic;
+use crate::pipeline::{self, Graph, RepoPath, Vfs};
+use crate::plan::digest::Digest;
+use crate::plan::hash::{self, HashContext, NodeHashes};
+use crate::worktree::WorktreeVfs;
+
+/// A resolved repository and what was wrong with it.
+pub struct Workspace {
+    pub root: PathBuf,
+    pub vfs: Box<dyn Vfs>,
+    /// The commit read, when `--at` was given.
+    pub commit: Option<String>,
+    pub config: Option<RepoConfig>,
+    pub graph: Graph,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Workspace {
+    pub fn load(global: &GlobalArgs) -> anyhow::Result<Workspace> {
+        let root = find_root(global.repo.as_deref(), global.at.is_some())?;
+        let (vfs, commit): (Box<dyn Vfs>, Option<String>) = match &global.at {
+            Some(rev) => {
+                let g = GitVfs::open(&root, rev)?;
+                let id = g.commit_id();
+                (Box::new(g), Some(id))
+            }
+            None => (
+                Box::new(
+                    WorktreeVfs::new(&root)
+                        .with_context(|| format!("cannot open {}", root.display()))?,
+                ),
+                None,
+            ),
+        };
+        let mut ws = Workspace {
+            root,
+            vfs,
+            commit,
+            config: None,
+            graph: Graph::default(),
+            diagnostics: Vec::new(),
+        };
+        let cfg_path = RepoPath::parse(config::FILE_NAME).expect("constant path is valid");
+        let text = match ws.vfs.read_file(&cfg_path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => {
+                ws.diag(
+                    &cfg_path,
+                    1,
+                    format!(
+                        "cannot read sluice.toml ({e}); a minimal one is:\n{}",
+                        config::EXAMPLE
+                    ),
+                );
+                return Ok(ws);
+            }
+        };
+        let cfg = match config::parse(&text) {
+            Ok(c) => c,
+            Err(e) => {
+                ws.diag(&cfg_path, e.line, e.message);
+                return Ok(ws);
+            }
+        };
+        let (pipelines, problems) = pipeline::find_pipelines(ws.vfs.as_ref(), &cfg.pipelines);
+        for p in problems {
+            ws.diag(&cfg_path, 1, p);
+        }
+        let (graph, diags) = pipeline::compile(ws.vfs.as_ref(), &pipelines);
+        ws.graph = graph;
+        ws.diagnostics.extend(diags);
+        ws.config = Some(cfg);
+        Ok(ws)
+    }
+
+    fn diag(&mut self, path: &RepoPath, line: u32, message: String) {
+        self.diagnostics.push(Diagnostic {
+            path: path.clone(),
+            line,
+            message,
+        });
+    }
+
+    /// Prints the diagnostics to stderr with a count; true when there were any.
+    pub fn report_diagnostics(&self) -> bool {
+        let mut err = std::io::stderr().lock();
+        for d in &self.diagnostics {
+            // A failed write to stderr leaves nothing better to do.
+            let _ = writeln!(err, "{d}");
+        }
+        if !self.diagnostics.is_empty() {
+            let n = self.diagnostics.len();
+            let _ = writeln!(
+                err,
+                "sluice: {n} problem{} found",
+                if n == 1 { "" } else { "s" }
+            );
+        }
+        !self.diagnostics.is_empty()
+    }
+
+    /// The data root on disk (`[data] root`, relative to the repository).
+    pub fn data_root(&self) -> Option<PathBuf> {
+        let rel = self.config.as_ref()?.data_root.as_ref()?;
+        Some(self.root.join(rel))
+    }
+
+    /// Hashes every node; sources are read from the data root, and a
+    /// missing source becomes a diagnostic at its `@source` line.
+    pub fn hashes(&mut self) -> Vec<Option<NodeHashes>> {
+        let mut ctx = HashContext::default();
+        ctx.engine_versions
+            .insert("sqlite".into(), rusqlite::version().to_string());
+        let data_root = self.data_root();
+        let mut seen = HashSet::new();
+        let mut problems = Vec::new();
+        for node in &self.graph.nodes {
+            for s in &node.sources {
+                if !seen.insert(s.path.clone()) {
+                    continue;
+                }
+                let Some(root) = &data_root else {
+                    problems.push((
+                        s.origin.clone(),
+                        format!(
+                            "@source data://{}: no data root; set `[data] root` in sluice.toml",
+                            s.path
+                        ),
+                    ));
+                    continue;
+                };
+                match digest_file(&root.join(s.path.as_str())) {
+                    Ok(d) => {
+                        ctx.sources.insert(s.path.clone(), d);
+                    }
+                    Err(e) => problems.push((
+                        s.origin.clone(),
+                        format!(
+                            "@source data://{}: {e} under data root {}",
+                            s.path,
+                            root.display()
+                        ),
+                    )),
+                }
+            }
+        }
+        for (o, m) in problems {
+            self.diag(&o.file, o.line, m);
+        }
+        self.diagnostics.sort();
+        self.diagnostics.dedup();
+        hash::definition_hashes(&self.graph, &ctx)
+    }
+
+    /// Pipelines named on the command line, or all of them.
+    pub fn select_pipelines(&self, names: &[String]) -> anyhow::Result<Vec<RepoPath>> {
+        if names.is_empty() {
+            return Ok(self.graph.pipelines.clone());
+        }
+        let mut out = Vec::new();
+        for n in names {
+            let p = RepoPath::parse(n).map_err(|e| anyhow::anyhow!("pipeline `{n}`: {e}"))?;
+            if !self.graph.pipelines.contains(&p) {
+                let known: Vec<String> =
+                    self.graph.pipelines.iter().map(|p| p.to_string()).collect();
+                bail!(
+                    "no pipeline `{n}`; the pipelines are: {}",
+                    if known.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+            }
+            out.push(p);
+        }
+        Ok(out)
+    }
+}
+
+/// The SHA-256 of a file, streamed.
+fn digest_file(path: &Path) -> std::io::Result<Digest> {
+    use sha2::Digest as _;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(Digest(h.finalize().into()))
+}
+
+/// `--repo`, else the nearest directory at or above the current one that
+/// holds sluice.toml (with `--at`, the nearest git work tree will do too,
+/// since sluice.toml is read from the commit).
+fn find_root(repo: Option<&Path>, at_commit: bool) -> anyhow::Result<PathBuf> {
+    if let Some(r) = repo {
+        if !r.is_dir() {
+            bail!("--repo {}: not a directory", r.display());
+        }
+        return Ok(r.to_path_buf());
+    }
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    for dir in cwd.ancestors() {
+        if dir.join(config::FILE_NAME).is_file() || (at_commit && dir.join(".git").exists()) {
+            return Ok(dir.to_path_buf());
+        }
+    }
+    bail!(
+        "no sluice.toml in {} or any parent directory; run sluice inside a pipelines repository, pass --repo DIR, or create sluice.toml:\n{}",
+        cwd.display(),
+        config::EXAMPLE
+    )
+}

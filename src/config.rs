@@ -1,0 +1,117 @@
+//! `sluice.toml`, the repository's configuration. Parsing is pure: the
+//! caller reads the bytes (from the working tree or a commit).
+
+use serde::Deserialize;
+
+/// The file name at the repository root.
+pub const FILE_NAME: &str = "sluice.toml";
+
+/// What to write when the file is missing.
+pub const EXAMPLE: &str = r#"[project]
+production_branch = "main"
+pipelines = ["clinics/*"]   # globs of pipeline directories
+
+[data]
+root = "data"               # where data:// sources live, relative to the repo
+"#;
+
+/// The validated repository configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoConfig {
+    pub production_branch: String,
+    pub pipelines: Vec<String>,
+    /// The data root relative to the repository, if configured.
+    pub data_root: Option<String>,
+}
+
+/// A problem in `sluice.toml`, with the 1-based line when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub line: u32,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    project: Option<RawProject>,
+    data: Option<RawData>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProject {
+    production_branch: Option<String>,
+    pipelines: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawData {
+    root: Option<String>,
+}
+
+/// Parses and validates the file's text.
+pub fn parse(text: &str) -> Result<RepoConfig, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+        line: e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() as u32 + 1)
+            .unwrap_or(1),
+        message: e.message().trim().to_string(),
+    })?;
+    let missing = |what: &str| ConfigError {
+        line: 1,
+        message: format!("missing {what}; a minimal sluice.toml is:\n{EXAMPLE}"),
+    };
+    let project = raw.project.ok_or_else(|| missing("[project] table"))?;
+    let pipelines = project
+        .pipelines
+        .ok_or_else(|| missing("`pipelines` in [project]"))?;
+    if pipelines.is_empty() {
+        return Err(ConfigError {
+            line: 1,
+            message: "`pipelines` is empty: list the pipeline directories, e.g. [\"clinics/*\"]"
+                .into(),
+        });
+    }
+    let production_branch = project
+        .production_branch
+        .unwrap_or_else(|| "main".to_string());
+    if production_branch.trim().is_empty() {
+        return Err(ConfigError {
+            line: 1,
+            message: "`production_branch` is empty".into(),
+        });
+    }
+    Ok(RepoConfig {
+        production_branch,
+        pipelines,
+        data_root: raw.data.and_then(|d| d.root),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_example() {
+        let c = parse(EXAMPLE).unwrap();
+        assert_eq!(c.production_branch, "main");
+        assert_eq!(c.pipelines, vec!["clinics/*"]);
+        assert_eq!(c.data_root.as_deref(), Some("data"));
+    }
+
+    #[test]
+    fn errors_say_where_and_what() {
+        let e = parse("[project]\npipelines = [\"a\"]\nbogus = 1\n").unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(e.message.contains("bogus"), "{}", e.message);
+        let e = parse("[data]\nroot = \"d\"\n").unwrap_err();
+        assert!(e.message.contains("[project]"));
+        assert!(e.message.contains("pipelines = "));
+        assert!(parse("[project]\npipelines = []\n").is_err());
+        assert!(parse("[project\n").is_err());
+    }
+}

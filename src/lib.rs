@@ -1,0 +1,9 @@
+//! sluice: a Git-native ETL framework and CI runner. See ARCHITECTURE.md
+//! for the map of the layers.
+
+pub mod cli;
+pub mod config;
+pub mod git;
+pub mod pipeline;
+pub mod plan;
+pub mod worktree;

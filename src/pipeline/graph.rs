@@ -1,0 +1,240 @@
+//! The resolved DAG: nodes after includes, mounts and templates, with their
+//! dependencies linked, and the topological order.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::directive::Assert;
+use super::path::RepoPath;
+
+/// Index of a node in [`Graph::nodes`].
+pub type NodeId = usize;
+
+/// Where a directive or a part of a node came from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Origin {
+    pub file: RepoPath,
+    pub line: u32,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// What computes a node's table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// A built-in in-process engine (`sqlite`).
+    Engine(String),
+    /// A command template run on the body written to a script file.
+    Command(String),
+    /// A `.csv` file in the repository: the table is the file itself.
+    Static,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Engine(e) => write!(f, "engine {e}"),
+            Action::Command(c) => write!(f, "command `{c}`"),
+            Action::Static => f.write_str("static table"),
+        }
+    }
+}
+
+/// A node's action and the file that defined it.
+#[derive(Debug, Clone)]
+pub struct ResolvedAction {
+    pub action: Action,
+    /// The action file (e.g. `action/sql/sqlite`) or the node's own file.
+    pub defined_in: RepoPath,
+    /// True when it came from the file extension, not an `@include`.
+    pub by_extension: bool,
+}
+
+/// A parameter's effective value and the directive that set it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamValue {
+    pub value: String,
+    pub origin: Origin,
+}
+
+/// A linked input table.
+#[derive(Debug, Clone)]
+pub struct Dep {
+    /// The table name inside the node (the dependency's node name).
+    pub table: String,
+    /// The namespace directory the dependency lives in.
+    pub dir: RepoPath,
+    pub name: String,
+    /// `None` when the dependency is missing (a diagnostic was emitted).
+    pub node: Option<NodeId>,
+    pub origin: Origin,
+}
+
+/// An external input under the data root.
+#[derive(Debug, Clone)]
+pub struct SourceRef {
+    /// Data-root-relative path after templates.
+    pub path: RepoPath,
+    /// The table name inside the node (the file stem).
+    pub table: String,
+    pub origin: Origin,
+}
+
+/// A fully resolved node.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: NodeId,
+    /// The namespace (pipeline) directory the node is resolved in.
+    pub dir: RepoPath,
+    pub name: String,
+    /// The node file.
+    pub file: RepoPath,
+    /// Mount files through which the node joined `dir`, outermost first;
+    /// empty for the pipeline's own files.
+    pub via: Vec<RepoPath>,
+    /// The mounted node file this node overrides, if any.
+    pub overrides: Option<RepoPath>,
+    /// Files inherited with `@include`, in the order applied.
+    pub includes: Vec<RepoPath>,
+    pub action: ResolvedAction,
+    /// The body after templates.
+    pub body: String,
+    /// The file the body came from.
+    pub body_from: RepoPath,
+    pub params: BTreeMap<String, ParamValue>,
+    pub deps: Vec<Dep>,
+    pub sources: Vec<SourceRef>,
+    pub key: Option<(Vec<String>, Origin)>,
+    pub asserts: Vec<(Assert, Origin)>,
+    pub timeout: Option<(u64, Origin)>,
+}
+
+impl Node {
+    /// The node as seen from pipeline `pipeline`: its bare name when it lives
+    /// there, else `/dir/name`.
+    pub fn display_name(&self, pipeline: &RepoPath) -> String {
+        if &self.dir == pipeline {
+            self.name.clone()
+        } else {
+            format!("/{}/{}", self.dir, self.name)
+        }
+    }
+}
+
+/// The resolved repository.
+#[derive(Debug, Default)]
+pub struct Graph {
+    pub nodes: Vec<Node>,
+    pub index: HashMap<(RepoPath, String), NodeId>,
+    /// The configured pipelines, sorted.
+    pub pipelines: Vec<RepoPath>,
+    /// All nodes, dependencies first. Nodes on a cycle are left out.
+    pub order: Vec<NodeId>,
+}
+
+impl Graph {
+    pub fn lookup(&self, dir: &RepoPath, name: &str) -> Option<&Node> {
+        self.index
+            .get(&(dir.clone(), name.to_string()))
+            .map(|id| &self.nodes[*id])
+    }
+
+    /// The nodes a pipeline runs: its own namespace and every node of
+    /// another directory it reaches, dependencies first.
+    pub fn pipeline_nodes(&self, pipeline: &RepoPath) -> Vec<NodeId> {
+        let mut wanted = vec![false; self.nodes.len()];
+        let mut stack: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|n| &n.dir == pipeline)
+            .map(|n| n.id)
+            .collect();
+        while let Some(id) = stack.pop() {
+            if std::mem::replace(&mut wanted[id], true) {
+                continue;
+            }
+            stack.extend(self.nodes[id].deps.iter().filter_map(|d| d.node));
+        }
+        self.order
+            .iter()
+            .copied()
+            .filter(|id| wanted[*id])
+            .collect()
+    }
+
+    /// Topological order by Kahn's algorithm; returns the order and the
+    /// nodes left over (on or below a cycle).
+    pub(crate) fn topo_sort(&self) -> (Vec<NodeId>, Vec<NodeId>) {
+        let n = self.nodes.len();
+        let mut indegree = vec![0usize; n];
+        let mut dependents: Vec<Vec<NodeId>> = vec![Vec::new(); n];
+        for node in &self.nodes {
+            for dep in node.deps.iter().filter_map(|d| d.node) {
+                indegree[node.id] += 1;
+                dependents[dep].push(node.id);
+            }
+        }
+        let mut ready: Vec<NodeId> = (0..n).filter(|i| indegree[*i] == 0).collect();
+        ready.reverse();
+        let mut order = Vec::with_capacity(n);
+        while let Some(id) = ready.pop() {
+            order.push(id);
+            for &d in dependents[id].iter().rev() {
+                indegree[d] -= 1;
+                if indegree[d] == 0 {
+                    ready.push(d);
+                }
+            }
+        }
+        let left = (0..n).filter(|i| indegree[*i] > 0).collect();
+        (order, left)
+    }
+
+    /// Each distinct cycle among `left` (the nodes Kahn's algorithm could
+    /// not order), as the list of nodes along it.
+    pub(crate) fn find_cycles(&self, left: &[NodeId]) -> Vec<Vec<NodeId>> {
+        let mut in_left = vec![false; self.nodes.len()];
+        for &id in left {
+            in_left[id] = true;
+        }
+        let mut done = vec![false; self.nodes.len()];
+        let mut cycles = Vec::new();
+        for &start in left {
+            if done[start] {
+                continue;
+            }
+            // Walk dependencies that are themselves left over: every such
+            // node has one, so the walk must meet a cycle or a finished node.
+            let mut path: Vec<NodeId> = Vec::new();
+            let mut pos: HashMap<NodeId, usize> = HashMap::new();
+            let mut cur = start;
+            loop {
+                if done[cur] {
+                    break;
+                }
+                if let Some(&i) = pos.get(&cur) {
+                    cycles.push(path[i..].to_vec());
+                    break;
+                }
+                pos.insert(cur, path.len());
+                path.push(cur);
+                let next = self.nodes[cur]
+                    .deps
+                    .iter()
+                    .filter_map(|d| d.node)
+                    .find(|d| in_left[*d]);
+                match next {
+                    Some(n) => cur = n,
+                    None => break,
+                }
+            }
+            for id in path {
+                done[id] = true;
+            }
+        }
+        cycles
+    }
+}

@@ -1,0 +1,944 @@
+//! The resolver: turns a repository tree (through the [`Vfs`]) into a
+//! [`Graph`] and every diagnostic found on the way. File includes
+//! (inheritance), directory includes (mounts), overrides, parameters and
+//! templates are applied here. Pure: all reading goes through the VFS.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+
+use super::diag::{Diagnostic, Diagnostics};
+use super::directive::{self, Assert, DependRef, DirectiveKind, ParsedFile};
+use super::graph::{
+    Action, Dep, Graph, Node, NodeId, Origin, ParamValue, ResolvedAction, SourceRef,
+};
+use super::path::RepoPath;
+use super::template;
+use super::vfs::{EntryKind, Layered, Vfs, VfsError};
+
+/// Resolves the given pipeline directories (and every directory they reach
+/// through `@depend /dir/NAME`) into a graph.
+pub fn compile(vfs: &dyn Vfs, pipelines: &[RepoPath]) -> (Graph, Vec<Diagnostic>) {
+    let mut c = Compiler::new(vfs);
+    let mut queue: VecDeque<RepoPath> = pipelines.iter().cloned().collect();
+    let mut visited: HashSet<RepoPath> = HashSet::new();
+    while let Some(dir) = queue.pop_front() {
+        if !visited.insert(dir.clone()) {
+            continue;
+        }
+        let Some(ns) = c.namespace(&dir) else {
+            continue;
+        };
+        for entry in ns.entries.values() {
+            c.add_node(&dir, entry, &mut queue);
+        }
+    }
+    c.link();
+    let mut pipelines = pipelines.to_vec();
+    pipelines.sort();
+    pipelines.dedup();
+    c.graph.pipelines = pipelines;
+    (c.graph, c.diags.into_vec())
+}
+
+/// The extensions that make a file a node without any directive.
+fn default_action_path(ext: Option<&str>) -> Option<&'static str> {
+    match ext {
+        Some("sql") => Some("action/sql/sqlite"),
+        Some("py") => Some("action/python"),
+        Some("sh") => Some("action/bash"),
+        Some("R") | Some("r") => Some("action/r"),
+        _ => None,
+    }
+}
+
+/// A file after its `@include`d parents are merged in, before parameters.
+#[derive(Debug, Clone, Default)]
+struct Template {
+    includes: Vec<RepoPath>,
+    action: Option<(Action, RepoPath)>,
+    body: Option<Body>,
+    depends: Vec<(DependRef, Origin)>,
+    params: BTreeMap<String, ParamValue>,
+    sources: Vec<(String, Origin)>,
+    key: Option<(Vec<String>, Origin)>,
+    asserts: Vec<(Assert, Origin)>,
+    timeout: Option<(u64, Origin)>,
+    /// Set when the file (or a parent) is a mount file, which cannot be
+    /// inherited.
+    is_mount: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Body {
+    file: RepoPath,
+    parsed: Rc<ParsedFile>,
+}
+
+impl Template {
+    fn inherit(&mut self, parent: &Template) {
+        self.includes.extend(parent.includes.iter().cloned());
+        if parent.action.is_some() {
+            self.action = parent.action.clone();
+        }
+        if parent.body.is_some() {
+            self.body = parent.body.clone();
+        }
+        for d in &parent.depends {
+            if !self.depends.iter().any(|(r, _)| r == &d.0) {
+                self.depends.push(d.clone());
+            }
+        }
+        for (k, v) in &parent.params {
+            self.params.insert(k.clone(), v.clone());
+        }
+        for s in &parent.sources {
+            if !self.sources.iter().any(|(p, _)| p == &s.0) {
+                self.sources.push(s.clone());
+            }
+        }
+        if parent.key.is_some() {
+            self.key = parent.key.clone();
+        }
+        for a in &parent.asserts {
+            if !self.asserts.iter().any(|(x, _)| x == &a.0) {
+                self.asserts.push(a.clone());
+            }
+        }
+        if parent.timeout.is_some() {
+            self.timeout = parent.timeout.clone();
+        }
+    }
+}
+
+/// A file's role in a pipeline directory.
+enum Role {
+    Node,
+    Mount {
+        targets: Vec<(RepoPath, Origin)>,
+        params: Vec<(String, ParamValue)>,
+    },
+    Ignored,
+}
+
+type Settings = BTreeMap<String, ParamValue>;
+
+/// A name visible in a pipeline's namespace.
+#[derive(Debug, Clone)]
+struct NsEntry {
+    file: RepoPath,
+    /// Mount files the node came through, outermost first.
+    via: Vec<RepoPath>,
+    /// Parameter settings of the mount files, innermost first; the last
+    /// (outermost) wins.
+    layers: Vec<Rc<Settings>>,
+    overrides: Option<RepoPath>,
+}
+
+#[derive(Debug)]
+struct Namespace {
+    entries: BTreeMap<String, NsEntry>,
+}
+
+struct Compiler<'a> {
+    vfs: Layered<'a>,
+    diags: Diagnostics,
+    parsed: HashMap<RepoPath, Rc<ParsedFile>>,
+    templates: HashMap<RepoPath, Rc<Template>>,
+    template_stack: Vec<RepoPath>,
+    namespaces: HashMap<RepoPath, Option<Rc<Namespace>>>,
+    ns_stack: Vec<RepoPath>,
+    graph: Graph,
+}
+
+impl<'a> Compiler<'a> {
+    fn new(vfs: &'a dyn Vfs) -> Self {
+        Compiler {
+            vfs: Layered::new(vfs),
+            diags: Diagnostics::default(),
+            parsed: HashMap::new(),
+            templates: HashMap::new(),
+            template_stack: Vec::new(),
+            namespaces: HashMap::new(),
+            ns_stack: Vec::new(),
+            graph: Graph::default(),
+        }
+    }
+
+    /// Reads and parses a file once; its syntax errors are reported once.
+    fn parse_file(&mut self, path: &RepoPath) -> Rc<ParsedFile> {
+        if let Some(p) = self.parsed.get(path) {
+            return p.clone();
+        }
+        let parsed = match self.vfs.read_file(path) {
+            Ok(bytes) => directive::parse(&bytes),
+            Err(e) => {
+                self.diags.push(path, 1, format!("cannot read file: {e}"));
+                ParsedFile::default()
+            }
+        };
+        for e in &parsed.errors {
+            self.diags.push(path, e.line, e.message.clone());
+        }
+        let parsed = Rc::new(parsed);
+        self.parsed.insert(path.clone(), parsed.clone());
+        parsed
+    }
+
+    /// Resolves an `@include` argument: `./` and `../` are relative to the
+    /// including file, anything else to the repository root.
+    fn include_path(&mut self, from: &RepoPath, line: u32, raw: &str) -> Option<RepoPath> {
+        let res = if raw.starts_with("./") || raw.starts_with("../") {
+            from.parent().join(raw)
+        } else {
+            RepoPath::parse(raw)
+        };
+        match res {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.diags.push(from, line, format!("@include {raw}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// What a file in a pipeline directory is.
+    fn role(&mut self, file: &RepoPath) -> Role {
+        let ext = file.extension();
+        if ext == Some("csv") {
+            return Role::Node;
+        }
+        let parsed = self.parse_file(file);
+        let mut targets = Vec::new();
+        let mut inherits = false;
+        for d in &parsed.directives {
+            if let DirectiveKind::Include(raw) = &d.kind {
+                let Some(target) = self.include_path(file, d.line, raw) else {
+                    continue;
+                };
+                if self.vfs.kind(&target) == Ok(EntryKind::Dir) {
+                    targets.push((
+                        target,
+                        Origin {
+                            file: file.clone(),
+                            line: d.line,
+                        },
+                    ));
+                } else {
+                    inherits = true;
+                }
+            }
+        }
+        if targets.is_empty() {
+            if default_action_path(ext).is_some() || !parsed.directives.is_empty() {
+                return Role::Node;
+            }
+            return Role::Ignored;
+        }
+        // A mount file only mounts and sets parameters.
+        let mut params = Vec::new();
+        for d in &parsed.directives {
+            match &d.kind {
+                DirectiveKind::Include(_) => {}
+                DirectiveKind::Param { key, value } => params.push((
+                    key.clone(),
+                    ParamValue {
+                        value: value.clone(),
+                        origin: Origin {
+                            file: file.clone(),
+                            line: d.line,
+                        },
+                    },
+                )),
+                other => self.diags.push(
+                    file,
+                    d.line,
+                    format!(
+                        "{} has no meaning in a mount file (a file that includes a directory); only @include and @param belong here",
+                        directive_name(other)
+                    ),
+                ),
+            }
+        }
+        if inherits {
+            self.diags.push(
+                file,
+                1,
+                "a file cannot both mount a directory and inherit a file: split it into a mount file and a node",
+            );
+        }
+        Role::Mount { targets, params }
+    }
+
+    /// The file after its includes, memoised; include cycles are reported
+    /// at the `@include` that closes them.
+    fn template(&mut self, file: &RepoPath) -> Rc<Template> {
+        if let Some(t) = self.templates.get(file) {
+            return t.clone();
+        }
+        self.template_stack.push(file.clone());
+        let parsed = self.parse_file(file);
+        let mut t = Template::default();
+        for d in &parsed.directives {
+            let DirectiveKind::Include(raw) = &d.kind else {
+                continue;
+            };
+            let Some(target) = self.include_path(file, d.line, raw) else {
+                continue;
+            };
+            match self.vfs.kind(&target) {
+                Ok(EntryKind::File) => {
+                    if let Some(i) = self.template_stack.iter().position(|p| p == &target) {
+                        let mut chain: Vec<String> = self.template_stack[i..]
+                            .iter()
+                            .map(|p| p.to_string())
+                            .collect();
+                        chain.push(target.to_string());
+                        self.diags.push(
+                            file,
+                            d.line,
+                            format!("include cycle: {}", chain.join(" -> ")),
+                        );
+                        continue;
+                    }
+                    let parent = self.template(&target);
+                    if parent.is_mount {
+                        self.diags.push(
+                            file,
+                            d.line,
+                            format!("@include {raw}: that file mounts a directory and cannot be inherited; include the directory instead"),
+                        );
+                        continue;
+                    }
+                    t.inherit(&parent);
+                    t.includes.push(target);
+                }
+                Ok(EntryKind::Dir) => t.is_mount = true,
+                Ok(EntryKind::Unusable(why)) | Err(VfsError::Unusable(why)) => {
+                    self.diags
+                        .push(file, d.line, format!("@include {raw}: {why}"));
+                }
+                Err(VfsError::NotFound) => {
+                    let mut msg = format!("@include {raw}: no such file or directory");
+                    if let Some(s) = self.sibling_suggestion(&target) {
+                        msg.push_str(&format!(" (did you mean {s}?)"));
+                    }
+                    self.diags.push(file, d.line, msg);
+                }
+                Err(VfsError::Io(e)) => {
+                    self.diags
+                        .push(file, d.line, format!("@include {raw}: {e}"))
+                }
+            }
+        }
+        for d in &parsed.directives {
+            let origin = Origin {
+                file: file.clone(),
+                line: d.line,
+            };
+            match &d.kind {
+                DirectiveKind::Include(_) => {}
+                DirectiveKind::Depend(r) => {
+                    if let Some(pos) = t.depends.iter().position(|(x, _)| x == r) {
+                        t.depends[pos].1 = origin;
+                    } else {
+                        t.depends.push((r.clone(), origin));
+                    }
+                }
+                DirectiveKind::Param { key, value } => {
+                    t.params.insert(
+                        key.clone(),
+                        ParamValue {
+                            value: value.clone(),
+                            origin,
+                        },
+                    );
+                }
+                DirectiveKind::Source(s) => {
+                    if !t.sources.iter().any(|(x, _)| x == s) {
+                        t.sources.push((s.clone(), origin));
+                    }
+                }
+                DirectiveKind::Key(cols) => t.key = Some((cols.clone(), origin)),
+                DirectiveKind::Assert(a) => {
+                    if !t.asserts.iter().any(|(x, _)| x == a) {
+                        t.asserts.push((a.clone(), origin));
+                    }
+                }
+                DirectiveKind::Timeout(s) => t.timeout = Some((*s, origin)),
+                DirectiveKind::Command(c) => {
+                    t.action = Some((Action::Command(c.clone()), file.clone()))
+                }
+                DirectiveKind::Engine(e) => {
+                    t.action = Some((Action::Engine(e.clone()), file.clone()))
+                }
+            }
+        }
+        if !parsed.body_is_blank() {
+            t.body = Some(Body {
+                file: file.clone(),
+                parsed: parsed.clone(),
+            });
+        }
+        self.template_stack.pop();
+        let t = Rc::new(t);
+        self.templates.insert(file.clone(), t.clone());
+        t
+    }
+
+    /// A near-miss for a missing include target among its would-be siblings.
+    fn sibling_suggestion(&self, target: &RepoPath) -> Option<String> {
+        let parent = target.parent();
+        let entries = self.vfs.read_dir(&parent).ok()?;
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        directive::nearest(target.file_name(), names.into_iter())
+            .map(|n| parent.child(n).to_string())
+    }
+
+    /// The names visible in `dir`: its own nodes, then mounted ones.
+    fn namespace(&mut self, dir: &RepoPath) -> Option<Rc<Namespace>> {
+        if let Some(ns) = self.namespaces.get(dir) {
+            return ns.clone();
+        }
+        let ns = self.build_namespace(dir).map(Rc::new);
+        self.namespaces.insert(dir.clone(), ns.clone());
+        ns
+    }
+
+    fn build_namespace(&mut self, dir: &RepoPath) -> Option<Namespace> {
+        let listing = match self.vfs.read_dir(dir) {
+            Ok(l) => l,
+            Err(_) => return None,
+        };
+        self.ns_stack.push(dir.clone());
+        let mut own: BTreeMap<String, RepoPath> = BTreeMap::new();
+        let mut mounts: Vec<(RepoPath, Vec<(RepoPath, Origin)>)> = Vec::new();
+        let mut settings = Settings::new();
+        for entry in &listing {
+            if entry.name.starts_with('_') || entry.name.starts_with('.') {
+                continue;
+            }
+            let file = dir.child(&entry.name);
+            match &entry.kind {
+                EntryKind::Dir => continue,
+                EntryKind::Unusable(why) => {
+                    self.diags.push(&file, 1, why.clone());
+                    continue;
+                }
+                EntryKind::File => {}
+            }
+            match self.role(&file) {
+                Role::Ignored => {}
+                Role::Node => {
+                    let name = file.stem().to_string();
+                    if let Some(prev) = own.get(&name) {
+                        self.diags.push(
+                            &file,
+                            1,
+                            format!("two files define node `{name}`: {prev} and {file}"),
+                        );
+                    } else {
+                        own.insert(name, file);
+                    }
+                }
+                Role::Mount { targets, params } => {
+                    for (key, value) in params {
+                        if let Some(prev) = settings.get(&key) {
+                            if prev.value != value.value {
+                                self.diags.push(
+                                    &value.origin.file,
+                                    value.origin.line,
+                                    format!(
+                                        "@param {key} is set to `{}` here and to `{}` at {}",
+                                        value.value, prev.value, prev.origin
+                                    ),
+                                );
+                            }
+                            continue;
+                        }
+                        settings.insert(key, value);
+                    }
+                    mounts.push((file, targets));
+                }
+            }
+        }
+        let settings = Rc::new(settings);
+
+        // Mounted names, with the mount that brought each, for conflicts.
+        let mut mounted: BTreeMap<String, (NsEntry, Origin)> = BTreeMap::new();
+        let mut conflicts: BTreeMap<String, Vec<(RepoPath, Origin)>> = BTreeMap::new();
+        for (mount_file, targets) in mounts {
+            for (target, origin) in targets {
+                if let Some(i) = self.ns_stack.iter().position(|p| p == &target) {
+                    let mut chain: Vec<String> =
+                        self.ns_stack[i..].iter().map(|p| p.to_string()).collect();
+                    chain.push(target.to_string());
+                    self.diags.push(
+                        &origin.file,
+                        origin.line,
+                        format!("mount cycle: {}", chain.join(" -> ")),
+                    );
+                    continue;
+                }
+                let Some(sub) = self.namespace(&target) else {
+                    self.diags.push(
+                        &origin.file,
+                        origin.line,
+                        format!("cannot mount {target}: the directory cannot be read"),
+                    );
+                    continue;
+                };
+                for (name, e) in &sub.entries {
+                    let mut via = vec![mount_file.clone()];
+                    via.extend(e.via.iter().cloned());
+                    let mut layers = e.layers.clone();
+                    layers.push(settings.clone());
+                    let new = NsEntry {
+                        file: e.file.clone(),
+                        via,
+                        layers,
+                        overrides: None,
+                    };
+                    match mounted.get(name) {
+                        Some((prev, _)) if prev.file == new.file => {}
+                        Some((prev, prev_origin)) => {
+                            let c = conflicts
+                                .entry(name.clone())
+                                .or_insert_with(|| vec![(prev.file.clone(), prev_origin.clone())]);
+                            c.push((new.file.clone(), origin.clone()));
+                        }
+                        None => {
+                            mounted.insert(name.clone(), (new, origin.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        for (name, defs) in conflicts {
+            if own.contains_key(&name) {
+                continue;
+            }
+            let list: Vec<String> = defs
+                .iter()
+                .map(|(f, o)| format!("{f} (mounted at {o})"))
+                .collect();
+            let (_, last) = &defs[defs.len() - 1];
+            self.diags.push(
+                &last.file,
+                last.line,
+                format!(
+                    "node `{name}` comes from two mounts: {}; add {}/{name}.<ext> to choose one",
+                    list.join(" and "),
+                    dir
+                ),
+            );
+        }
+        self.ns_stack.pop();
+
+        let mut entries: BTreeMap<String, NsEntry> = BTreeMap::new();
+        for (name, file) in own {
+            let overrides = mounted.remove(&name).map(|(e, _)| e.file);
+            entries.insert(
+                name,
+                NsEntry {
+                    file,
+                    via: Vec::new(),
+                    layers: vec![settings.clone()],
+                    overrides,
+                },
+            );
+        }
+        for (name, (e, _)) in mounted {
+            entries.insert(name, e);
+        }
+        Some(Namespace { entries })
+    }
+
+    /// Resolves one entry of `dir`'s namespace into a node.
+    fn add_node(&mut self, dir: &RepoPath, entry: &NsEntry, queue: &mut VecDeque<RepoPath>) {
+        let name = entry.file.stem().to_string();
+        let id: NodeId = self.graph.nodes.len();
+        let mut node = Node {
+            id,
+            dir: dir.clone(),
+            name: name.clone(),
+            file: entry.file.clone(),
+            via: entry.via.clone(),
+            overrides: entry.overrides.clone(),
+            includes: Vec::new(),
+            action: ResolvedAction {
+                action: Action::Static,
+                defined_in: entry.file.clone(),
+                by_extension: true,
+            },
+            body: String::new(),
+            body_from: entry.file.clone(),
+            params: BTreeMap::new(),
+            deps: Vec::new(),
+            sources: Vec::new(),
+            key: None,
+            asserts: Vec::new(),
+            timeout: None,
+        };
+        // Problems that hold only in this pipeline say which one.
+        let context = if entry.via.is_empty() {
+            String::new()
+        } else {
+            format!(" (in pipeline {dir})")
+        };
+
+        if entry.file.extension() == Some("csv") {
+            match self.vfs.read_file(&entry.file) {
+                Ok(bytes) => match String::from_utf8(bytes.to_vec()) {
+                    Ok(text) => node.body = text,
+                    Err(_) => self
+                        .diags
+                        .push(&entry.file, 1, "CSV file is not valid UTF-8"),
+                },
+                Err(e) => self
+                    .diags
+                    .push(&entry.file, 1, format!("cannot read file: {e}")),
+            }
+            self.register(node);
+            return;
+        }
+
+        let t = self.template(&entry.file);
+        node.includes = t.includes.clone();
+
+        // Parameters: the node's defaults, then each mount level's settings,
+        // innermost first, so the outermost setting wins.
+        let mut params: BTreeMap<String, ParamValue> = t.params.clone();
+        let mut overlay: BTreeMap<String, ParamValue> = BTreeMap::new();
+        for layer in &entry.layers {
+            for (k, v) in layer.iter() {
+                overlay.insert(k.clone(), v.clone());
+            }
+        }
+        let mut wanted: Vec<String> = t.params.keys().cloned().collect();
+        if let Some(b) = &t.body {
+            wanted.extend(template::references(&b.parsed.body));
+        }
+        for (s, _) in &t.sources {
+            wanted.extend(template::references(s));
+        }
+        for k in wanted {
+            if let Some(v) = overlay.get(&k) {
+                params.insert(k, v.clone());
+            }
+        }
+        let values: BTreeMap<String, String> = params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect();
+        node.params = params;
+
+        // Action: the inherited one, else the default for the extension.
+        node.action = match &t.action {
+            Some((action, from)) => ResolvedAction {
+                action: action.clone(),
+                defined_in: from.clone(),
+                by_extension: false,
+            },
+            None => match default_action_path(entry.file.extension()) {
+                Some(path) => {
+                    let p = RepoPath::parse(path).expect("built-in action paths are valid");
+                    let at = self.template(&p);
+                    match &at.action {
+                        Some((action, from)) => ResolvedAction {
+                            action: action.clone(),
+                            defined_in: from.clone(),
+                            by_extension: true,
+                        },
+                        None => {
+                            self.diags
+                                .push(&p, 1, "action file defines no @command or @engine");
+                            node.action
+                        }
+                    }
+                }
+                None => {
+                    self.diags.push(
+                        &entry.file,
+                        1,
+                        "no action for this file: include one (e.g. `@include action/python`) or use a known extension (.sql, .py, .sh, .R, .csv)",
+                    );
+                    node.action
+                }
+            },
+        };
+
+        // Body, with templates filled.
+        match &t.body {
+            Some(b) => {
+                node.body_from = b.file.clone();
+                match template::substitute(&b.parsed.body, &values) {
+                    Ok(text) => node.body = text,
+                    Err(errs) => {
+                        for e in errs {
+                            let line = b.parsed.file_line(e.line);
+                            self.diags
+                                .push(&b.file, line, format!("{}{context}", e.message));
+                        }
+                    }
+                }
+            }
+            None => {
+                if matches!(node.action.action, Action::Engine(_)) {
+                    self.diags.push(
+                        &entry.file,
+                        1,
+                        "empty body: a SQL node needs a query that returns its table",
+                    );
+                }
+            }
+        }
+
+        // Sources, after templates, must stay inside the data root.
+        let mut tables: BTreeMap<String, Origin> = BTreeMap::new();
+        for (raw, origin) in &t.sources {
+            let text = match template::substitute(raw, &values) {
+                Ok(s) => s,
+                Err(errs) => {
+                    for e in errs {
+                        self.diags.push(
+                            &origin.file,
+                            origin.line,
+                            format!("{}{context}", e.message),
+                        );
+                    }
+                    continue;
+                }
+            };
+            let path = match RepoPath::parse(&text) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.diags.push(
+                        &origin.file,
+                        origin.line,
+                        format!(
+                            "@source data://{text}: {}",
+                            e.to_string().replace("the repository", "the data root")
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let table = path.stem().to_string();
+            self.claim_table(&mut tables, &table, origin);
+            node.sources.push(SourceRef {
+                path,
+                table,
+                origin: origin.clone(),
+            });
+        }
+
+        for (r, origin) in &t.depends {
+            let dep_dir = match &r.dir {
+                None => dir.clone(),
+                Some(d) => match RepoPath::parse(d) {
+                    Ok(p) => {
+                        queue.push_back(p.clone());
+                        p
+                    }
+                    Err(e) => {
+                        self.diags
+                            .push(&origin.file, origin.line, format!("@depend {r}: {e}"));
+                        continue;
+                    }
+                },
+            };
+            self.claim_table(&mut tables, &r.name, origin);
+            node.deps.push(Dep {
+                table: r.name.clone(),
+                dir: dep_dir,
+                name: r.name.clone(),
+                node: None,
+                origin: origin.clone(),
+            });
+        }
+        node.key = t.key.clone();
+        node.asserts = t.asserts.clone();
+        node.timeout = t.timeout.clone();
+        self.register(node);
+    }
+
+    fn claim_table(&mut self, tables: &mut BTreeMap<String, Origin>, table: &str, origin: &Origin) {
+        if let Some(prev) = tables.get(table) {
+            self.diags.push(
+                &origin.file,
+                origin.line,
+                format!("two inputs are named `{table}` (the other at {prev}); inside the node each input is a table named after its node or file stem"),
+            );
+        } else {
+            tables.insert(table.to_string(), origin.clone());
+        }
+    }
+
+    fn register(&mut self, node: Node) {
+        self.graph
+            .index
+            .insert((node.dir.clone(), node.name.clone()), node.id);
+        self.graph.nodes.push(node);
+    }
+
+    /// Links dependencies to nodes, then orders the graph and names cycles.
+    fn link(&mut self) {
+        for i in 0..self.graph.nodes.len() {
+            for j in 0..self.graph.nodes[i].deps.len() {
+                let dep = &self.graph.nodes[i].deps[j];
+                let key = (dep.dir.clone(), dep.name.clone());
+                if let Some(&target) = self.graph.index.get(&key) {
+                    self.graph.nodes[i].deps[j].node = Some(target);
+                    continue;
+                }
+                let dep = dep.clone();
+                let from_dir = self.graph.nodes[i].dir.clone();
+                let msg = match self.namespaces.get(&dep.dir) {
+                    Some(Some(ns)) => {
+                        let mut m = if dep.dir == from_dir {
+                            format!(
+                                "@depend ./{}: no node `{}` in pipeline {}",
+                                dep.name, dep.name, dep.dir
+                            )
+                        } else {
+                            format!(
+                                "@depend /{}/{}: no node `{}` in {}",
+                                dep.dir, dep.name, dep.name, dep.dir
+                            )
+                        };
+                        if let Some(s) =
+                            directive::nearest(&dep.name, ns.entries.keys().map(String::as_str))
+                        {
+                            m.push_str(&format!(" (did you mean `{s}`?)"));
+                        }
+                        m
+                    }
+                    _ => format!(
+                        "@depend /{}/{}: no directory `{}` in the repository",
+                        dep.dir, dep.name, dep.dir
+                    ),
+                };
+                self.diags.push(&dep.origin.file, dep.origin.line, msg);
+            }
+        }
+        let (order, left) = self.graph.topo_sort();
+        for cycle in self.graph.find_cycles(&left) {
+            let first = &self.graph.nodes[cycle[0]];
+            let mut names: Vec<String> = cycle
+                .iter()
+                .map(|id| self.graph.nodes[*id].display_name(&first.dir))
+                .collect();
+            names.push(first.display_name(&first.dir));
+            let next = cycle.get(1).copied().unwrap_or(cycle[0]);
+            let origin = first
+                .deps
+                .iter()
+                .find(|d| d.node == Some(next))
+                .map(|d| d.origin.clone())
+                .unwrap_or(Origin {
+                    file: first.file.clone(),
+                    line: 1,
+                });
+            self.diags.push(
+                &origin.file,
+                origin.line,
+                format!("dependency cycle: {}", names.join(" -> ")),
+            );
+        }
+        self.graph.order = order;
+    }
+}
+
+fn directive_name(kind: &DirectiveKind) -> &'static str {
+    match kind {
+        DirectiveKind::Include(_) => "@include",
+        DirectiveKind::Depend(_) => "@depend",
+        DirectiveKind::Param { .. } => "@param",
+        DirectiveKind::Source(_) => "@source",
+        DirectiveKind::Key(_) => "@key",
+        DirectiveKind::Assert(_) => "@assert",
+        DirectiveKind::Timeout(_) => "@timeout",
+        DirectiveKind::Command(_) => "@command",
+        DirectiveKind::Engine(_) => "@engine",
+    }
+}
+
+/// Expands the `pipelines` globs of `sluice.toml` into directories.
+/// Returns the directories and, per pattern that matched nothing, a message.
+pub fn find_pipelines(vfs: &dyn Vfs, patterns: &[String]) -> (Vec<RepoPath>, Vec<String>) {
+    let mut found = Vec::new();
+    let mut problems = Vec::new();
+    for pattern in patterns {
+        let segments: Vec<&str> = pattern
+            .trim_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty() && *s != ".")
+            .collect();
+        if segments.contains(&"..") {
+            problems.push(format!(
+                "pipelines pattern `{pattern}` leaves the repository"
+            ));
+            continue;
+        }
+        let before = found.len();
+        match_segments(vfs, &RepoPath::root(), &segments, &mut found, &mut problems);
+        if found.len() == before {
+            problems.push(format!(
+                "pipelines pattern `{pattern}` matches no directory"
+            ));
+        }
+    }
+    found.sort();
+    found.dedup();
+    (found, problems)
+}
+
+fn match_segments(
+    vfs: &dyn Vfs,
+    dir: &RepoPath,
+    segments: &[&str],
+    found: &mut Vec<RepoPath>,
+    problems: &mut Vec<String>,
+) {
+    let Some((seg, rest)) = segments.split_first() else {
+        if !dir.is_root() {
+            found.push(dir.clone());
+        }
+        return;
+    };
+    let is_glob = seg.contains(['*', '?', '[', '{']);
+    if !is_glob {
+        let child = dir.child(seg);
+        if vfs.kind(&child) == Ok(EntryKind::Dir) {
+            match_segments(vfs, &child, rest, found, problems);
+        }
+        return;
+    }
+    let Ok(entries) = vfs.read_dir(dir) else {
+        return;
+    };
+    let subdirs = entries.iter().filter(|e| {
+        e.kind == EntryKind::Dir && !e.name.starts_with('.') && !e.name.starts_with('_')
+    });
+    if *seg == "**" {
+        match_segments(vfs, dir, rest, found, problems);
+        for e in subdirs {
+            match_segments(vfs, &dir.child(&e.name), segments, found, problems);
+        }
+        return;
+    }
+    let matcher = match globset::Glob::new(seg) {
+        Ok(g) => g.compile_matcher(),
+        Err(e) => {
+            problems.push(format!(
+                "pipelines pattern segment `{seg}` is not a valid glob: {e}"
+            ));
+            return;
+        }
+    };
+    for e in subdirs {
+        if matcher.is_match(&e.name) {
+            match_segments(vfs, &dir.child(&e.name), rest, found, problems);
+        }
+    }
+}

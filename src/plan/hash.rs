@@ -1,0 +1,288 @@
+//! Definition hashes (DESIGN §2): static, computed without running
+//! anything, from the resolved node and its dependencies' hashes.
+//!
+//! Two digests per node:
+//! - the *local hash* covers the node's own resolved definition (action,
+//!   body after includes and templates, key, assertions, parameters, the
+//!   names of its inputs and the digests of its sources);
+//! - the *definition hash* adds each dependency's definition hash.
+//!
+//! The plan calls a node `modified` when its local hash changed and
+//! `affected` when only its definition hash did. At run time the task key
+//! is the local hash combined with each dependency's *output* digest
+//! instead, which gives early cutoff.
+//!
+//! Not covered, on purpose: the node's path and pipeline (identical nodes
+//! in two clinics share a hash), `@timeout` (it decides whether a run
+//! finishes, not what it produces), comments in the directive block.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::digest::{Digest, FieldHasher};
+use crate::pipeline::graph::{Action, Graph, Node, NodeId};
+use crate::pipeline::path::RepoPath;
+
+/// Bumped whenever the encoding below changes, so that no old cache entry
+/// is ever served for a different meaning.
+pub const FORMAT_VERSION: &str = "sluice-definition/1";
+
+/// What hashing needs from outside the graph.
+#[derive(Debug, Default, Clone)]
+pub struct HashContext {
+    /// Digest of each data-root-relative source path.
+    pub sources: HashMap<RepoPath, Digest>,
+    /// Version of each built-in engine (e.g. `sqlite` -> `3.46.0`).
+    pub engine_versions: BTreeMap<String, String>,
+}
+
+/// The hashes of one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeHashes {
+    pub local: Digest,
+    pub definition: Digest,
+}
+
+/// The canonical fields of a node's own definition: the explicit cache-key
+/// struct. Every field is hashed; a unit test per field shows it matters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalKey<'a> {
+    pub action_kind: &'static str,
+    pub action_text: &'a str,
+    pub engine_version: &'a str,
+    pub body: &'a str,
+    pub key: &'a [String],
+    pub asserts: Vec<String>,
+    pub params: Vec<(&'a str, &'a str)>,
+    /// `(table, reference)` for each dependency, sorted by table.
+    pub inputs: Vec<(&'a str, String)>,
+    /// `(table, digest)` for each source, sorted by table.
+    pub sources: Vec<(&'a str, Digest)>,
+}
+
+impl LocalKey<'_> {
+    pub fn digest(&self) -> Digest {
+        let mut h = FieldHasher::new(FORMAT_VERSION);
+        h.field_str("action.kind", self.action_kind)
+            .field_str("action.text", self.action_text)
+            .field_str("action.version", self.engine_version)
+            .field_str("body", self.body);
+        h.count("key", self.key.len());
+        for k in self.key {
+            h.field_str("key.col", k);
+        }
+        h.count("asserts", self.asserts.len());
+        for a in &self.asserts {
+            h.field_str("assert", a);
+        }
+        h.count("params", self.params.len());
+        for (k, v) in &self.params {
+            h.field_str("param.key", k).field_str("param.value", v);
+        }
+        h.count("inputs", self.inputs.len());
+        for (t, r) in &self.inputs {
+            h.field_str("input.table", t).field_str("input.ref", r);
+        }
+        h.count("sources", self.sources.len());
+        for (t, d) in &self.sources {
+            h.field_str("source.table", t)
+                .field_digest("source.digest", d);
+        }
+        h.finish()
+    }
+}
+
+/// Combines a local hash with one digest per input table: with the
+/// inputs' definition hashes this is the definition hash; with their
+/// output digests it is the task key.
+pub fn combine(domain: &str, local: &Digest, inputs: &mut [(&str, Digest)]) -> Digest {
+    inputs.sort();
+    let mut h = FieldHasher::new(FORMAT_VERSION);
+    h.field_str("kind", domain).field_digest("local", local);
+    h.count("inputs", inputs.len());
+    for (t, d) in inputs.iter() {
+        h.field_str("input.table", t)
+            .field_digest("input.digest", d);
+    }
+    h.finish()
+}
+
+/// The local key of a node, or the first source whose digest is unknown.
+pub fn local_key<'a>(node: &'a Node, ctx: &'a HashContext) -> Result<LocalKey<'a>, &'a RepoPath> {
+    let (action_kind, action_text, engine_version) = match &node.action.action {
+        Action::Engine(e) => (
+            "engine",
+            e.as_str(),
+            ctx.engine_versions.get(e).map(String::as_str).unwrap_or(""),
+        ),
+        Action::Command(c) => ("command", c.as_str(), ""),
+        Action::Static => ("static", "", ""),
+    };
+    let mut inputs: Vec<(&str, String)> = node
+        .deps
+        .iter()
+        .map(|d| {
+            let r = if d.dir == node.dir {
+                format!("./{}", d.name)
+            } else {
+                format!("/{}/{}", d.dir, d.name)
+            };
+            (d.table.as_str(), r)
+        })
+        .collect();
+    inputs.sort();
+    let mut sources = Vec::with_capacity(node.sources.len());
+    for s in &node.sources {
+        let d = ctx.sources.get(&s.path).ok_or(&s.path)?;
+        sources.push((s.table.as_str(), *d));
+    }
+    sources.sort();
+    Ok(LocalKey {
+        action_kind,
+        action_text,
+        engine_version,
+        body: &node.body,
+        key: node.key.as_ref().map(|(k, _)| k.as_slice()).unwrap_or(&[]),
+        asserts: node.asserts.iter().map(|(a, _)| a.to_string()).collect(),
+        params: node
+            .params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.value.as_str()))
+            .collect(),
+        inputs,
+        sources,
+    })
+}
+
+/// Hashes every node in topological order. `None` for a node whose hash
+/// cannot be known: a source digest is missing, or a dependency is missing,
+/// cyclic or itself unknown.
+pub fn definition_hashes(graph: &Graph, ctx: &HashContext) -> Vec<Option<NodeHashes>> {
+    let mut out: Vec<Option<NodeHashes>> = vec![None; graph.nodes.len()];
+    for &id in &graph.order {
+        out[id] = node_hashes(graph, id, ctx, &out);
+    }
+    out
+}
+
+fn node_hashes(
+    graph: &Graph,
+    id: NodeId,
+    ctx: &HashContext,
+    done: &[Option<NodeHashes>],
+) -> Option<NodeHashes> {
+    let node = &graph.nodes[id];
+    let local = local_key(node, ctx).ok()?.digest();
+    let mut inputs = Vec::with_capacity(node.deps.len());
+    for d in &node.deps {
+        let h = done[d.node?]?;
+        inputs.push((d.table.as_str(), h.definition));
+    }
+    let definition = combine("definition", &local, &mut inputs);
+    Some(NodeHashes { local, definition })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> LocalKey<'static> {
+        LocalKey {
+            action_kind: "engine",
+            action_text: "sqlite",
+            engine_version: "3.46.0",
+            body: "SELECT 1",
+            key: &[],
+            asserts: vec!["rows > 0".into()],
+            params: vec![("clinic", "a")],
+            inputs: vec![("Patient", "./Patient".into())],
+            sources: vec![("patients", Digest::of(b"x"))],
+        }
+    }
+
+    /// Each field of the key changes the digest.
+    #[test]
+    fn every_field_matters() {
+        static KEY: [String; 1] = [String::new()];
+        let b = base().digest();
+        let variants: Vec<(&str, LocalKey)> = vec![
+            (
+                "action_kind",
+                LocalKey {
+                    action_kind: "command",
+                    ..base()
+                },
+            ),
+            (
+                "action_text",
+                LocalKey {
+                    action_text: "python3 {script}",
+                    ..base()
+                },
+            ),
+            (
+                "engine_version",
+                LocalKey {
+                    engine_version: "3.47.0",
+                    ..base()
+                },
+            ),
+            (
+                "body",
+                LocalKey {
+                    body: "SELECT 2",
+                    ..base()
+                },
+            ),
+            (
+                "key",
+                LocalKey {
+                    key: &KEY,
+                    ..base()
+                },
+            ),
+            (
+                "asserts",
+                LocalKey {
+                    asserts: vec![],
+                    ..base()
+                },
+            ),
+            (
+                "params",
+                LocalKey {
+                    params: vec![("clinic", "b")],
+                    ..base()
+                },
+            ),
+            (
+                "inputs",
+                LocalKey {
+                    inputs: vec![("Patient", "/x/Patient".into())],
+                    ..base()
+                },
+            ),
+            (
+                "sources",
+                LocalKey {
+                    sources: vec![("patients", Digest::of(b"y"))],
+                    ..base()
+                },
+            ),
+        ];
+        for (field, v) in variants {
+            assert_ne!(v.digest(), b, "changing {field} must change the hash");
+        }
+        assert_eq!(base().digest(), b, "the hash is deterministic");
+    }
+
+    #[test]
+    fn combine_depends_on_inputs_not_their_order() {
+        let l = Digest::of(b"l");
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let x = combine("definition", &l, &mut [("A", a), ("B", b)]);
+        let y = combine("definition", &l, &mut [("B", b), ("A", a)]);
+        assert_eq!(x, y);
+        assert_ne!(x, combine("definition", &l, &mut [("A", b), ("B", a)]));
+        assert_ne!(x, combine("task", &l, &mut [("A", a), ("B", b)]));
+    }
+}
