@@ -1,61 +1,463 @@
-//! Temporary working-tree VFS (replaced by the real one).
+//! The working tree on disk as a read-only [`Vfs`], refusing symlinks that
+//! lead out of the repository.
+
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::pipeline::path::RepoPath;
 use crate::pipeline::vfs::{DirEntry, EntryKind, Vfs, VfsError};
 
+/// A directory on disk (the repository root) served as a [`Vfs`].
+///
+/// Every path is resolved to its canonical form and must stay below the
+/// canonical root, so a symlink anywhere on the way (the entry itself or a
+/// directory above it) cannot expose files outside the repository.
+#[derive(Debug, Clone)]
 pub struct WorktreeVfs {
     root: PathBuf,
 }
 
+/// Where a repo path lands on disk once every symlink has been followed.
+enum Located {
+    File(PathBuf),
+    Dir(PathBuf),
+    Unusable(String),
+}
+
 impl WorktreeVfs {
-    pub fn new(root: &Path) -> std::io::Result<Self> {
-        Ok(WorktreeVfs {
-            root: root.canonicalize()?,
-        })
+    /// Serves the tree below `root`, which is canonicalised once here so that
+    /// the containment checks compare like with like.
+    pub fn new(root: &Path) -> io::Result<Self> {
+        let root = fs::canonicalize(root)?;
+        if !fs::metadata(&root)?.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{} is not a directory", root.display()),
+            ));
+        }
+        Ok(WorktreeVfs { root })
     }
-    fn full(&self, p: &RepoPath) -> PathBuf {
-        if p.is_root() {
+
+    /// The canonical root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn disk_path(&self, path: &RepoPath) -> PathBuf {
+        if path.is_root() {
             self.root.clone()
         } else {
-            self.root.join(p.as_str())
+            self.root.join(path.as_str())
         }
+    }
+
+    fn io_error(disk: &Path, err: &io::Error) -> VfsError {
+        VfsError::Io(format!("{}: {err}", disk.display()))
+    }
+
+    /// True for `.git` or anything below it. Git's own directory is not part
+    /// of the tree, and hiding it also keeps a symlink from reaching into it.
+    fn is_git_dir(&self, real: &Path) -> bool {
+        real.strip_prefix(&self.root)
+            .ok()
+            .and_then(|rel| rel.components().next())
+            .is_some_and(|first| first.as_os_str() == ".git")
+    }
+
+    /// Resolves `path` on disk, following symlinks only while they stay
+    /// inside the root.
+    fn locate(&self, path: &RepoPath) -> Result<Located, VfsError> {
+        if path.components().next() == Some(".git") {
+            return Err(VfsError::NotFound);
+        }
+        let disk = self.disk_path(path);
+        let real = match fs::canonicalize(&disk) {
+            Ok(real) => real,
+            Err(err) => return self.unresolvable(path, &disk, &err),
+        };
+        if !real.starts_with(&self.root) {
+            return Ok(Located::Unusable(self.escape_reason(path, &real)));
+        }
+        if self.is_git_dir(&real) {
+            return Ok(Located::Unusable(format!(
+                "`{path}` is a symlink into .git, which is not part of the repository"
+            )));
+        }
+        let meta = fs::metadata(&real).map_err(|err| Self::io_error(&real, &err))?;
+        let file_type = meta.file_type();
+        Ok(if file_type.is_dir() {
+            Located::Dir(real)
+        } else if file_type.is_file() {
+            Located::File(real)
+        } else {
+            Located::Unusable(special_file_reason(&disk))
+        })
+    }
+
+    /// Explains why `disk` could not be canonicalised: it is missing, a
+    /// symlink on the way dangles or loops, or the disk failed.
+    fn unresolvable(
+        &self,
+        path: &RepoPath,
+        disk: &Path,
+        err: &io::Error,
+    ) -> Result<Located, VfsError> {
+        let missing = matches!(
+            err.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+        );
+        // `symlink_metadata` does not follow the last component, so it tells a
+        // dangling or looping link apart from a path that is simply absent.
+        match fs::symlink_metadata(disk) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = link_text(disk);
+                Ok(Located::Unusable(if missing {
+                    format!("dangling symlink to {target}")
+                } else {
+                    format!("symlink to {target} cannot be resolved: {err}")
+                }))
+            }
+            Err(_) if missing => Err(VfsError::NotFound),
+            // The last component is not a link, yet the path cannot be
+            // resolved: a link higher up loops, or the disk refused us.
+            _ => match self.first_symlink_on_way(path) {
+                Some(reason) => Ok(Located::Unusable(reason)),
+                None => Err(Self::io_error(disk, err)),
+            },
+        }
+    }
+
+    /// Names the symlink that takes `path` outside the root. Only called on
+    /// the rare refusal path, so walking the components again is cheap enough.
+    fn escape_reason(&self, path: &RepoPath, real: &Path) -> String {
+        let mut prefix = RepoPath::root();
+        for name in path.components() {
+            prefix = prefix.child(name);
+            let disk = self.disk_path(&prefix);
+            let is_link = fs::symlink_metadata(&disk).is_ok_and(|m| m.file_type().is_symlink());
+            if !is_link {
+                continue;
+            }
+            let escapes = !fs::canonicalize(&disk).is_ok_and(|r| r.starts_with(&self.root));
+            if escapes {
+                let target = link_text(&disk);
+                return if prefix == *path {
+                    format!("symlink to {target} leaves the repository")
+                } else {
+                    format!("`{prefix}` is a symlink to {target}, which leaves the repository")
+                };
+            }
+        }
+        format!(
+            "`{path}` resolves to {}, outside the repository",
+            real.display()
+        )
+    }
+
+    /// For an unresolvable path, the first symlink on it, if any, as the
+    /// reason it cannot be used.
+    fn first_symlink_on_way(&self, path: &RepoPath) -> Option<String> {
+        let mut prefix = RepoPath::root();
+        for name in path.components() {
+            prefix = prefix.child(name);
+            let disk = self.disk_path(&prefix);
+            if fs::symlink_metadata(&disk).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Some(format!(
+                    "`{prefix}` is a symlink to {} that cannot be resolved",
+                    link_text(&disk)
+                ));
+            }
+        }
+        None
     }
 }
 
-fn err(e: std::io::Error) -> VfsError {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        VfsError::NotFound
-    } else {
-        VfsError::Io(e.to_string())
-    }
+/// The text of a symlink, for messages.
+fn link_text(disk: &Path) -> String {
+    fs::read_link(disk)
+        .map(|t| t.display().to_string())
+        .unwrap_or_else(|err| format!("<unreadable: {err}>"))
+}
+
+fn special_file_reason(disk: &Path) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let what = match fs::metadata(disk).map(|m| m.file_type()) {
+        Ok(t) if t.is_socket() => "a socket",
+        Ok(t) if t.is_fifo() => "a named pipe",
+        Ok(t) if t.is_block_device() || t.is_char_device() => "a device",
+        _ => "not a regular file or directory",
+    };
+    format!("{} is {what}", disk.display())
 }
 
 impl Vfs for WorktreeVfs {
     fn kind(&self, path: &RepoPath) -> Result<EntryKind, VfsError> {
-        let m = std::fs::metadata(self.full(path)).map_err(err)?;
-        Ok(if m.is_dir() {
-            EntryKind::Dir
-        } else {
-            EntryKind::File
+        Ok(match self.locate(path)? {
+            Located::File(_) => EntryKind::File,
+            Located::Dir(_) => EntryKind::Dir,
+            Located::Unusable(why) => EntryKind::Unusable(why),
         })
     }
+
     fn read_dir(&self, path: &RepoPath) -> Result<Vec<DirEntry>, VfsError> {
+        let real = match self.locate(path)? {
+            Located::Dir(real) => real,
+            Located::File(_) => return Err(VfsError::NotFound),
+            Located::Unusable(why) => return Err(VfsError::Unusable(why)),
+        };
+        // A symlink to the root (`self -> .`) lists the root too, so the
+        // `.git` check looks at where we ended up, not at the path asked for.
+        let at_root = real == self.root;
+        let iter = fs::read_dir(&real).map_err(|err| Self::io_error(&real, &err))?;
         let mut out = Vec::new();
-        for e in std::fs::read_dir(self.full(path)).map_err(err)? {
-            let e = e.map_err(err)?;
-            let name = e.file_name().to_string_lossy().to_string();
-            if path.is_root() && name == ".git" {
+        for entry in iter {
+            let entry = entry.map_err(|err| Self::io_error(&real, &err))?;
+            let os_name = entry.file_name();
+            if at_root && os_name == ".git" {
                 continue;
             }
-            let kind = self.kind(&path.child(&name))?;
+            let Some(name) = os_name.to_str().map(str::to_string) else {
+                // A RepoPath is UTF-8, so such an entry could never be read
+                // back; list it as unusable so the diagnostic can name it.
+                out.push(DirEntry {
+                    name: os_name.to_string_lossy().into_owned(),
+                    kind: EntryKind::Unusable("file name is not valid UTF-8".to_string()),
+                });
+                continue;
+            };
+            let file_type = entry
+                .file_type()
+                .map_err(|err| Self::io_error(&entry.path(), &err))?;
+            // `real` is canonical and inside the root, so plain files and
+            // directories in it are too; only symlinks need resolving.
+            let kind = if file_type.is_dir() {
+                EntryKind::Dir
+            } else if file_type.is_file() {
+                EntryKind::File
+            } else if file_type.is_symlink() {
+                match self.kind(&path.child(&name)) {
+                    Ok(kind) => kind,
+                    // The entry vanished between listing and resolving it.
+                    Err(VfsError::NotFound) => continue,
+                    Err(err) => return Err(err),
+                }
+            } else {
+                EntryKind::Unusable(special_file_reason(&entry.path()))
+            };
             out.push(DirEntry { name, kind });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
+
     fn read_file(&self, path: &RepoPath) -> Result<Arc<[u8]>, VfsError> {
-        Ok(Arc::from(std::fs::read(self.full(path)).map_err(err)?))
+        match self.locate(path)? {
+            Located::File(real) => fs::read(&real)
+                .map(Arc::from)
+                .map_err(|err| Self::io_error(&real, &err)),
+            Located::Dir(_) => Err(VfsError::Io(format!("`{path}` is a directory"))),
+            Located::Unusable(why) => Err(VfsError::Unusable(why)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use std::process::Command;
+
+    fn p(s: &str) -> RepoPath {
+        if s.is_empty() {
+            RepoPath::root()
+        } else {
+            RepoPath::parse(s).unwrap()
+        }
+    }
+
+    fn names(v: &WorktreeVfs, dir: &str) -> Vec<String> {
+        v.read_dir(&p(dir))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect()
+    }
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let path = root.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+
+    /// A repo root inside a scratch directory, so that `..` from the root
+    /// still lands somewhere we control.
+    fn setup() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("repo");
+        write(&root, "sluice.toml", "name = 'x'\n");
+        write(&root, "src/a.sql", "select 1;\n");
+        write(&root, "src/deep/b.sql", "select 2;\n");
+        write(&root, ".hidden", "dot\n");
+        write(tmp.path(), "outside/secret.txt", "secret\n");
+        (tmp, root)
+    }
+
+    #[test]
+    fn reads_files_and_sorted_dirs() {
+        let (_tmp, root) = setup();
+        write(&root, "src/0first.sql", "");
+        let v = WorktreeVfs::new(&root).unwrap();
+        assert_eq!(v.kind(&p("")), Ok(EntryKind::Dir));
+        assert_eq!(v.kind(&p("src")), Ok(EntryKind::Dir));
+        assert_eq!(v.kind(&p("src/a.sql")), Ok(EntryKind::File));
+        assert_eq!(names(&v, "src"), vec!["0first.sql", "a.sql", "deep"]);
+        assert_eq!(&*v.read_file(&p("src/deep/b.sql")).unwrap(), b"select 2;\n");
+        // Dot-files other than .git are listed: the caller decides.
+        assert_eq!(names(&v, ""), vec![".hidden", "sluice.toml", "src"]);
+    }
+
+    #[test]
+    fn missing_paths_are_not_found() {
+        let (_tmp, root) = setup();
+        let v = WorktreeVfs::new(&root).unwrap();
+        assert_eq!(v.kind(&p("nope")), Err(VfsError::NotFound));
+        assert_eq!(v.kind(&p("sluice.toml/below")), Err(VfsError::NotFound));
+        assert_eq!(v.read_file(&p("src/nope.sql")), Err(VfsError::NotFound));
+        assert_eq!(v.read_dir(&p("nope")), Err(VfsError::NotFound));
+        assert_eq!(v.read_dir(&p("sluice.toml")), Err(VfsError::NotFound));
+        assert!(matches!(v.read_file(&p("src")), Err(VfsError::Io(_))));
+    }
+
+    #[test]
+    fn hides_dot_git_of_a_real_repository() {
+        let (_tmp, root) = setup();
+        // GIT_DIR is dropped in case the tests run from a git hook, where it
+        // would point `git init` at the enclosing repository.
+        let status = Command::new("git")
+            .args(["-c", "init.defaultBranch=main", "init", "-q"])
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
+            .current_dir(&root)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let v = WorktreeVfs::new(&root).unwrap();
+        assert_eq!(names(&v, ""), vec![".hidden", "sluice.toml", "src"]);
+        assert_eq!(v.kind(&p(".git")), Err(VfsError::NotFound));
+        assert_eq!(v.read_file(&p(".git/HEAD")), Err(VfsError::NotFound));
+        // A link into .git is refused rather than exposing git's internals.
+        symlink(".git/HEAD", root.join("head")).unwrap();
+        assert!(matches!(v.kind(&p("head")), Ok(EntryKind::Unusable(_))));
+    }
+
+    #[test]
+    fn follows_symlinks_that_stay_inside() {
+        let (_tmp, root) = setup();
+        symlink("src/a.sql", root.join("alias.sql")).unwrap();
+        symlink("deep", root.join("src/d")).unwrap();
+        symlink("../sluice.toml", root.join("src/up.toml")).unwrap();
+        let v = WorktreeVfs::new(&root).unwrap();
+        assert_eq!(v.kind(&p("alias.sql")), Ok(EntryKind::File));
+        assert_eq!(&*v.read_file(&p("alias.sql")).unwrap(), b"select 1;\n");
+        assert_eq!(v.kind(&p("src/d")), Ok(EntryKind::Dir));
+        assert_eq!(names(&v, "src/d"), vec!["b.sql"]);
+        assert_eq!(&*v.read_file(&p("src/d/b.sql")).unwrap(), b"select 2;\n");
+        assert_eq!(&*v.read_file(&p("src/up.toml")).unwrap(), b"name = 'x'\n");
+        let listing = v.read_dir(&p("src")).unwrap();
+        let d = listing.iter().find(|e| e.name == "d").unwrap();
+        assert_eq!(d.kind, EntryKind::Dir);
+    }
+
+    #[test]
+    fn refuses_symlinks_leaving_the_root() {
+        let (_tmp, root) = setup();
+        symlink("/etc", root.join("etc")).unwrap();
+        symlink("../outside/secret.txt", root.join("secret.txt")).unwrap();
+        symlink("../../outside", root.join("src/out")).unwrap();
+        let v = WorktreeVfs::new(&root).unwrap();
+
+        let why = "symlink to /etc leaves the repository".to_string();
+        assert_eq!(v.kind(&p("etc")), Ok(EntryKind::Unusable(why.clone())));
+        assert_eq!(v.read_dir(&p("etc")), Err(VfsError::Unusable(why)));
+        let listing = v.read_dir(&p("")).unwrap();
+        let etc = listing.iter().find(|e| e.name == "etc").unwrap();
+        assert!(matches!(&etc.kind, EntryKind::Unusable(w) if w.contains("/etc")));
+
+        assert!(matches!(
+            v.read_file(&p("secret.txt")),
+            Err(VfsError::Unusable(w)) if w == "symlink to ../outside/secret.txt leaves the repository"
+        ));
+        // An escaping directory on the way is refused too, even though the
+        // file below it exists.
+        assert!(matches!(
+            v.read_file(&p("src/out/secret.txt")),
+            Err(VfsError::Unusable(w)) if w.contains("`src/out`")
+        ));
+        assert!(matches!(
+            v.read_file(&p("etc/passwd")),
+            Err(VfsError::Unusable(_))
+        ));
+    }
+
+    #[test]
+    fn dangling_and_looping_symlinks_are_unusable() {
+        let (_tmp, root) = setup();
+        symlink("nowhere.sql", root.join("dangling.sql")).unwrap();
+        symlink("loop_b", root.join("loop_a")).unwrap();
+        symlink("loop_a", root.join("loop_b")).unwrap();
+        let v = WorktreeVfs::new(&root).unwrap();
+        assert_eq!(
+            v.kind(&p("dangling.sql")),
+            Ok(EntryKind::Unusable(
+                "dangling symlink to nowhere.sql".to_string()
+            ))
+        );
+        assert!(matches!(
+            v.read_file(&p("dangling.sql")),
+            Err(VfsError::Unusable(_))
+        ));
+        assert!(matches!(v.kind(&p("loop_a")), Ok(EntryKind::Unusable(_))));
+        let listing = v.read_dir(&p("")).unwrap();
+        assert!(
+            listing
+                .iter()
+                .filter(|e| e.name.starts_with("loop") || e.name == "dangling.sql")
+                .all(|e| matches!(e.kind, EntryKind::Unusable(_)))
+        );
+    }
+
+    #[test]
+    fn fifo_is_unusable() {
+        let (_tmp, root) = setup();
+        let status = Command::new("mkfifo")
+            .arg(root.join("pipe"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let v = WorktreeVfs::new(&root).unwrap();
+        assert!(
+            matches!(v.kind(&p("pipe")), Ok(EntryKind::Unusable(w)) if w.contains("named pipe"))
+        );
+        assert!(matches!(
+            v.read_file(&p("pipe")),
+            Err(VfsError::Unusable(_))
+        ));
+        let listing = v.read_dir(&p("")).unwrap();
+        let pipe = listing.iter().find(|e| e.name == "pipe").unwrap();
+        assert!(matches!(pipe.kind, EntryKind::Unusable(_)));
+    }
+
+    #[test]
+    fn root_given_through_a_symlink_is_canonicalised() {
+        let (tmp, root) = setup();
+        let via = tmp.path().join("via");
+        symlink(&root, &via).unwrap();
+        let v = WorktreeVfs::new(&via).unwrap();
+        assert_eq!(v.root(), fs::canonicalize(&root).unwrap());
+        assert_eq!(&*v.read_file(&p("src/a.sql")).unwrap(), b"select 1;\n");
+        assert!(WorktreeVfs::new(&root.join("sluice.toml")).is_err());
+        assert!(WorktreeVfs::new(&root.join("nope")).is_err());
     }
 }

@@ -1,29 +1,767 @@
-//! Temporary stub (replaced by the gix-backed reader).
-use std::path::Path;
+//! One commit of a git repository, read straight from the object database
+//! (no checkout) and served as a read-only [`Vfs`].
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Component, Path};
+use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::pipeline::path::RepoPath;
+use anyhow::{Context, anyhow, bail};
+use gix::ObjectId;
+use gix::objs::tree::EntryKind as GitKind;
+
+use crate::pipeline::path::{PathError, RepoPath};
 use crate::pipeline::vfs::{DirEntry, EntryKind, Vfs, VfsError};
 
-pub struct GitVfs;
+/// How many symlinks one lookup may follow, as in Linux's `MAXSYMLINKS`;
+/// past it we assume a loop.
+const MAX_SYMLINK_DEPTH: u32 = 40;
+
+/// A commit's tree, seen from a directory inside it (the prefix), as a
+/// [`Vfs`].
+///
+/// Decoded trees are cached by object id, so each directory is decoded once
+/// however many files are read from it; identical subtrees share an entry.
+/// `gix::Repository` is not `Sync`, and neither is this type.
+pub struct GitVfs {
+    repo: gix::Repository,
+    commit: ObjectId,
+    /// The tree at `prefix` in the commit: what `RepoPath::root()` means.
+    root_tree: ObjectId,
+    prefix: RepoPath,
+    trees: RefCell<HashMap<ObjectId, Rc<Listing>>>,
+}
+
+/// One decoded tree, keyed by entry name so that lookups are logarithmic and
+/// iteration is already in the name order `read_dir` promises (git's own
+/// order sorts a directory `a` as `a/`, which differs).
+type Listing = BTreeMap<String, TreeEntry>;
+
+#[derive(Debug, Clone, Copy)]
+struct TreeEntry {
+    mode: Mode,
+    id: ObjectId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Tree,
+    Blob,
+    Link,
+    Submodule,
+    /// The name in the tree is not UTF-8; it is listed under a lossy name
+    /// that could never be looked up again.
+    BadName,
+}
+
+/// What a path resolves to after following symlinks.
+enum Node {
+    /// A directory: its tree and its symlink-free path in the prefix view,
+    /// which relative links below it are resolved against.
+    Dir {
+        id: ObjectId,
+        path: RepoPath,
+    },
+    File(ObjectId),
+    Unusable(String),
+}
 
 impl GitVfs {
-    pub fn open(_root: &Path, _rev: &str) -> anyhow::Result<GitVfs> {
-        anyhow::bail!("not yet")
+    /// Opens the repository containing `sluice_root` (a work tree, a
+    /// subdirectory of one, or a bare repository) and serves commit `rev`
+    /// from the directory where `sluice_root` sits in the work tree.
+    pub fn open(sluice_root: &Path, rev: &str) -> anyhow::Result<GitVfs> {
+        let root = std::fs::canonicalize(sluice_root)
+            .with_context(|| format!("cannot open {}", sluice_root.display()))?;
+        let repo = gix::discover(&root).map_err(|e| {
+            with_cause(
+                e,
+                format!("{} is not inside a git repository", root.display()),
+            )
+        })?;
+        let prefix = match repo.workdir() {
+            Some(workdir) => {
+                let workdir = std::fs::canonicalize(workdir)
+                    .with_context(|| format!("cannot open the work tree {}", workdir.display()))?;
+                prefix_below(&workdir, &root)?
+            }
+            // A bare repository has no work tree to be inside of, so the
+            // whole commit is served.
+            None => RepoPath::root(),
+        };
+        GitVfs::from_repository(repo, rev, &prefix)
     }
+
+    /// Opens the git directory `git_dir` as is, without searching upwards
+    /// (typically a bare mirror), and serves commit `rev` from `prefix`.
+    pub fn open_bare(git_dir: &Path, rev: &str, prefix: &RepoPath) -> anyhow::Result<GitVfs> {
+        let repo = gix::open(git_dir)
+            .map_err(|e| with_cause(e, format!("{} is not a git repository", git_dir.display())))?;
+        GitVfs::from_repository(repo, rev, prefix)
+    }
+
+    /// Serves commit `rev` of an already opened repository from `prefix`.
+    pub fn from_repository(
+        repo: gix::Repository,
+        rev: &str,
+        prefix: &RepoPath,
+    ) -> anyhow::Result<GitVfs> {
+        let location = repo
+            .workdir()
+            .unwrap_or_else(|| repo.git_dir())
+            .display()
+            .to_string();
+        let (commit, top_tree) = {
+            let id = repo.rev_parse_single(rev).map_err(|e| {
+                with_cause(e, format!("cannot resolve revision `{rev}` in {location}"))
+            })?;
+            let commit = id
+                .object()
+                .and_then(|object| object.peel_to_commit())
+                .map_err(|e| {
+                    with_cause(e, format!("revision `{rev}` in {location} is not a commit"))
+                })?;
+            let tree = commit.tree_id().map_err(|e| {
+                with_cause(e, format!("cannot read commit {} in {location}", commit.id))
+            })?;
+            (commit.id, tree.detach())
+        };
+        let mut vfs = GitVfs {
+            repo,
+            commit,
+            root_tree: top_tree,
+            prefix: RepoPath::root(),
+            trees: RefCell::new(HashMap::new()),
+        };
+        // Walk down to the prefix without following symlinks: it names a real
+        // directory of the work tree, so it must be a real tree in the commit.
+        let mut tree = top_tree;
+        for name in prefix.components() {
+            let listing = vfs
+                .listing(tree)
+                .map_err(|e| anyhow!("cannot read commit {commit} in {location}: {e}"))?;
+            match listing.get(name) {
+                Some(entry) if entry.mode == Mode::Tree => tree = entry.id,
+                _ => bail!(
+                    "`{prefix}` is not a directory in revision `{rev}` (commit {commit}) of {location}"
+                ),
+            }
+        }
+        vfs.root_tree = tree;
+        vfs.prefix = prefix.clone();
+        Ok(vfs)
+    }
+
+    /// The full hex id of the commit being served.
     pub fn commit_id(&self) -> String {
-        String::new()
+        self.commit.to_string()
+    }
+
+    /// Where the served view sits inside the commit's tree.
+    pub fn prefix(&self) -> &RepoPath {
+        &self.prefix
+    }
+
+    /// The decoded tree `id`, from the cache when it was decoded before.
+    fn listing(&self, id: ObjectId) -> Result<Rc<Listing>, VfsError> {
+        if let Some(listing) = self.trees.borrow().get(&id) {
+            return Ok(Rc::clone(listing));
+        }
+        let io = |e: gix::Error| VfsError::Io(format!("cannot read git tree {id}: {}", chain(&e)));
+        let tree = self.repo.find_tree(id).map_err(io)?;
+        let decoded = tree.decode().map_err(io)?;
+        let mut listing = Listing::new();
+        for entry in &decoded.entries {
+            let (name, bad_name) = match std::str::from_utf8(entry.filename) {
+                Ok(name) => (name.to_string(), false),
+                Err(_) => (String::from_utf8_lossy(entry.filename).into_owned(), true),
+            };
+            let mode = match entry.mode.kind() {
+                _ if bad_name => Mode::BadName,
+                GitKind::Tree => Mode::Tree,
+                GitKind::Blob | GitKind::BlobExecutable => Mode::Blob,
+                GitKind::Link => Mode::Link,
+                GitKind::Commit => Mode::Submodule,
+            };
+            let id = entry.oid.to_owned();
+            listing.insert(name, TreeEntry { mode, id });
+        }
+        let listing = Rc::new(listing);
+        self.trees.borrow_mut().insert(id, Rc::clone(&listing));
+        Ok(listing)
+    }
+
+    fn read_blob(&self, id: ObjectId, what: &dyn fmt::Display) -> Result<Vec<u8>, VfsError> {
+        let mut blob = self
+            .repo
+            .find_blob(id)
+            .map_err(|e| VfsError::Io(format!("cannot read {what} (blob {id}): {}", chain(&e))))?;
+        // `Blob` returns its buffer to the repository's pool on drop, so the
+        // data is taken rather than moved out.
+        Ok(blob.take_data())
+    }
+
+    /// Resolves `path`, following symlinks; `depth` counts the links followed
+    /// so far in this lookup.
+    fn resolve(&self, path: &RepoPath, depth: &mut u32) -> Result<Node, VfsError> {
+        let mut here = Node::Dir {
+            id: self.root_tree,
+            path: RepoPath::root(),
+        };
+        for name in path.components() {
+            let Node::Dir { id, path: dir } = here else {
+                // Only a directory can have something below it.
+                return match here {
+                    Node::Unusable(why) => Ok(Node::Unusable(why)),
+                    _ => Err(VfsError::NotFound),
+                };
+            };
+            let listing = self.listing(id)?;
+            let entry = listing.get(name).ok_or(VfsError::NotFound)?;
+            here = self.entry_node(&dir, name, entry, depth)?;
+        }
+        Ok(here)
+    }
+
+    /// What the entry `name` of directory `dir` is, following it if it is a
+    /// symlink.
+    fn entry_node(
+        &self,
+        dir: &RepoPath,
+        name: &str,
+        entry: &TreeEntry,
+        depth: &mut u32,
+    ) -> Result<Node, VfsError> {
+        Ok(match entry.mode {
+            Mode::Tree => Node::Dir {
+                id: entry.id,
+                path: dir.child(name),
+            },
+            Mode::Blob => Node::File(entry.id),
+            Mode::Submodule => Node::Unusable("submodule".to_string()),
+            Mode::BadName => Node::Unusable("file name is not valid UTF-8".to_string()),
+            Mode::Link => self.follow_link(dir, name, entry.id, depth)?,
+        })
+    }
+
+    /// Follows the symlink `name` in `dir`. Its target is resolved lexically
+    /// against `dir` in the prefix view, as a checkout would on disk, and it
+    /// is refused if it leaves that view.
+    fn follow_link(
+        &self,
+        dir: &RepoPath,
+        name: &str,
+        blob: ObjectId,
+        depth: &mut u32,
+    ) -> Result<Node, VfsError> {
+        let link = dir.child(name);
+        *depth += 1;
+        if *depth > MAX_SYMLINK_DEPTH {
+            return Ok(Node::Unusable(format!(
+                "too many levels of symlinks at `{link}`"
+            )));
+        }
+        let bytes = self.read_blob(blob, &format_args!("symlink `{link}`"))?;
+        let Ok(target) = String::from_utf8(bytes) else {
+            return Ok(Node::Unusable(
+                "symlink target is not valid UTF-8".to_string(),
+            ));
+        };
+        let leaves = || Node::Unusable(format!("symlink to {target} leaves the repository"));
+        // An absolute target points into the machine, never into the tree;
+        // `RepoPath::join` would read it as repo-absolute instead.
+        if target.starts_with('/') {
+            return Ok(leaves());
+        }
+        let joined = match dir.join(&target) {
+            Ok(joined) => joined,
+            Err(PathError::Escapes(_)) => return Ok(leaves()),
+            Err(e) => return Ok(Node::Unusable(format!("symlink to {target}: {e}"))),
+        };
+        match self.resolve(&joined, depth) {
+            Err(VfsError::NotFound) => Ok(Node::Unusable(format!("dangling symlink to {target}"))),
+            other => other,
+        }
+    }
+
+    #[cfg(test)]
+    fn cached_trees(&self) -> usize {
+        self.trees.borrow().len()
+    }
+}
+
+/// Wraps a gix error under our own message, keeping it as the cause so that
+/// `{:#}` prints the whole chain. (`gix::Error`'s own alternate `Display`
+/// prints a multi-line debug dump, so it is never formatted directly.)
+fn with_cause(err: gix::Error, context: String) -> anyhow::Error {
+    anyhow::Error::new(err).context(context)
+}
+
+/// A gix error and its causes on one line, for `VfsError::Io` messages.
+fn chain(err: &gix::Error) -> String {
+    let mut out = err.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(e) = cause {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cause = e.source();
+    }
+    out
+}
+
+/// The path of `root` below the canonical work tree `workdir`, as a repo
+/// path into the commit's tree.
+fn prefix_below(workdir: &Path, root: &Path) -> anyhow::Result<RepoPath> {
+    let Ok(rel) = root.strip_prefix(workdir) else {
+        bail!(
+            "{} is not inside the work tree {}",
+            root.display(),
+            workdir.display()
+        );
+    };
+    let mut prefix = RepoPath::root();
+    for component in rel.components() {
+        let Component::Normal(name) = component else {
+            bail!("unexpected path component in {}", rel.display());
+        };
+        let Some(name) = name.to_str() else {
+            bail!("{} is not valid UTF-8", root.display());
+        };
+        if prefix.is_root() && name == ".git" {
+            bail!("{} is inside the .git directory", root.display());
+        }
+        prefix = prefix.child(name);
+    }
+    Ok(prefix)
+}
+
+impl fmt::Debug for GitVfs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GitVfs")
+            .field("git_dir", &self.repo.git_dir())
+            .field("commit", &self.commit)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
 }
 
 impl Vfs for GitVfs {
-    fn kind(&self, _: &RepoPath) -> Result<EntryKind, VfsError> {
-        Err(VfsError::NotFound)
+    fn kind(&self, path: &RepoPath) -> Result<EntryKind, VfsError> {
+        Ok(match self.resolve(path, &mut 0)? {
+            Node::Dir { .. } => EntryKind::Dir,
+            Node::File(_) => EntryKind::File,
+            Node::Unusable(why) => EntryKind::Unusable(why),
+        })
     }
-    fn read_dir(&self, _: &RepoPath) -> Result<Vec<DirEntry>, VfsError> {
-        Err(VfsError::NotFound)
+
+    fn read_dir(&self, path: &RepoPath) -> Result<Vec<DirEntry>, VfsError> {
+        let (id, dir) = match self.resolve(path, &mut 0)? {
+            Node::Dir { id, path } => (id, path),
+            Node::File(_) => return Err(VfsError::NotFound),
+            Node::Unusable(why) => return Err(VfsError::Unusable(why)),
+        };
+        let listing = self.listing(id)?;
+        let mut out = Vec::with_capacity(listing.len());
+        for (name, entry) in listing.iter() {
+            let kind = match self.entry_node(&dir, name, entry, &mut 0)? {
+                Node::Dir { .. } => EntryKind::Dir,
+                Node::File(_) => EntryKind::File,
+                Node::Unusable(why) => EntryKind::Unusable(why),
+            };
+            out.push(DirEntry {
+                name: name.clone(),
+                kind,
+            });
+        }
+        Ok(out)
     }
-    fn read_file(&self, _: &RepoPath) -> Result<Arc<[u8]>, VfsError> {
-        Err(VfsError::NotFound)
+
+    fn read_file(&self, path: &RepoPath) -> Result<Arc<[u8]>, VfsError> {
+        match self.resolve(path, &mut 0)? {
+            Node::File(id) => Ok(Arc::from(self.read_blob(id, &format_args!("`{path}`"))?)),
+            Node::Dir { .. } => Err(VfsError::Io(format!("`{path}` is a directory"))),
+            Node::Unusable(why) => Err(VfsError::Unusable(why)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    fn p(s: &str) -> RepoPath {
+        if s.is_empty() {
+            RepoPath::root()
+        } else {
+            RepoPath::parse(s).unwrap()
+        }
+    }
+
+    /// Runs git in `dir` with a fixed identity and no user or system
+    /// configuration, so the machine's settings cannot change the result.
+    /// Variables that point git at another repository (set when the tests run
+    /// from a git hook) are dropped for the same reason.
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let mut cmd = Command::new("git");
+        for var in [
+            "GIT_DIR",
+            "GIT_WORK_TREE",
+            "GIT_INDEX_FILE",
+            "GIT_COMMON_DIR",
+        ] {
+            cmd.env_remove(var);
+        }
+        let out = cmd
+            .args([
+                "-c",
+                "init.defaultBranch=main",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "Test")
+            .env("GIT_AUTHOR_EMAIL", "test@example.com")
+            .env("GIT_COMMITTER_NAME", "Test")
+            .env("GIT_COMMITTER_EMAIL", "test@example.com")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let path = root.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+
+    fn commit_all(root: &Path, message: &str) {
+        git(root, &["add", "-A"]);
+        git(root, &["commit", "-q", "-m", message]);
+    }
+
+    fn names(v: &GitVfs, dir: &str) -> Vec<String> {
+        v.read_dir(&p(dir))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect()
+    }
+
+    fn text(v: &GitVfs, path: &str) -> String {
+        String::from_utf8(v.read_file(&p(path)).unwrap().to_vec()).unwrap()
+    }
+
+    /// A repository with two commits and uncommitted changes on top, inside a
+    /// scratch directory so that `..` from the work tree stays in it.
+    fn two_commits() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("repo");
+        fs::create_dir_all(&root).unwrap();
+        git(&root, &["init", "-q"]);
+        write(&root, "sluice.toml", "version = 1\n");
+        write(&root, "src/a.sql", "select 1;\n");
+        write(&root, "src/old.sql", "old\n");
+        commit_all(&root, "first");
+        git(&root, &["tag", "v1"]);
+        write(&root, "sluice.toml", "version = 2\n");
+        write(&root, "src/b/c.sql", "select 3;\n");
+        fs::remove_file(root.join("src/old.sql")).unwrap();
+        commit_all(&root, "second");
+        // The working tree differs from both commits.
+        write(&root, "sluice.toml", "version = 3 (dirty)\n");
+        write(&root, "src/untracked.sql", "new\n");
+        (tmp, root)
+    }
+
+    #[test]
+    fn reads_head_not_the_working_tree() {
+        let (_tmp, root) = two_commits();
+        let v = GitVfs::open(&root, "HEAD").unwrap();
+        assert_eq!(v.commit_id(), git(&root, &["rev-parse", "HEAD"]));
+        assert_eq!(v.commit_id().len(), 40);
+        assert_eq!(text(&v, "sluice.toml"), "version = 2\n");
+        assert_eq!(names(&v, ""), vec!["sluice.toml", "src"]);
+        assert_eq!(names(&v, "src"), vec!["a.sql", "b"]);
+        assert_eq!(v.kind(&p("")), Ok(EntryKind::Dir));
+        assert_eq!(v.kind(&p("src/b")), Ok(EntryKind::Dir));
+        assert_eq!(v.kind(&p("src/b/c.sql")), Ok(EntryKind::File));
+        assert_eq!(text(&v, "src/b/c.sql"), "select 3;\n");
+        assert_eq!(v.kind(&p("src/untracked.sql")), Err(VfsError::NotFound));
+        assert_eq!(v.read_file(&p("src/old.sql")), Err(VfsError::NotFound));
+        assert_eq!(v.read_dir(&p("nope")), Err(VfsError::NotFound));
+        assert_eq!(v.read_dir(&p("sluice.toml")), Err(VfsError::NotFound));
+        assert_eq!(v.kind(&p("sluice.toml/x")), Err(VfsError::NotFound));
+        assert!(matches!(v.read_file(&p("src")), Err(VfsError::Io(_))));
+        // .git is not part of a commit's tree.
+        assert_eq!(v.kind(&p(".git")), Err(VfsError::NotFound));
+    }
+
+    #[test]
+    fn reads_older_revisions_by_any_spec() {
+        let (_tmp, root) = two_commits();
+        let first = git(&root, &["rev-parse", "HEAD~1"]);
+        for rev in [
+            "HEAD~1",
+            "HEAD^",
+            "v1",
+            "main~1",
+            first.as_str(),
+            &first[..8],
+        ] {
+            let v = GitVfs::open(&root, rev).unwrap();
+            assert_eq!(v.commit_id(), first, "rev {rev}");
+            assert_eq!(text(&v, "sluice.toml"), "version = 1\n");
+            assert_eq!(names(&v, "src"), vec!["a.sql", "old.sql"]);
+            assert_eq!(v.kind(&p("src/b")), Err(VfsError::NotFound));
+        }
+        let v = GitVfs::open(&root, "main").unwrap();
+        assert_eq!(text(&v, "sluice.toml"), "version = 2\n");
+    }
+
+    #[test]
+    fn annotated_tags_peel_to_their_commit() {
+        let (_tmp, root) = two_commits();
+        git(&root, &["tag", "-a", "-m", "release", "r1", "HEAD~1"]);
+        let v = GitVfs::open(&root, "r1").unwrap();
+        assert_eq!(v.commit_id(), git(&root, &["rev-parse", "HEAD~1"]));
+    }
+
+    #[test]
+    fn clear_errors() {
+        let (tmp, root) = two_commits();
+        let err = format!("{:#}", GitVfs::open(&root, "nope").unwrap_err());
+        assert!(
+            err.starts_with("cannot resolve revision `nope` in"),
+            "{err}"
+        );
+        // gix's reason follows on the same line.
+        assert!(err.contains("nope\": ") && !err.contains('\n'), "{err}");
+        let tree_rev = "HEAD^{tree}";
+        let err = format!("{:#}", GitVfs::open(&root, tree_rev).unwrap_err());
+        assert!(err.contains("is not a commit"), "{err}");
+        let plain = tmp.path().join("plain");
+        fs::create_dir_all(&plain).unwrap();
+        let err = format!("{:#}", GitVfs::open(&plain, "HEAD").unwrap_err());
+        assert!(err.contains("is not inside a git repository"), "{err}");
+        let err = format!(
+            "{:#}",
+            GitVfs::open(&tmp.path().join("gone"), "HEAD").unwrap_err()
+        );
+        assert!(err.contains("cannot open"), "{err}");
+        let err = format!(
+            "{:#}",
+            GitVfs::open(&root.join(".git"), "HEAD").unwrap_err()
+        );
+        assert!(err.contains(".git"), "{err}");
+    }
+
+    #[test]
+    fn serves_a_subdirectory_prefix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("big");
+        fs::create_dir_all(&root).unwrap();
+        git(&root, &["init", "-q"]);
+        write(&root, "README", "top\n");
+        write(&root, "examples/oncology/sluice.toml", "name = 'onc'\n");
+        write(&root, "examples/oncology/src/p.sql", "select 1;\n");
+        write(&root, "examples/other/sluice.toml", "name = 'other'\n");
+        commit_all(&root, "first");
+        write(&root, "examples/oncology/sluice.toml", "name = 'onc2'\n");
+        commit_all(&root, "second");
+
+        let sub = root.join("examples/oncology");
+        let v = GitVfs::open(&sub, "HEAD").unwrap();
+        assert_eq!(v.prefix().as_str(), "examples/oncology");
+        assert_eq!(names(&v, ""), vec!["sluice.toml", "src"]);
+        assert_eq!(text(&v, "sluice.toml"), "name = 'onc2'\n");
+        assert_eq!(text(&v, "src/p.sql"), "select 1;\n");
+        assert_eq!(v.kind(&p("README")), Err(VfsError::NotFound));
+        let old = GitVfs::open(&sub, "HEAD~1").unwrap();
+        assert_eq!(text(&old, "sluice.toml"), "name = 'onc'\n");
+
+        // A directory that did not exist yet at the revision is an error.
+        write(&root, "examples/later/sluice.toml", "x\n");
+        commit_all(&root, "third");
+        let err = GitVfs::open(&root.join("examples/later"), "HEAD~1").unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("`examples/later` is not a directory in revision `HEAD~1`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn symlinks_inside_are_followed_and_escapes_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("repo");
+        fs::create_dir_all(&root).unwrap();
+        git(&root, &["init", "-q"]);
+        let proj = root.join("proj");
+        write(&proj, "sluice.toml", "x\n");
+        write(&proj, "common/v.sql", "select 'v';\n");
+        write(&proj, "clinics/a/keep", "");
+        write(&root, "outside.txt", "outside the prefix\n");
+        symlink("../../common/v.sql", proj.join("clinics/a/v.sql")).unwrap();
+        symlink("../../common", proj.join("clinics/a/shared")).unwrap();
+        symlink("clinics/a/shared", proj.join("chain")).unwrap();
+        symlink("../../etc", proj.join("clinics/escape")).unwrap();
+        symlink("/etc/passwd", proj.join("passwd")).unwrap();
+        symlink("../outside.txt", proj.join("up.txt")).unwrap();
+        symlink("missing.sql", proj.join("dangling.sql")).unwrap();
+        symlink("loop2", proj.join("loop1")).unwrap();
+        symlink("loop1", proj.join("loop2")).unwrap();
+        commit_all(&root, "links");
+
+        let v = GitVfs::open(&proj, "HEAD").unwrap();
+        assert_eq!(v.kind(&p("clinics/a/v.sql")), Ok(EntryKind::File));
+        assert_eq!(text(&v, "clinics/a/v.sql"), "select 'v';\n");
+        assert_eq!(v.kind(&p("clinics/a/shared")), Ok(EntryKind::Dir));
+        assert_eq!(names(&v, "clinics/a/shared"), vec!["v.sql"]);
+        assert_eq!(text(&v, "clinics/a/shared/v.sql"), "select 'v';\n");
+        // A link to a link to a directory, then a file below it.
+        assert_eq!(text(&v, "chain/v.sql"), "select 'v';\n");
+        let listing = v.read_dir(&p("clinics/a")).unwrap();
+        let kinds: Vec<_> = listing
+            .iter()
+            .map(|e| (e.name.as_str(), e.kind.clone()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("keep", EntryKind::File),
+                ("shared", EntryKind::Dir),
+                ("v.sql", EntryKind::File)
+            ]
+        );
+
+        let leaves = |t: &str| EntryKind::Unusable(format!("symlink to {t} leaves the repository"));
+        assert_eq!(v.kind(&p("clinics/escape")), Ok(leaves("../../etc")));
+        assert_eq!(
+            v.read_file(&p("clinics/escape/passwd")),
+            Err(VfsError::Unusable(
+                "symlink to ../../etc leaves the repository".to_string()
+            ))
+        );
+        assert_eq!(v.kind(&p("passwd")), Ok(leaves("/etc/passwd")));
+        // Inside the git repository but outside the prefix view: refused.
+        assert_eq!(v.kind(&p("up.txt")), Ok(leaves("../outside.txt")));
+        assert!(matches!(
+            v.read_file(&p("up.txt")),
+            Err(VfsError::Unusable(_))
+        ));
+        assert_eq!(
+            v.kind(&p("dangling.sql")),
+            Ok(EntryKind::Unusable(
+                "dangling symlink to missing.sql".to_string()
+            ))
+        );
+        assert!(
+            matches!(v.kind(&p("loop1")), Ok(EntryKind::Unusable(w)) if w.contains("too many"))
+        );
+        assert!(matches!(
+            v.read_dir(&p("loop2")),
+            Err(VfsError::Unusable(_))
+        ));
+
+        let root_listing = v.read_dir(&p("")).unwrap();
+        for entry in &root_listing {
+            let usable = matches!(entry.kind, EntryKind::File | EntryKind::Dir);
+            let expect =
+                ["chain", "clinics", "common", "sluice.toml"].contains(&entry.name.as_str());
+            assert_eq!(usable, expect, "{entry:?}");
+        }
+
+        // Seen from the repository root, the same `up.txt` stays inside.
+        let whole = GitVfs::open(&root, "HEAD").unwrap();
+        assert_eq!(text(&whole, "proj/up.txt"), "outside the prefix\n");
+    }
+
+    #[test]
+    fn executables_are_files_and_submodules_unusable() {
+        let (_tmp, root) = two_commits();
+        write(&root, "run.sh", "#!/bin/sh\n");
+        git(&root, &["add", "run.sh"]);
+        git(&root, &["update-index", "--chmod=+x", "run.sh"]);
+        let head = git(&root, &["rev-parse", "HEAD"]);
+        let gitlink = format!("160000,{head},vendor/sub");
+        git(&root, &["update-index", "--add", "--cacheinfo", &gitlink]);
+        git(&root, &["commit", "-q", "-m", "exec and submodule"]);
+
+        let v = GitVfs::open(&root, "HEAD").unwrap();
+        assert_eq!(v.kind(&p("run.sh")), Ok(EntryKind::File));
+        assert_eq!(text(&v, "run.sh"), "#!/bin/sh\n");
+        let sub = EntryKind::Unusable("submodule".to_string());
+        assert_eq!(v.kind(&p("vendor/sub")), Ok(sub.clone()));
+        assert_eq!(v.read_dir(&p("vendor")).unwrap()[0].kind, sub);
+        assert!(matches!(
+            v.read_file(&p("vendor/sub")),
+            Err(VfsError::Unusable(_))
+        ));
+        assert!(matches!(
+            v.read_file(&p("vendor/sub/x")),
+            Err(VfsError::Unusable(_))
+        ));
+    }
+
+    #[test]
+    fn opens_bare_repositories() {
+        let (tmp, root) = two_commits();
+        let bare = tmp.path().join("mirror.git");
+        let (src, dst) = (root.to_str().unwrap(), bare.to_str().unwrap());
+        git(tmp.path(), &["clone", "-q", "--bare", src, dst]);
+        let v = GitVfs::open(&bare, "main").unwrap();
+        assert_eq!(text(&v, "sluice.toml"), "version = 2\n");
+        let v = GitVfs::open_bare(&bare, "HEAD~1", &p("src")).unwrap();
+        assert_eq!(names(&v, ""), vec!["a.sql", "old.sql"]);
+        assert_eq!(v.commit_id(), git(&root, &["rev-parse", "HEAD~1"]));
+        let err = GitVfs::open_bare(&tmp.path().join("nope.git"), "HEAD", &p("")).unwrap_err();
+        assert!(format!("{err:#}").contains("is not a git repository"));
+    }
+
+    #[test]
+    fn decodes_each_tree_once_in_a_packed_repository() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("repo");
+        fs::create_dir_all(&root).unwrap();
+        git(&root, &["init", "-q"]);
+        for d in 0..10 {
+            for f in 0..20 {
+                write(
+                    &root,
+                    &format!("d{d}/sub/f{f}.sql"),
+                    &format!("select {d}, {f};\n"),
+                );
+            }
+        }
+        commit_all(&root, "many");
+        git(&root, &["gc", "-q"]);
+
+        let v = GitVfs::open(&root, "HEAD").unwrap();
+        let mut files = 0;
+        for d in v.read_dir(&p("")).unwrap() {
+            for f in v.read_dir(&p(&format!("{}/sub", d.name))).unwrap() {
+                let path = format!("{}/sub/{}", d.name, f.name);
+                assert_eq!(v.kind(&p(&path)), Ok(EntryKind::File));
+                assert!(text(&v, &path).starts_with("select"));
+                files += 1;
+            }
+        }
+        assert_eq!(files, 200);
+        // The root, ten `dN` and ten `dN/sub` trees.
+        assert_eq!(v.cached_trees(), 21);
     }
 }
