@@ -1,0 +1,2 @@
+-- @include common/varian
+-- @param clinic=clinic_a

@@ -1,0 +1,4 @@
+-- @include common/varian
+-- @param clinic=clinic_b
+-- @param ehr=aria16
+-- @param albumin_low=3.4

@@ -1,0 +1,3 @@
+-- @include ./_lab_base.sql
+-- @param loinc=2160-0
+-- @assert sql: SELECT * FROM Creatinine WHERE unit <> 'mg/dL' OR value NOT BETWEEN 0.1 AND 15

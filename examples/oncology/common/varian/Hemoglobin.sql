@@ -1,0 +1,4 @@
+-- @include ./_lab_base.sql
+-- @param loinc=718-7
+-- @param decimals=1
+-- @assert sql: SELECT * FROM Hemoglobin WHERE unit <> 'g/dL' OR value NOT BETWEEN 3 AND 25

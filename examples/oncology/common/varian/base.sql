@@ -1,0 +1,2 @@
+-- @include common/base
+-- @param ehr=aria15
