@@ -8,15 +8,33 @@ use util::{Repo, example_dir, sluice_in};
 /// Two clinics mounting one group; clinic b overrides Patient.
 fn two_clinics() -> Repo {
     let r = Repo::new();
-    r.file("common/g/Patient.sql", "-- @source data://{{clinic}}/patients.csv\n-- @key id\nSELECT * FROM patients;\n")
-        .file("common/g/Stats.sql", "-- @depend /reference/codes\nSELECT count(*) AS n FROM codes;\n")
-        .file("common/g/Joined.sql", "-- @depend ./Patient\n-- @depend ./Stats\nSELECT * FROM Patient, Stats;\n")
-        .file("reference/codes.csv", "code,loinc\nALB,1751-7\n")
-        .file("clinics/a/g.sql", "-- @include common/g\n-- @param clinic=a\n")
-        .file("clinics/b/g.sql", "-- @include common/g\n-- @param clinic=b\n")
-        .file("clinics/b/Patient.sql", "-- @source data://b/export.csv\n-- @key id\nSELECT pt AS id FROM export;\n")
-        .file("data/a/patients.csv", "id\n1\n2\n")
-        .file("data/b/export.csv", "pt\n7\n");
+    r.file(
+        "common/g/Patient.sql",
+        "-- @source data://{{clinic}}/patients.csv\n-- @key id\nSELECT * FROM patients;\n",
+    )
+    .file(
+        "common/g/Stats.sql",
+        "-- @depend /reference/codes\nSELECT count(*) AS n FROM codes;\n",
+    )
+    .file(
+        "common/g/Joined.sql",
+        "-- @depend ./Patient\n-- @depend ./Stats\nSELECT * FROM Patient, Stats;\n",
+    )
+    .file("reference/codes.csv", "code,loinc\nALB,1751-7\n")
+    .file(
+        "clinics/a/g.sql",
+        "-- @include common/g\n-- @param clinic=a\n",
+    )
+    .file(
+        "clinics/b/g.sql",
+        "-- @include common/g\n-- @param clinic=b\n",
+    )
+    .file(
+        "clinics/b/Patient.sql",
+        "-- @source data://b/export.csv\n-- @key id\nSELECT pt AS id FROM export;\n",
+    )
+    .file("data/a/patients.csv", "id\n1\n2\n")
+    .file("data/b/export.csv", "pt\n7\n");
     r
 }
 
@@ -81,13 +99,19 @@ fn unrelated_and_comment_changes_leave_hashes_alone() {
     for k in ["clinics/a:Patient", "clinics/a:Joined", "clinics/a:Stats"] {
         assert_eq!(before[k], commented[k], "{k} must not change");
     }
-    r.file("clinics/b/Patient.sql", "-- @source data://b/export.csv\n-- @key id\nSELECT pt AS id FROM export WHERE pt > 0;\n");
+    r.file(
+        "clinics/b/Patient.sql",
+        "-- @source data://b/export.csv\n-- @key id\nSELECT pt AS id FROM export WHERE pt > 0;\n",
+    );
     let after = definitions(r.sluice(&["plan", "--json"]).success());
     for k in ["clinics/a:Patient", "clinics/a:Joined", "clinics/a:Stats"] {
         assert_eq!(before[k], after[k], "{k} must not change");
     }
     assert_ne!(before["clinics/b:Patient"], after["clinics/b:Patient"]);
-    assert_ne!(before["clinics/b:Joined"], after["clinics/b:Joined"], "downstream of the edit");
+    assert_ne!(
+        before["clinics/b:Joined"], after["clinics/b:Joined"],
+        "downstream of the edit"
+    );
     // Source data is part of the definition.
     r.file("data/a/patients.csv", "id\n1\n2\n3\n");
     let data = definitions(r.sluice(&["plan", "--json"]).success());
@@ -104,7 +128,10 @@ fn check_reports_every_problem_with_path_and_line() {
         .file("clinics/a/C.sql", "-- @depend ./D\nSELECT 1;\n")
         .file("clinics/a/D.sql", "-- @depend ./C\nSELECT 1;\n")
         .file("clinics/a/E.sql", "SELECT '{{site}}';\n")
-        .file("clinics/a/F.sql", "-- @include ../../../etc/passwd\nSELECT 1;\n")
+        .file(
+            "clinics/a/F.sql",
+            "-- @include ../../../etc/passwd\nSELECT 1;\n",
+        )
         .file("clinics/a/G.sql", "-- nothing here\n")
         .file("clinics/b/m.sql", "-- @include g1\n-- @include g2\n")
         .file("g1/X.sql", "SELECT 1;\n")
@@ -134,7 +161,9 @@ fn symlink_out_of_the_repo_is_refused() {
     let r = Repo::new();
     r.file("clinics/a/A.sql", "SELECT 1;\n");
     std::os::unix::fs::symlink("/etc/hostname", r.path().join("clinics/a/Evil.sql")).unwrap();
-    r.sluice(&["check"]).failure().stderr_has("clinics/a/Evil.sql:1:");
+    r.sluice(&["check"])
+        .failure()
+        .stderr_has("clinics/a/Evil.sql:1:");
 }
 
 #[test]
@@ -145,9 +174,13 @@ fn missing_config_says_what_to_write() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     out.stderr_has("no sluice.toml").stderr_has("pipelines = [");
     r.file("sluice.toml", "[project]\npipelinez = []\n");
-    r.sluice(&["check"]).failure().stderr_has("sluice.toml:2: unknown field `pipelinez`");
+    r.sluice(&["check"])
+        .failure()
+        .stderr_has("sluice.toml:2: unknown field `pipelinez`");
     r.file("sluice.toml", "[project]\npipelines = [\"nothing/*\"]\n");
-    r.sluice(&["check"]).failure().stderr_has("matches no directory");
+    r.sluice(&["check"])
+        .failure()
+        .stderr_has("matches no directory");
 }
 
 #[test]
@@ -157,11 +190,17 @@ fn at_reads_a_commit_while_the_working_tree_differs() {
     let d1 = definitions(r.sluice(&["plan", "--json"]).success());
     // Break the working tree and change a node; the commit still reads clean.
     r.file("clinics/a/Broken.sql", "-- @depend ./Nope\nSELECT 1;\n");
-    r.file("common/g/Stats.sql", "-- @depend /reference/codes\nSELECT count(*) + 1 AS n FROM codes;\n");
+    r.file(
+        "common/g/Stats.sql",
+        "-- @depend /reference/codes\nSELECT count(*) + 1 AS n FROM codes;\n",
+    );
     r.sluice(&["check"]).failure().stderr_has("Broken.sql");
     r.sluice(&["--at", "HEAD", "check"]).success();
     let at = definitions(r.sluice(&["--at", &first, "plan", "--json"]).success());
-    assert_eq!(d1, at, "plan at the commit equals the plan of the clean tree");
+    assert_eq!(
+        d1, at,
+        "plan at the commit equals the plan of the clean tree"
+    );
     // Commit the change; HEAD~1 is the old version, HEAD the new.
     r.remove("clinics/a/Broken.sql");
     r.commit_all("second");
@@ -169,7 +208,8 @@ fn at_reads_a_commit_while_the_working_tree_differs() {
     let prev = definitions(r.sluice(&["--at", "HEAD~1", "plan", "--json"]).success());
     assert_eq!(prev, d1);
     assert_ne!(head["clinics/a:Stats"], prev["clinics/a:Stats"]);
-    r.sluice(&["--at", "no-such-rev", "check"]).stderr_has("no-such-rev");
+    r.sluice(&["--at", "no-such-rev", "check"])
+        .stderr_has("no-such-rev");
 }
 
 #[test]
@@ -177,7 +217,10 @@ fn at_works_when_the_repo_is_a_subdirectory_of_a_git_work_tree() {
     let outer = Repo::empty();
     util::copy_dir(two_clinics().path(), &outer.path().join("pipelines"));
     outer.commit_all("nested");
-    let out = sluice_in(&outer.path().join("pipelines"), &["--at", "HEAD", "plan", "--json"]);
+    let out = sluice_in(
+        &outer.path().join("pipelines"),
+        &["--at", "HEAD", "plan", "--json"],
+    );
     out.success();
     assert_eq!(out.json()["plans"].as_array().unwrap().len(), 2);
 }
@@ -196,17 +239,22 @@ fn show_explains_where_each_part_came_from() {
         .stdout_has("mounted by  clinics/a/g.sql")
         .stdout_has("param       clinic=a (set at clinics/a/g.sql:2)")
         .stdout_has("source      data://a/patients.csv as table patients");
-    r.sluice(&["show", "clinics/a/Patiant"]).stderr_has("did you mean clinics/a/Patient?");
+    r.sluice(&["show", "clinics/a/Patiant"])
+        .stderr_has("did you mean clinics/a/Patient?");
 }
 
 #[test]
 fn graph_prints_dot_and_mermaid() {
     let r = two_clinics();
     let dot = r.sluice(&["graph", "clinics/a"]);
-    dot.success().stdout_has("digraph sluice").stdout_has("label=\"Joined\"");
+    dot.success()
+        .stdout_has("digraph sluice")
+        .stdout_has("label=\"Joined\"");
     assert_eq!(dot.stdout.matches("->").count(), 3);
     let m = r.sluice(&["graph", "clinics/a", "--format", "mermaid"]);
-    m.success().stdout_has("flowchart LR").stdout_has("[\"/reference/codes\"]");
+    m.success()
+        .stdout_has("flowchart LR")
+        .stdout_has("[\"/reference/codes\"]");
     assert_eq!(m.stdout.matches("-->").count(), 3);
 }
 
@@ -223,13 +271,17 @@ fn missing_source_data_is_reported_by_plan() {
     let r = two_clinics();
     r.remove("data/b/export.csv");
     r.sluice(&["check"]).success();
-    r.sluice(&["plan"]).failure().stderr_has("clinics/b/Patient.sql:1: @source data://b/export.csv:");
+    r.sluice(&["plan"])
+        .failure()
+        .stderr_has("clinics/b/Patient.sql:1: @source data://b/export.csv:");
 }
 
 #[test]
 fn help_teaches() {
     let r = sluice_in(&example_dir(), &["--help"]);
-    r.success().stdout_has("sluice check").stdout_has("Commands:");
+    r.success()
+        .stdout_has("sluice check")
+        .stdout_has("Commands:");
     let r = sluice_in(&example_dir(), &["plan", "--help"]);
     r.success().stdout_has("modified").stdout_has("affected");
 }

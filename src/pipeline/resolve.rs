@@ -762,15 +762,17 @@ impl<'a> Compiler<'a> {
         self.register(node);
     }
 
+    /// Input table names must be unique ignoring case: SQLite's are.
     fn claim_table(&mut self, tables: &mut BTreeMap<String, Origin>, table: &str, origin: &Origin) {
-        if let Some(prev) = tables.get(table) {
+        let folded = table.to_lowercase();
+        if let Some(prev) = tables.get(&folded) {
             self.diags.push(
                 &origin.file,
                 origin.line,
                 format!("two inputs are named `{table}` (the other at {prev}); inside the node each input is a table named after its node or file stem"),
             );
         } else {
-            tables.insert(table.to_string(), origin.clone());
+            tables.insert(folded, origin.clone());
         }
     }
 
