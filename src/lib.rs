@@ -3,7 +3,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod exec;
 pub mod git;
 pub mod pipeline;
 pub mod plan;
+pub mod store;
 pub mod worktree;

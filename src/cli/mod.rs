@@ -1,10 +1,15 @@
 //! The command line: one file per subcommand; this module holds the
 //! argument types and dispatch.
 
+mod cat;
 mod check;
+mod diff;
 mod graph;
 mod plan;
+mod progress;
+mod run;
 mod show;
+mod why;
 mod workspace;
 
 use std::path::PathBuf;
@@ -22,8 +27,9 @@ pub use workspace::Workspace;
 /// table is cached by the hash of its code and inputs, so a change
 /// recomputes only its path.
 ///
-/// Start with `sluice check` (is the repo valid?), then `sluice plan`
-/// (what would change against production?).
+/// Start with `sluice check` (is the repo valid?), `sluice plan` (what
+/// would change against production?), `sluice run` (compute it), then
+/// `sluice diff` (how did the tables change?).
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, propagate_version = true)]
 pub struct Cli {
@@ -43,6 +49,13 @@ pub struct GlobalArgs {
     /// straight from git objects, instead of the working tree.
     #[arg(long, global = true, value_name = "REV")]
     pub at: Option<String>,
+    /// The data root that `data://` sources resolve under (overrides
+    /// `[data] root` of sluice.toml). PHI lives here, never in git.
+    #[arg(long, global = true, value_name = "DIR", env = "SLUICE_DATA_ROOT")]
+    pub data: Option<PathBuf>,
+    /// Where the cache, blobs and refs live. Default: <repo>/.sluice.
+    #[arg(long, global = true, value_name = "DIR", env = "SLUICE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,6 +79,27 @@ pub enum Command {
     ///
     /// Example: sluice show clinics/clinic_b/Patient
     Show(show::ShowArgs),
+    /// Run what changed against production, take the rest from the cache.
+    ///
+    /// Plans against the production manifest, runs the nodes whose task key
+    /// (code + input data) is not cached, on a worker pool in dependency
+    /// order, and records a manifest. A failed node skips its descendants;
+    /// independent nodes still run. Exit 1 when any node failed.
+    ///
+    /// Example: sluice run clinics/clinic_a -j 4 --promote
+    Run(run::RunArgs),
+    /// Print a node's output table (CSV) from the last run.
+    ///
+    /// Example: sluice cat clinics/clinic_a/Albumin | head
+    Cat(cat::CatArgs),
+    /// Compare the last run with production: rows, columns, keyed changes.
+    ///
+    /// Counts only, never cell values: rows before and after, columns added
+    /// and removed, and with @key the rows added, removed and changed.
+    Diff(diff::DiffArgs),
+    /// Explain why a node was computed or taken from the cache in the last
+    /// run: which part of its definition or which input changed.
+    Why(why::WhyArgs),
     /// Print the DAG as Graphviz dot or a Mermaid flowchart.
     ///
     /// Example: sluice graph clinics/clinic_a --format mermaid
@@ -80,5 +114,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => plan::run(&cli.global, &args),
         Command::Show(args) => show::run(&cli.global, &args),
         Command::Graph(args) => graph::run(&cli.global, &args),
+        Command::Run(args) => run::run(&cli.global, &args),
+        Command::Cat(args) => cat::run(&cli.global, &args),
+        Command::Diff(args) => diff::run(&cli.global, &args),
+        Command::Why(args) => why::run(&cli.global, &args),
     }
 }

@@ -6,9 +6,8 @@ use std::process::ExitCode;
 use clap::Args;
 use serde::Serialize;
 
+use super::workspace::production_manifest;
 use super::{GlobalArgs, Workspace};
-use crate::pipeline::RepoPath;
-use crate::plan::manifest::Manifest;
 use crate::plan::{self, Change, PipelinePlan};
 
 #[derive(Debug, Args)]
@@ -28,14 +27,18 @@ struct PlanOutput<'a> {
 
 pub fn run(global: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<ExitCode> {
     let mut ws = Workspace::load(global)?;
-    let hashes = ws.hashes();
+    let stores = ws.existing_stores()?;
+    let (hashes, _) = ws.hashes(stores.as_ref().map(|s| &*s.state));
     if ws.report_diagnostics() {
         return Ok(ExitCode::FAILURE);
     }
     let selected = ws.select_pipelines(&args.pipelines)?;
     let mut plans = Vec::new();
     for p in &selected {
-        let production = production_manifest(&ws, p)?;
+        let production = match &stores {
+            Some(s) => production_manifest(s, p)?.map(|(_, m)| m),
+            None => None,
+        };
         plans.push(plan::plan_pipeline(
             &ws.graph,
             &hashes,
@@ -53,12 +56,6 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<ExitCode> {
         write_plan(&mut out, plan)?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The manifest `production/<pipeline>` points at. Runs (and with them the
-/// state store that keeps refs) are not built yet, so there is none.
-fn production_manifest(_ws: &Workspace, _pipeline: &RepoPath) -> anyhow::Result<Option<Manifest>> {
-    Ok(None)
 }
 
 fn write_plan(out: &mut impl Write, plan: &PipelinePlan) -> std::io::Result<()> {

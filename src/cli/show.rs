@@ -20,7 +20,8 @@ pub struct ShowArgs {
 
 pub fn run(global: &GlobalArgs, args: &ShowArgs) -> anyhow::Result<ExitCode> {
     let mut ws = Workspace::load(global)?;
-    let hashes = ws.hashes();
+    let stores = ws.existing_stores()?;
+    let (hashes, _) = ws.hashes(stores.as_ref().map(|s| &*s.state));
     let failed = ws.report_diagnostics();
     let Some((dir, name)) = args.node.trim_matches('/').rsplit_once('/') else {
         bail!(

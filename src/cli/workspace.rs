@@ -14,6 +14,9 @@ use crate::pipeline::diag::Diagnostic;
 use crate::pipeline::{self, Graph, RepoPath, Vfs};
 use crate::plan::digest::Digest;
 use crate::plan::hash::{self, HashContext, NodeHashes};
+use crate::plan::manifest::Manifest;
+use crate::store::Stores;
+use crate::store::state::StateDb;
 use crate::worktree::WorktreeVfs;
 
 /// A resolved repository and what was wrong with it.
@@ -25,6 +28,8 @@ pub struct Workspace {
     pub config: Option<RepoConfig>,
     pub graph: Graph,
     pub diagnostics: Vec<Diagnostic>,
+    data_override: Option<PathBuf>,
+    state_override: Option<PathBuf>,
 }
 
 impl Workspace {
@@ -51,6 +56,16 @@ impl Workspace {
             config: None,
             graph: Graph::default(),
             diagnostics: Vec::new(),
+            data_override: global
+                .data
+                .as_deref()
+                .map(std::path::absolute)
+                .transpose()?,
+            state_override: global
+                .state_dir
+                .as_deref()
+                .map(std::path::absolute)
+                .transpose()?,
         };
         let cfg_path = RepoPath::parse(config::FILE_NAME).expect("constant path is valid");
         let text = match ws.vfs.read_file(&cfg_path) {
@@ -111,18 +126,47 @@ impl Workspace {
         !self.diagnostics.is_empty()
     }
 
-    /// The data root on disk (`[data] root`, relative to the repository).
+    /// The data root on disk: `--data` / `SLUICE_DATA_ROOT`, else
+    /// `[data] root` relative to the repository.
     pub fn data_root(&self) -> Option<PathBuf> {
+        if let Some(d) = &self.data_override {
+            return Some(d.clone());
+        }
         let rel = self.config.as_ref()?.data_root.as_ref()?;
         Some(self.root.join(rel))
     }
 
-    /// Hashes every node; sources are read from the data root, and a
-    /// missing source becomes a diagnostic at its `@source` line.
-    pub fn hashes(&mut self) -> Vec<Option<NodeHashes>> {
+    /// The state directory: `--state-dir` / `SLUICE_STATE_DIR`, else
+    /// `<repo>/.sluice`.
+    pub fn state_dir(&self) -> PathBuf {
+        crate::store::state_dir(&self.root, self.state_override.as_deref())
+    }
+
+    /// Opens the stores, creating them on first use.
+    pub fn open_stores(&self) -> anyhow::Result<Stores> {
+        let dir = self.state_dir();
+        Stores::open(&dir).with_context(|| format!("cannot open the state in {}", dir.display()))
+    }
+
+    /// Opens the stores only if they exist (read-only commands should not
+    /// create them).
+    pub fn existing_stores(&self) -> anyhow::Result<Option<Stores>> {
+        if self.state_dir().join("state.db").exists() {
+            self.open_stores().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Hashes every node; sources are read from the data root (through
+    /// the memo when a state database is given), and a missing source
+    /// becomes a diagnostic at its `@source` line.
+    pub fn hashes(&mut self, memo: Option<&StateDb>) -> (Vec<Option<NodeHashes>>, HashContext) {
         let mut ctx = HashContext::default();
-        ctx.engine_versions
-            .insert("sqlite".into(), rusqlite::version().to_string());
+        ctx.engine_versions.insert(
+            "sqlite".into(),
+            crate::exec::sqlite::sqlite_version().to_string(),
+        );
         let data_root = self.data_root();
         let mut seen = HashSet::new();
         let mut problems = Vec::new();
@@ -141,7 +185,14 @@ impl Workspace {
                     ));
                     continue;
                 };
-                match digest_file(&root.join(s.path.as_str())) {
+                let path = root.join(s.path.as_str());
+                let digest = match memo {
+                    Some(db) => {
+                        crate::store::source::source_digest(db, &path).map_err(|e| e.to_string())
+                    }
+                    None => digest_file(&path).map_err(|e| e.to_string()),
+                };
+                match digest {
                     Ok(d) => {
                         ctx.sources.insert(s.path.clone(), d);
                     }
@@ -161,7 +212,7 @@ impl Workspace {
         }
         self.diagnostics.sort();
         self.diagnostics.dedup();
-        hash::definition_hashes(&self.graph, &ctx)
+        (hash::definition_hashes(&self.graph, &ctx), ctx)
     }
 
     /// Pipelines named on the command line, or all of them.
@@ -214,7 +265,11 @@ fn find_root(repo: Option<&Path>, at_commit: bool) -> anyhow::Result<PathBuf> {
         if !r.is_dir() {
             bail!("--repo {}: not a directory", r.display());
         }
-        return Ok(r.to_path_buf());
+        // Absolute, so that paths handed to command actions (which run in
+        // their own directory) still resolve.
+        return r
+            .canonicalize()
+            .with_context(|| format!("--repo {}", r.display()));
     }
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     for dir in cwd.ancestors() {
@@ -227,4 +282,40 @@ fn find_root(repo: Option<&Path>, at_commit: bool) -> anyhow::Result<PathBuf> {
         cwd.display(),
         config::EXAMPLE
     )
+}
+
+/// The ref naming a pipeline's production manifest.
+pub fn production_ref(pipeline: &RepoPath) -> String {
+    format!("production/{pipeline}")
+}
+
+/// Reads and parses a manifest blob.
+pub fn load_manifest(stores: &Stores, digest: &Digest) -> anyhow::Result<Manifest> {
+    let bytes = stores
+        .blobs
+        .get(digest)
+        .with_context(|| format!("cannot read manifest {digest}"))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("manifest {digest} is not valid"))
+}
+
+/// The production manifest of a pipeline, if one was promoted.
+pub fn production_manifest(
+    stores: &Stores,
+    pipeline: &RepoPath,
+) -> anyhow::Result<Option<(Digest, Manifest)>> {
+    match stores.state.ref_get(&production_ref(pipeline))? {
+        Some(d) => Ok(Some((d, load_manifest(stores, &d)?))),
+        None => Ok(None),
+    }
+}
+
+/// The manifest of the last recorded run of a pipeline.
+pub fn last_run_manifest(
+    stores: &Stores,
+    pipeline: &RepoPath,
+) -> anyhow::Result<Option<(Digest, Manifest)>> {
+    match stores.state.last_run(pipeline.as_str())? {
+        Some(run) => Ok(Some((run.manifest, load_manifest(stores, &run.manifest)?))),
+        None => Ok(None),
+    }
 }

@@ -91,6 +91,60 @@ impl LocalKey<'_> {
     }
 }
 
+impl LocalKey<'_> {
+    /// A digest per part, named for people: what `sluice why` compares to
+    /// say which part of a definition changed.
+    pub fn parts(&self) -> Vec<(String, Digest)> {
+        let one = |f: &dyn Fn(&mut FieldHasher)| {
+            let mut h = FieldHasher::new(FORMAT_VERSION);
+            f(&mut h);
+            h.finish()
+        };
+        let mut out = vec![
+            (
+                "action".to_string(),
+                one(&|h| {
+                    h.field_str("k", self.action_kind)
+                        .field_str("t", self.action_text)
+                        .field_str("v", self.engine_version);
+                }),
+            ),
+            (
+                "body".to_string(),
+                one(&|h| {
+                    h.field_str("b", self.body);
+                }),
+            ),
+            (
+                "key".to_string(),
+                one(&|h| {
+                    for k in self.key {
+                        h.field_str("k", k);
+                    }
+                }),
+            ),
+            (
+                "asserts".to_string(),
+                one(&|h| {
+                    for a in &self.asserts {
+                        h.field_str("a", a);
+                    }
+                }),
+            ),
+        ];
+        for (k, v) in &self.params {
+            out.push((format!("param {k}"), Digest::of(v.as_bytes())));
+        }
+        for (t, r) in &self.inputs {
+            out.push((format!("input {t}"), Digest::of(r.as_bytes())));
+        }
+        for (t, d) in &self.sources {
+            out.push((format!("source {t}"), *d));
+        }
+        out
+    }
+}
+
 /// Combines a local hash with one digest per input table: with the
 /// inputs' definition hashes this is the definition hash; with their
 /// output digests it is the task key.

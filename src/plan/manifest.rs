@@ -1,6 +1,8 @@
 //! The run manifest (DESIGN §3): what a run produced, per node. Stored as a
 //! JSON blob; the plan compares against the production one.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::digest::Digest;
@@ -44,6 +46,15 @@ pub struct ManifestNode {
     pub log: Option<Digest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The `@key` columns, for key-based diffs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key: Vec<String>,
+    /// Digest of each part of the node's own definition, for `sluice why`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parts: BTreeMap<String, Digest>,
+    /// Output digest of each input table the task key was made of.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, Digest>,
 }
 
 impl Manifest {

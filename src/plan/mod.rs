@@ -1,6 +1,7 @@
 //! Planning: definition hashes, and each node's change against the
 //! production manifest (DESIGN §4). Pure.
 
+pub mod diff;
 pub mod digest;
 pub mod hash;
 pub mod manifest;

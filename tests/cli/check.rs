@@ -1,12 +1,10 @@
-//! End-to-end tests of the `sluice` binary on the example and on
-//! repositories built in temp dirs (real files, real git).
+//! `check`, `plan`, `show`, `graph` and `--at` on the example and on
+//! repositories built in temp dirs.
 
-mod util;
-
-use util::{Repo, example_dir, sluice_in};
+use crate::util::{self, Repo, example_dir, sluice_in};
 
 /// Two clinics mounting one group; clinic b overrides Patient.
-fn two_clinics() -> Repo {
+pub fn two_clinics() -> Repo {
     let r = Repo::new();
     r.file(
         "common/g/Patient.sql",

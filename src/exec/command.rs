@@ -1,0 +1,225 @@
+//! Command actions (`action/python`, `action/bash`, `action/r`, and any
+//! repo-defined `action/...` with a `@command` template): the body is
+//! written to a script in a fresh temp directory and the template run with
+//! a minimal environment. The process group is killed on timeout.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use wait_timeout::ChildExt;
+
+/// The default `@timeout`: one hour.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How much of a command's output is kept in its log.
+pub const LOG_CAP: u64 = 1 << 20;
+
+/// What a command needs.
+#[derive(Debug)]
+pub struct CommandSpec<'a> {
+    /// The `@command` template, e.g. `python3 {script}`.
+    pub template: &'a str,
+    /// The node body, written to the script file.
+    pub body: &'a str,
+    /// Extension of the script file (the node file's), e.g. `py`.
+    pub extension: Option<&'a str>,
+    /// `(name, path)` for each input table.
+    pub inputs: Vec<(String, PathBuf)>,
+    pub params: BTreeMap<String, String>,
+    pub timeout: Duration,
+}
+
+/// What came of a command; the temp directory lives as long as this.
+#[derive(Debug)]
+pub struct CommandOutcome {
+    pub dir: tempfile::TempDir,
+    /// `SLUICE_OUTPUT`, to be read and canonicalised by the caller.
+    pub output: PathBuf,
+    /// stdout and stderr, interleaved, capped at [`LOG_CAP`].
+    pub log: Vec<u8>,
+    /// `Err` says why the command failed (exit status, timeout).
+    pub result: Result<(), String>,
+}
+
+/// `SLUICE_INPUT_<Name>`: the name with every character outside
+/// `[A-Za-z0-9_]` replaced by `_`.
+pub fn env_name(prefix: &str, name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{prefix}{clean}")
+}
+
+/// Splits the template on whitespace and puts the script path in place of
+/// `{script}`. No shell is involved.
+fn argv(template: &str, script: &Path) -> Result<Vec<String>, String> {
+    let script = script.to_string_lossy();
+    let args: Vec<String> = template
+        .split_whitespace()
+        .map(|a| a.replace("{script}", &script))
+        .collect();
+    if args.is_empty() {
+        return Err("the @command template is empty".into());
+    }
+    Ok(args)
+}
+
+/// Runs one command action to completion or timeout.
+pub fn run(spec: &CommandSpec) -> std::io::Result<CommandOutcome> {
+    let dir = tempfile::Builder::new().prefix("sluice-node-").tempdir()?;
+    let script = dir.path().join(match spec.extension {
+        Some(ext) => format!("node.{ext}"),
+        None => "node".to_string(),
+    });
+    std::fs::write(&script, spec.body)?;
+    let output = dir.path().join("output.csv");
+    let log_path = dir.path().join("log.txt");
+    let args = match argv(spec.template, &script) {
+        Ok(a) => a,
+        Err(e) => {
+            return Ok(CommandOutcome {
+                dir,
+                output,
+                log: Vec::new(),
+                result: Err(e),
+            });
+        }
+    };
+
+    let log = File::create(&log_path)?;
+    let mut cmd = Command::new(&args[0]);
+    cmd.args(&args[1..])
+        .current_dir(dir.path())
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        )
+        .env("LANG", "C.UTF-8")
+        .env("HOME", dir.path())
+        .env("TMPDIR", dir.path())
+        .env("SLUICE_OUTPUT", &output)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group, so a timeout kills everything it started.
+        .process_group(0);
+    for (name, path) in &spec.inputs {
+        cmd.env(env_name("SLUICE_INPUT_", name), path);
+    }
+    for (k, v) in &spec.params {
+        cmd.env(env_name("SLUICE_PARAM_", k), v);
+    }
+    let result = match cmd.spawn() {
+        Err(e) => Err(format!("cannot start `{}`: {e}", args[0])),
+        Ok(mut child) => {
+            let pgid = rustix::process::Pid::from_raw(child.id() as i32);
+            let waited = child.wait_timeout(spec.timeout)?;
+            // Whatever it left running in its group goes too; the group may
+            // already be gone, which is fine.
+            let kill = || {
+                if let Some(p) = pgid {
+                    let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+                }
+            };
+            match waited {
+                Some(status) => {
+                    kill();
+                    if status.success() {
+                        Ok(())
+                    } else {
+                        Err(match status.code() {
+                            Some(c) => format!("`{}` exited with status {c}", args[0]),
+                            None => format!("`{}` was killed by a signal", args[0]),
+                        })
+                    }
+                }
+                None => {
+                    kill();
+                    child.wait()?;
+                    Err(format!(
+                        "timed out after {}s (@timeout)",
+                        spec.timeout.as_secs()
+                    ))
+                }
+            }
+        }
+    };
+    let mut log = Vec::new();
+    File::open(&log_path)?.take(LOG_CAP).read_to_end(&mut log)?;
+    if log.len() as u64 == LOG_CAP {
+        log.extend_from_slice(b"\n[log truncated by sluice]\n");
+    }
+    Ok(CommandOutcome {
+        dir,
+        output,
+        log,
+        result,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec<'a>(body: &'a str) -> CommandSpec<'a> {
+        CommandSpec {
+            template: "bash {script}",
+            body,
+            extension: Some("sh"),
+            inputs: vec![("lab-map.v2".into(), PathBuf::from("/x/in.csv"))],
+            params: [("clinic".to_string(), "a".to_string())].into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn runs_with_a_minimal_environment() {
+        let out = run(&spec(
+            "echo \"$SLUICE_INPUT_lab_map_v2 $SLUICE_PARAM_clinic $LANG\"; [ -z \"$CARGO\" ] && echo clean; echo a > \"$SLUICE_OUTPUT\"",
+        ))
+        .unwrap();
+        assert_eq!(out.result, Ok(()));
+        let log = String::from_utf8(out.log.clone()).unwrap();
+        assert!(log.contains("/x/in.csv a C.UTF-8"), "{log}");
+        assert!(
+            log.contains("clean"),
+            "the parent's environment must not leak: {log}"
+        );
+        assert_eq!(std::fs::read_to_string(&out.output).unwrap(), "a\n");
+    }
+
+    #[test]
+    fn failure_and_timeout() {
+        let out = run(&spec("echo oops >&2; exit 3")).unwrap();
+        assert_eq!(out.result, Err("`bash` exited with status 3".into()));
+        assert_eq!(out.log, b"oops\n");
+        let mut s = spec("sleep 30 & sleep 30");
+        s.timeout = Duration::from_millis(300);
+        let start = std::time::Instant::now();
+        let out = run(&s).unwrap();
+        assert!(out.result.unwrap_err().contains("timed out"));
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let mut s = spec("true");
+        s.template = "no-such-interpreter-xyz {script}";
+        assert!(
+            run(&s)
+                .unwrap()
+                .result
+                .unwrap_err()
+                .contains("cannot start")
+        );
+    }
+}

@@ -1,0 +1,407 @@
+//! Runs nodes: the built-in SQLite action in-process, command actions in
+//! a sandbox-ish temp dir, on a worker pool in topological order, with the
+//! content-addressed cache in front (DESIGN §2–3).
+
+pub mod checks;
+pub mod command;
+pub mod sqlite;
+pub mod table;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::pipeline::graph::{Action, Graph, Node, NodeId};
+use crate::plan::digest::Digest;
+use crate::plan::hash::{self, NodeHashes};
+use crate::store::Stores;
+use crate::store::state::CacheEntry;
+
+/// What happened to a node in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Computed,
+    Cached,
+    Failed,
+    Skipped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Computed => "computed",
+            Status::Cached => "cached",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+        }
+    }
+
+    fn ok(self) -> bool {
+        matches!(self, Status::Computed | Status::Cached)
+    }
+}
+
+/// The outcome of one node.
+#[derive(Debug, Clone)]
+pub struct NodeResult {
+    pub status: Status,
+    pub task_key: Option<Digest>,
+    pub output: Option<Digest>,
+    pub rows: Option<u64>,
+    pub columns: Vec<String>,
+    pub log: Option<Digest>,
+    pub duration: Duration,
+    pub error: Option<String>,
+    /// What the task key was made of, by part, for `sluice why`.
+    pub inputs: Vec<(String, Digest)>,
+}
+
+impl NodeResult {
+    fn skipped(reason: String) -> Self {
+        NodeResult {
+            status: Status::Skipped,
+            task_key: None,
+            output: None,
+            rows: None,
+            columns: Vec::new(),
+            log: None,
+            duration: Duration::ZERO,
+            error: Some(reason),
+            inputs: Vec::new(),
+        }
+    }
+}
+
+/// Knobs for a run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub jobs: usize,
+    /// Where `data://` sources live.
+    pub data_root: Option<PathBuf>,
+}
+
+/// Told about each node as it finishes (progress, logs).
+pub trait Observer: Sync {
+    fn finished(&self, node: &Node, result: &NodeResult, done: usize, total: usize);
+}
+
+/// Runs `wanted` (closed under dependencies) and returns a result for each.
+pub fn execute(
+    graph: &Graph,
+    wanted: &[NodeId],
+    hashes: &[Option<NodeHashes>],
+    stores: &Stores,
+    opts: &RunOptions,
+    observer: &dyn Observer,
+) -> HashMap<NodeId, NodeResult> {
+    let mut pending: HashMap<NodeId, usize> = HashMap::new();
+    let mut dependents: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
+    for &id in wanted {
+        let deps: Vec<NodeId> = graph.nodes[id].deps.iter().filter_map(|d| d.node).collect();
+        pending.insert(id, deps.len());
+        for d in deps {
+            dependents.entry(d).or_default().push(id);
+        }
+    }
+    let total = wanted.len();
+    let mut results: HashMap<NodeId, NodeResult> = HashMap::new();
+    let mut ready: Vec<NodeId> = wanted
+        .iter()
+        .copied()
+        .filter(|id| pending[id] == 0)
+        .collect();
+    ready.reverse();
+
+    let (job_tx, job_rx) = mpsc::channel::<(NodeId, Vec<(String, Digest)>)>();
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let (done_tx, done_rx) = mpsc::channel::<(NodeId, NodeResult)>();
+    std::thread::scope(|scope| {
+        for _ in 0..opts.jobs.max(1) {
+            let job_rx = job_rx.clone();
+            let done_tx = done_tx.clone();
+            scope.spawn(move || {
+                loop {
+                    // The lock is held only to take one job.
+                    let job = match job_rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((id, inputs)) = job else { return };
+                    let node = &graph.nodes[id];
+                    let result = match hashes[id] {
+                        Some(h) => run_node(node, &h, inputs, stores, opts),
+                        None => NodeResult::skipped("its definition hash is unknown".into()),
+                    };
+                    if done_tx.send((id, result)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+
+        let mut in_flight = 0usize;
+        loop {
+            while let Some(id) = ready.pop() {
+                let node = &graph.nodes[id];
+                // A node below a failure is skipped without running.
+                let bad = node
+                    .deps
+                    .iter()
+                    .filter_map(|d| d.node)
+                    .find(|d| results.get(d).is_none_or(|r| !r.status.ok()));
+                if let Some(b) = bad {
+                    let r = NodeResult::skipped(format!(
+                        "upstream {} did not succeed",
+                        graph.nodes[b].name
+                    ));
+                    finish(
+                        id,
+                        r,
+                        &mut results,
+                        &mut pending,
+                        &dependents,
+                        &mut ready,
+                        graph,
+                        observer,
+                        total,
+                    );
+                    continue;
+                }
+                let inputs: Vec<(String, Digest)> = node
+                    .deps
+                    .iter()
+                    .filter_map(|d| {
+                        let out = results.get(&d.node?)?.output?;
+                        Some((d.table.clone(), out))
+                    })
+                    .collect();
+                if job_tx.send((id, inputs)).is_err() {
+                    break;
+                }
+                in_flight += 1;
+            }
+            if in_flight == 0 {
+                break;
+            }
+            let Ok((id, r)) = done_rx.recv() else { break };
+            in_flight -= 1;
+            finish(
+                id,
+                r,
+                &mut results,
+                &mut pending,
+                &dependents,
+                &mut ready,
+                graph,
+                observer,
+                total,
+            );
+        }
+        drop(job_tx);
+    });
+    results
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    id: NodeId,
+    result: NodeResult,
+    results: &mut HashMap<NodeId, NodeResult>,
+    pending: &mut HashMap<NodeId, usize>,
+    dependents: &HashMap<NodeId, Vec<NodeId>>,
+    ready: &mut Vec<NodeId>,
+    graph: &Graph,
+    observer: &dyn Observer,
+    total: usize,
+) {
+    observer.finished(&graph.nodes[id], &result, results.len() + 1, total);
+    results.insert(id, result);
+    for d in dependents.get(&id).into_iter().flatten() {
+        if let Some(p) = pending.get_mut(d) {
+            *p -= 1;
+            if *p == 0 {
+                ready.push(*d);
+            }
+        }
+    }
+}
+
+/// Runs one node, or takes it from the cache.
+fn run_node(
+    node: &Node,
+    hashes: &NodeHashes,
+    inputs: Vec<(String, Digest)>,
+    stores: &Stores,
+    opts: &RunOptions,
+) -> NodeResult {
+    let start = Instant::now();
+    let mut keyed: Vec<(&str, Digest)> = inputs.iter().map(|(t, d)| (t.as_str(), *d)).collect();
+    let task_key = hash::combine("task", &hashes.local, &mut keyed);
+    let mut result = NodeResult {
+        status: Status::Failed,
+        task_key: Some(task_key),
+        output: None,
+        rows: None,
+        columns: Vec::new(),
+        log: None,
+        duration: Duration::ZERO,
+        error: None,
+        inputs,
+    };
+    match stores.state.cache_get(&task_key) {
+        Ok(Some(entry)) if stores.blobs.contains(&entry.output) => {
+            result.status = Status::Cached;
+            result.output = Some(entry.output);
+            result.rows = Some(entry.rows);
+            result.columns = entry.columns;
+            result.log = entry.log;
+            result.duration = start.elapsed();
+            return result;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            result.error = Some(format!("{}: cannot read the cache: {e:#}", node.file));
+            return result;
+        }
+    }
+    let computed = compute(node, &result.inputs, stores, opts);
+    result.duration = start.elapsed();
+    result.log = computed.log;
+    match computed.table {
+        Ok((output, stats)) => {
+            result.status = Status::Computed;
+            result.output = Some(output);
+            result.rows = Some(stats.rows);
+            result.columns = stats.columns.clone();
+            let entry = CacheEntry {
+                output,
+                rows: stats.rows,
+                columns: stats.columns,
+                log: result.log,
+                duration_ms: result.duration.as_millis() as u64,
+            };
+            if let Err(e) = stores.state.cache_put(&task_key, &entry) {
+                result.status = Status::Failed;
+                result.error = Some(format!("{}: cannot write the cache: {e:#}", node.file));
+            }
+        }
+        Err(e) => result.error = Some(format!("{}: {e}", node.file)),
+    }
+    result
+}
+
+struct Computed {
+    table: Result<(Digest, sqlite::TableStats), String>,
+    log: Option<Digest>,
+}
+
+/// Computes a node's table into the blob store and checks it.
+fn compute(
+    node: &Node,
+    inputs: &[(String, Digest)],
+    stores: &Stores,
+    opts: &RunOptions,
+) -> Computed {
+    let mut log = None;
+    let table = (|| -> Result<(Digest, sqlite::TableStats), String> {
+        let mut input_paths: Vec<(String, PathBuf)> = Vec::new();
+        for (table, digest) in inputs {
+            let path = stores
+                .blobs
+                .open_verified(digest)
+                .map_err(|e| format!("input {table}: {e}"))?;
+            input_paths.push((table.clone(), path));
+        }
+        let mut source_paths: Vec<(String, PathBuf)> = Vec::new();
+        for s in &node.sources {
+            let root = opts.data_root.as_ref().ok_or_else(|| {
+                "no data root for @source; set [data] root, SLUICE_DATA_ROOT or --data".to_string()
+            })?;
+            source_paths.push((s.table.clone(), root.join(s.path.as_str())));
+        }
+        let mut writer = stores.blobs.writer().map_err(|e| e.to_string())?;
+        let stats = match &node.action.action {
+            Action::Engine(_) => {
+                // Upstream tables are canonical CSV and read byte for byte;
+                // sources are external CSV (or SQLite files to attach).
+                let mut sql_inputs = Vec::new();
+                for (table, path) in &input_paths {
+                    sql_inputs.push(sqlite::SqlInput {
+                        table,
+                        csv: sqlite::InputData::Canonical(path),
+                    });
+                }
+                for (table, path) in &source_paths {
+                    let data = if is_sqlite_file(path) {
+                        sqlite::InputData::Attach(path)
+                    } else {
+                        sqlite::InputData::Csv(path)
+                    };
+                    sql_inputs.push(sqlite::SqlInput { table, csv: data });
+                }
+                sqlite::run_sql(&node.body, &sql_inputs, &mut writer).map_err(|e| e.to_string())?
+            }
+            Action::Command(template) => {
+                let mut all = input_paths.clone();
+                all.extend(source_paths.iter().cloned());
+                let spec = command::CommandSpec {
+                    template,
+                    body: &node.body,
+                    extension: node.file.extension(),
+                    inputs: all,
+                    params: node
+                        .params
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.value.clone()))
+                        .collect(),
+                    timeout: node
+                        .timeout
+                        .as_ref()
+                        .map(|(s, _)| Duration::from_secs(*s))
+                        .unwrap_or(command::DEFAULT_TIMEOUT),
+                };
+                let out =
+                    command::run(&spec).map_err(|e| format!("cannot run the command: {e}"))?;
+                if !out.log.is_empty() {
+                    log = stores.blobs.put(&out.log).ok();
+                }
+                out.result?;
+                let file = std::fs::File::open(&out.output).map_err(|_| {
+                    "the command succeeded but wrote no table to $SLUICE_OUTPUT".to_string()
+                })?;
+                table::canonicalize(std::io::BufReader::new(file), &mut writer)
+                    .map_err(|e| format!("output is not valid CSV: {e}"))?
+            }
+            Action::Static => table::canonicalize(node.body.as_bytes(), &mut writer)
+                .map_err(|e| format!("not valid CSV: {e}"))?,
+        };
+        writer.flush().map_err(|e| e.to_string())?;
+        let digest = writer.finish().map_err(|e| e.to_string())?;
+        let key = node.key.as_ref().map(|(k, _)| k.as_slice());
+        let asserts: Vec<_> = node.asserts.iter().map(|(a, _)| a.clone()).collect();
+        if key.is_some() || !asserts.is_empty() {
+            let path = stores
+                .blobs
+                .open_verified(&digest)
+                .map_err(|e| e.to_string())?;
+            checks::check_table(&path, &node.name, key, &asserts)
+                .map_err(|fails| format!("data test failed: {}", fails.join("; ")))?;
+        }
+        Ok((digest, stats))
+    })();
+    Computed { table, log }
+}
+
+fn is_sqlite_file(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("sqlite" | "sqlite3" | "db")
+    )
+}

@@ -1,0 +1,801 @@
+//! The built-in SQL action (`action/sql/sqlite`), run in-process: inputs are
+//! loaded into an in-memory SQLite database with typed values (DESIGN §2),
+//! the node's body runs, and the last statement's rows stream straight into
+//! the canonical CSV writer.
+//!
+//! Decisions:
+//! * Columns are declared without a type, so a value keeps the type it was
+//!   typed with when read from CSV (no affinity turns `007` into 7).
+//! * The body may hold several statements; SQLite itself splits them (a `;`
+//!   in a string literal or a comment is not a separator). Each runs in
+//!   turn; the last must return rows, and is the node's table.
+//! * A BLOB in the result is an error (CSV cannot hold one; the reference
+//!   implementation refuses them too): convert it with `hex()`.
+//! * Text that is not valid UTF-8 in the result is an error too.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::sync::mpsc;
+
+use rusqlite::fallible_iterator::FallibleIterator;
+use rusqlite::{Batch, Connection, Statement, types};
+
+pub use super::table::TableStats;
+use super::table::{CanonicalCsvWriter, ReadMode, TableError, TableReader, ValueRef};
+
+/// The SQLite library version, part of the built-in action's identity in
+/// every cache key (DESIGN §2).
+pub fn sqlite_version() -> &'static str {
+    rusqlite::version()
+}
+
+/// Where an input table comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputData<'a> {
+    /// A CSV file from outside: a `@source data://x.csv` under the data
+    /// root. Read like Python's text mode does (a leading byte order mark is
+    /// dropped; `\r\n` or `\r` inside a quoted field becomes `\n`).
+    Csv(&'a Path),
+    /// The canonical CSV of an upstream node (a blob of the store): read
+    /// byte for byte, so that a text value holding `\r` keeps it.
+    Canonical(&'a Path),
+    /// An SQLite database source (`@source data://x.sqlite` / `.db`),
+    /// attached read-only as the schema named `table` (the file stem), so
+    /// its tables are `x.name`.
+    Attach(&'a Path),
+}
+
+/// One input of a SQL node: a table (or, for [`InputData::Attach`], a
+/// schema) named `table`.
+#[derive(Debug, Clone, Copy)]
+pub struct SqlInput<'a> {
+    pub table: &'a str,
+    pub csv: InputData<'a>,
+}
+
+/// Why a SQL node failed. The message is ready to follow `path: `; it never
+/// holds a cell value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ExecError {
+    message: String,
+}
+
+impl ExecError {
+    pub fn new(message: impl Into<String>) -> Self {
+        ExecError {
+            message: message.into(),
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The same error with `what: ` in front.
+    fn context(self, what: &str) -> Self {
+        ExecError::new(format!("{what}: {}", self.message))
+    }
+}
+
+impl From<rusqlite::Error> for ExecError {
+    fn from(e: rusqlite::Error) -> Self {
+        // rusqlite shows SQLite's own message (`no such table: Foo`).
+        ExecError::new(format!("SQL error: {e}"))
+    }
+}
+
+impl From<TableError> for ExecError {
+    fn from(e: TableError) -> Self {
+        ExecError::new(e.to_string())
+    }
+}
+
+/// `"name"` with `"` doubled: any text is a valid SQLite identifier this way.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Runs `body` over `inputs` and writes the last statement's rows to `out`
+/// as canonical CSV.
+pub fn run_sql(
+    body: &str,
+    inputs: &[SqlInput<'_>],
+    out: &mut dyn Write,
+) -> Result<TableStats, ExecError> {
+    let conn = open_memory()?;
+    // ATTACH cannot run inside a transaction: attach first.
+    for input in inputs {
+        if let InputData::Attach(path) = input.csv {
+            attach(&conn, input.table, path)
+                .map_err(|e| e.context(&format!("source {}", input.table)))?;
+        }
+    }
+    // One transaction for all the loading: SQLite then writes each page
+    // once instead of committing after every row.
+    conn.execute_batch("BEGIN")?;
+    for input in inputs {
+        let (path, mode) = match input.csv {
+            InputData::Csv(p) => (p, ReadMode::External),
+            InputData::Canonical(p) => (p, ReadMode::Exact),
+            InputData::Attach(_) => continue,
+        };
+        load_file(&conn, input.table, path, mode)
+            .map_err(|e| e.context(&format!("input {}", input.table)))?;
+    }
+    conn.execute_batch("COMMIT")?;
+    run_body(&conn, body, out)
+}
+
+/// An in-memory database for one bulk load and one query.
+pub(crate) fn open_memory() -> Result<Connection, ExecError> {
+    let conn = Connection::open_in_memory()?;
+    // Let large sorts (GROUP BY, ORDER BY, DISTINCT) use helper threads;
+    // the result does not depend on it. Measured on the 1M-row benchmark
+    // (see `bench_vs_sqlite3_shell`): the defaults for `temp_store` and
+    // `cache_size` are kept on purpose: `temp_store = MEMORY` or a large
+    // cache made the GROUP BY 40-70% slower, as SQLite's sorter then sorts
+    // one big in-memory list instead of merging cache-sized runs.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
+    conn.execute_batch(&format!("PRAGMA threads = {threads};"))?;
+    Ok(conn)
+}
+
+/// Loads a CSV file as table `table`; returns the columns and row count.
+pub(crate) fn load_file(
+    conn: &Connection,
+    table: &str,
+    path: &Path,
+    mode: ReadMode,
+) -> Result<TableStats, ExecError> {
+    let file = File::open(path)
+        .map_err(|e| ExecError::new(format!("cannot open {}: {e}", path.display())))?;
+    load_csv(
+        conn,
+        table,
+        BufReader::with_capacity(256 * 1024, file),
+        mode,
+    )
+}
+
+/// Loads CSV from `input` as table `table`. Columns have no declared type,
+/// so each value keeps the type the typing rules gave it.
+///
+/// Reading and typing run on a second thread, handing over chunks of typed
+/// rows, while this thread inserts them: SQLite's inserts are the larger
+/// cost, and the parsing then hides behind them.
+pub(crate) fn load_csv<R: BufRead + Send>(
+    conn: &Connection,
+    table: &str,
+    input: R,
+    mode: ReadMode,
+) -> Result<TableStats, ExecError> {
+    let mut reader = TableReader::new(input, mode)?;
+    let columns = reader.columns().to_vec();
+    let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    conn.execute_batch(&format!(
+        "CREATE TABLE {} ({})",
+        quote_ident(table),
+        cols.join(", ")
+    ))?;
+    let marks = vec!["?"; columns.len()].join(", ");
+    let mut insert = conn.prepare(&format!(
+        "INSERT INTO {} VALUES ({marks})",
+        quote_ident(table)
+    ))?;
+    let width = columns.len();
+    let (full_tx, full_rx) = mpsc::sync_channel::<Result<Chunk, TableError>>(2);
+    let (empty_tx, empty_rx) = mpsc::channel::<Chunk>();
+    let rows = std::thread::scope(|scope| -> Result<u64, ExecError> {
+        scope.spawn(move || {
+            // Ends when the input ends, on a CSV error, or when the
+            // receiver is gone (an insert failed).
+            let mut chunk = Chunk::default();
+            loop {
+                let rec = match reader.next_row() {
+                    Ok(Some(rec)) => rec,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = full_tx.send(Err(e));
+                        return;
+                    }
+                };
+                for v in rec.values() {
+                    chunk.push(v);
+                }
+                chunk.rows += 1;
+                if chunk.rows >= CHUNK_ROWS || chunk.text.len() >= CHUNK_TEXT {
+                    let next = empty_rx.try_recv().unwrap_or_default();
+                    if full_tx
+                        .send(Ok(std::mem::replace(&mut chunk, next)))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            if chunk.rows > 0 {
+                let _ = full_tx.send(Ok(chunk));
+            }
+        });
+        let mut rows = 0u64;
+        for chunk in full_rx {
+            let mut chunk = chunk?;
+            for row in chunk.cells.chunks_exact(width) {
+                for (i, cell) in row.iter().enumerate() {
+                    let v = match *cell {
+                        Cell::Null => types::ValueRef::Null,
+                        Cell::Integer(n) => types::ValueRef::Integer(n),
+                        Cell::Real(r) => types::ValueRef::Real(r),
+                        Cell::Text(a, b) => types::ValueRef::Text(
+                            chunk.text.as_bytes().get(a..b).unwrap_or_default(),
+                        ),
+                    };
+                    insert.raw_bind_parameter(i + 1, types::ToSqlOutput::Borrowed(v))?;
+                }
+                insert.raw_execute()?;
+                rows += 1;
+            }
+            chunk.clear();
+            // The parser may be done already; then the chunk is just dropped.
+            let _ = empty_tx.send(chunk);
+        }
+        Ok(rows)
+    })?;
+    Ok(TableStats { rows, columns })
+}
+
+const CHUNK_ROWS: usize = 4096;
+const CHUNK_TEXT: usize = 1 << 20;
+
+/// Typed rows handed from the parsing thread to the inserting one: cells
+/// row after row, text in one arena.
+#[derive(Default)]
+struct Chunk {
+    text: String,
+    cells: Vec<Cell>,
+    rows: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Cell {
+    Null,
+    Integer(i64),
+    Real(f64),
+    /// A byte range of `Chunk::text`.
+    Text(usize, usize),
+}
+
+impl Chunk {
+    fn push(&mut self, v: ValueRef<'_>) {
+        let cell = match v {
+            ValueRef::Null => Cell::Null,
+            ValueRef::Integer(n) => Cell::Integer(n),
+            ValueRef::Real(r) => Cell::Real(r),
+            ValueRef::Text(s) => {
+                let a = self.text.len();
+                self.text.push_str(s);
+                Cell::Text(a, self.text.len())
+            }
+        };
+        self.cells.push(cell);
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.cells.clear();
+        self.rows = 0;
+    }
+}
+
+/// Attaches an SQLite file read-only as schema `schema`.
+fn attach(conn: &Connection, schema: &str, path: &Path) -> Result<(), ExecError> {
+    // The file name is bound as a parameter, so no SQL quoting is needed;
+    // only the URI needs escaping (`?`, `#`, `%` and the like in a path).
+    let uri = format!("{}?mode=ro", file_uri(path));
+    conn.execute(
+        &format!("ATTACH DATABASE ?1 AS {}", quote_ident(schema)),
+        [uri],
+    )?;
+    // ATTACH opens lazily: read the schema now so that a file that is not a
+    // database fails here, naming the source, not in the middle of the body.
+    conn.query_row(
+        &format!("SELECT count(*) FROM {}.sqlite_master", quote_ident(schema)),
+        [],
+        |_| Ok(()),
+    )?;
+    Ok(())
+}
+
+/// A `file:` URI for `path`: every byte but unreserved characters and `/`
+/// is percent-encoded. An absolute path gets an empty authority
+/// (`file:///abs`), so that a path starting with `//` is not a host.
+pub fn file_uri(path: &Path) -> String {
+    #[cfg(unix)]
+    let bytes: Vec<u8> = {
+        use std::os::unix::ffi::OsStrExt;
+        path.as_os_str().as_bytes().to_vec()
+    };
+    #[cfg(not(unix))]
+    let bytes: Vec<u8> = path.to_string_lossy().replace('\\', "/").into_bytes();
+    let mut uri = String::from(if bytes.first() == Some(&b'/') {
+        "file://"
+    } else {
+        "file:"
+    });
+    for b in bytes {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~') {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri
+}
+
+/// Runs every statement of `body`; the last one's rows are the table.
+fn run_body(conn: &Connection, body: &str, out: &mut dyn Write) -> Result<TableStats, ExecError> {
+    // Each statement is prepared only after the one before it ran, since it
+    // may use a table that one creates. The one exception: a statement that
+    // returns rows is run only once we know whether it is the last (its rows
+    // are the output) — so the next one is prepared first. Statements that
+    // return rows do not create tables, so this is safe.
+    let mut batch = Batch::new(conn, body);
+    let mut current = batch.next()?;
+    if current.is_none() {
+        return Err(ExecError::new("the SQL body holds no statement"));
+    }
+    while let Some(mut stmt) = current {
+        if stmt.column_count() == 0 {
+            stmt.raw_execute()?;
+            drop(stmt);
+            current = batch.next()?;
+            if current.is_none() {
+                return Err(ExecError::new(
+                    "the last statement must be a SELECT: it returns no rows to make the table of",
+                ));
+            }
+        } else {
+            let next = batch.next()?;
+            if next.is_none() {
+                return write_result(stmt, out);
+            }
+            let mut rows = stmt.raw_query();
+            while rows.next()?.is_some() {}
+            current = next;
+        }
+    }
+    Err(ExecError::new("the SQL body holds no statement"))
+}
+
+/// Streams a query's rows into the canonical writer.
+fn write_result(mut stmt: Statement<'_>, out: &mut dyn Write) -> Result<TableStats, ExecError> {
+    let names: Vec<String> = stmt.column_names().map(str::to_string).collect();
+    let mut seen = HashSet::new();
+    let mut dups: Vec<&str> = Vec::new();
+    for n in &names {
+        if !seen.insert(n.as_str()) && !dups.contains(&n.as_str()) {
+            dups.push(n);
+        }
+    }
+    if !dups.is_empty() {
+        return Err(ExecError::new(format!(
+            "duplicate column names in the result: {} (name each column with AS)",
+            dups.join(", ")
+        )));
+    }
+    let mut writer = CanonicalCsvWriter::new(out, &names)?;
+    let mut rows = stmt.raw_query();
+    while let Some(row) = rows.next()? {
+        for (i, name) in names.iter().enumerate() {
+            let v = match row.get_ref(i)? {
+                types::ValueRef::Null => ValueRef::Null,
+                types::ValueRef::Integer(n) => ValueRef::Integer(n),
+                types::ValueRef::Real(r) => ValueRef::Real(r),
+                types::ValueRef::Text(b) => {
+                    ValueRef::Text(std::str::from_utf8(b).map_err(|_| {
+                        ExecError::new(format!(
+                            "column {} holds text that is not valid UTF-8",
+                            names[i]
+                        ))
+                    })?)
+                }
+                types::ValueRef::Blob(_) => {
+                    return Err(ExecError::new(format!(
+                        "column {name} holds a BLOB, which a CSV table cannot hold; \
+                         convert it, e.g. with hex()"
+                    )));
+                }
+            };
+            writer.write_value(v)?;
+        }
+        writer.end_row()?;
+    }
+    let (_, stats) = writer.finish()?;
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(body: &str, inputs: &[(&str, &str)]) -> Result<String, ExecError> {
+        let dir = tempdir();
+        let files: Vec<(String, std::path::PathBuf)> = inputs
+            .iter()
+            .map(|(t, csv)| {
+                let p = dir.join(format!("{t}.csv"));
+                std::fs::write(&p, csv).unwrap();
+                (t.to_string(), p)
+            })
+            .collect();
+        let sql_inputs: Vec<SqlInput<'_>> = files
+            .iter()
+            .map(|(t, p)| SqlInput {
+                table: t,
+                csv: InputData::Canonical(p),
+            })
+            .collect();
+        let mut out = Vec::new();
+        let stats = run_sql(body, &sql_inputs, &mut out)?;
+        let text = String::from_utf8(out).unwrap();
+        let mut back = TableReader::new(text.as_bytes(), ReadMode::Exact).unwrap();
+        let mut rows = 0;
+        while back.next_row().unwrap().is_some() {
+            rows += 1;
+        }
+        assert_eq!(stats.rows, rows);
+        Ok(text)
+    }
+
+    /// A fresh directory under the system temp dir, unique per call.
+    fn tempdir() -> std::path::PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "sluice-sqlite-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn version_is_known() {
+        assert!(sqlite_version().starts_with("3."));
+    }
+
+    #[test]
+    fn values_keep_their_types() {
+        let csv = "id,mrn,score,note,empty\n1,007,2.5,\"\",\n-2,123,1e3,x,\n";
+        let out = run(
+            "SELECT id, mrn, typeof(mrn) AS t_mrn, score, typeof(score) AS t_score, \
+             note, typeof(note) AS t_note, typeof(empty) AS t_empty, id * 2 AS twice FROM p",
+            &[("p", csv)],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "id,mrn,t_mrn,score,t_score,note,t_note,t_empty,twice\n\
+             1,007,text,2.5,real,\"\",text,null,2\n\
+             -2,123,integer,1000.0,real,x,text,null,-4\n"
+        );
+    }
+
+    #[test]
+    fn several_statements_the_last_a_select() {
+        let out = run(
+            "CREATE TABLE t AS SELECT id FROM p WHERE id > 1;\n\
+             -- a comment; with a semicolon\n\
+             INSERT INTO t VALUES (10);\n\
+             SELECT 'a;b' AS s, count(*) AS n FROM t; -- trailing comment\n",
+            &[("p", "id\n1\n2\n3\n")],
+        )
+        .unwrap();
+        assert_eq!(out, "s,n\na;b,3\n");
+        // A SELECT before the last one runs, and its rows are dropped.
+        let out = run("SELECT 1 AS x; SELECT 2 AS y", &[]).unwrap();
+        assert_eq!(out, "y\n2\n");
+    }
+
+    #[test]
+    fn the_last_statement_must_return_rows() {
+        let e = run("SELECT 1 AS x; CREATE TABLE z (a)", &[]).unwrap_err();
+        assert!(
+            e.message()
+                .starts_with("the last statement must be a SELECT"),
+            "{e}"
+        );
+        let e = run("  -- only a comment\n", &[]).unwrap_err();
+        assert_eq!(e.message(), "the SQL body holds no statement");
+    }
+
+    #[test]
+    fn sql_errors_are_reported() {
+        let e = run("SELECT * FROM Foo", &[]).unwrap_err();
+        assert_eq!(e.message(), "SQL error: no such table: Foo");
+        let e = run("SELEC 1", &[]).unwrap_err();
+        assert!(e.message().starts_with("SQL error:"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_output_columns_are_an_error() {
+        let e = run(
+            "SELECT a.id, b.id, a.v AS v, b.v AS v FROM p a JOIN p b USING (id)",
+            &[("p", "id,v\n1,2\n")],
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.message(),
+            "duplicate column names in the result: id, v (name each column with AS)"
+        );
+    }
+
+    #[test]
+    fn blobs_and_bad_csv_are_errors() {
+        let e = run("SELECT x'00ff' AS b", &[]).unwrap_err();
+        assert!(e.message().contains("column b holds a BLOB"), "{e}");
+        let e = run("SELECT 1 AS x", &[("p", "a,b\n1\n")]).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "input p: line 2: the row has 1 fields, the header has 2"
+        );
+        let e = run("SELECT 1e308 * 10 AS x", &[]).unwrap_err();
+        assert!(e.message().contains("not finite"), "{e}");
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        let out = run(
+            "SELECT \"we\"\"ird col\" AS c FROM \"odd\"\"name\"",
+            &[("odd\"name", "\"we\"\"ird col\"\nv\n")],
+        )
+        .unwrap();
+        assert_eq!(out, "c\nv\n");
+    }
+
+    #[test]
+    fn output_is_canonical() {
+        let out = run(
+            "SELECT 3.0 AS r, 1e16 AS big, -0.0 AS z, 'a,b' AS t, '' AS e, NULL AS n, \
+             char(13) || char(10) AS nl",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "r,big,z,t,e,n,nl\n3.0,1e+16,0.0,\"a,b\",\"\",,\"\r\n\"\n"
+        );
+    }
+
+    #[test]
+    fn csv_sources_are_read_as_external_text() {
+        let dir = tempdir();
+        let p = dir.join("src.csv");
+        std::fs::write(&p, "\u{feff}id,note\r\n1,\"a\r\nb\"\r\n").unwrap();
+        let mut out = Vec::new();
+        run_sql(
+            "SELECT id, note, length(note) AS len FROM src",
+            &[SqlInput {
+                table: "src",
+                csv: InputData::Csv(&p),
+            }],
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "id,note,len\n1,\"a\nb\",3\n"
+        );
+    }
+
+    #[test]
+    fn attaches_an_sqlite_source_read_only() {
+        let dir = tempdir().join("odd dir?#%");
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("ehr.sqlite");
+        {
+            let c = Connection::open(&db).unwrap();
+            c.execute_batch(
+                "CREATE TABLE patients (id INTEGER, mrn TEXT); \
+                 INSERT INTO patients VALUES (1, '007'), (2, '42');",
+            )
+            .unwrap();
+        }
+        let csv = dir.join("visits.csv");
+        std::fs::write(&csv, "patient_id,n\n1,3\n2,5\n").unwrap();
+        let inputs = [
+            SqlInput {
+                table: "ehr",
+                csv: InputData::Attach(&db),
+            },
+            SqlInput {
+                table: "visits",
+                csv: InputData::Csv(&csv),
+            },
+        ];
+        let mut out = Vec::new();
+        run_sql(
+            "SELECT p.mrn, v.n FROM ehr.patients p JOIN visits v ON v.patient_id = p.id ORDER BY p.id",
+            &inputs,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "mrn,n\n007,3\n42,5\n");
+        // Read-only: the source cannot be changed by a node.
+        let mut out = Vec::new();
+        let e = run_sql("DELETE FROM ehr.patients; SELECT 1 AS x", &inputs, &mut out).unwrap_err();
+        assert!(e.message().contains("readonly"), "{e}");
+        // A file that is not a database fails at attach time, naming the source.
+        let bad = dir.join("bad.db");
+        std::fs::File::create(&bad)
+            .unwrap()
+            .write_all(b"this is not a database, not at all, no............")
+            .unwrap();
+        let e = run_sql(
+            "SELECT 1 AS x",
+            &[SqlInput {
+                table: "bad",
+                csv: InputData::Attach(&bad),
+            }],
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(e.message().starts_with("source bad: SQL error:"), "{e}");
+    }
+
+    #[test]
+    fn file_uris_escape_special_characters() {
+        assert_eq!(
+            file_uri(Path::new("/a b/c?d#e%f.db")),
+            "file:///a%20b/c%3Fd%23e%25f.db"
+        );
+        assert_eq!(file_uri(Path::new("rel/x.db")), "file:rel/x.db");
+        assert_eq!(file_uri(Path::new("//srv/x.db")), "file:////srv/x.db");
+    }
+
+    /// The benchmark of the brief: `.import` of a 1,000,000-row, 6-column CSV
+    /// into the `sqlite3` shell, a GROUP BY, CSV output; against `run_sql`.
+    /// Run with `cargo test --release -- --ignored --nocapture bench_vs_sqlite3_shell`.
+    #[test]
+    #[ignore]
+    fn bench_vs_sqlite3_shell() {
+        use std::time::Instant;
+        let dir = tempdir();
+        let csv = dir.join("t.csv");
+        {
+            let mut w = std::io::BufWriter::new(File::create(&csv).unwrap());
+            writeln!(w, "id,patient,code,value,visit_date,flag").unwrap();
+            // A small LCG keeps the data deterministic without a rand crate.
+            let mut x: u64 = 42;
+            for i in 0..1_000_000u64 {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let v = (x >> 33) % 100_000;
+                writeln!(
+                    w,
+                    "{i},P{:07},C{:03},{}.{:02},2024-{:02}-{:02},{}",
+                    (x >> 20) % 50_000,
+                    (x >> 40) % 500,
+                    v / 100,
+                    v % 100,
+                    1 + (x >> 12) % 12,
+                    1 + (x >> 8) % 28,
+                    (x >> 5) % 2
+                )
+                .unwrap();
+            }
+        }
+        let query = "SELECT code, count(*) AS n, avg(value) AS mean, sum(flag) AS flags, \
+                     count(DISTINCT patient) AS patients FROM t GROUP BY code ORDER BY code";
+        let mut best_ours = f64::MAX;
+        let mut best_shell = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let mut out = std::io::BufWriter::new(File::create(dir.join("ours.csv")).unwrap());
+            let stats = run_sql(
+                query,
+                &[SqlInput {
+                    table: "t",
+                    csv: InputData::Csv(&csv),
+                }],
+                &mut out,
+            )
+            .unwrap();
+            out.flush().unwrap();
+            best_ours = best_ours.min(t.elapsed().as_secs_f64());
+            assert_eq!(stats.rows, 500);
+
+            let t = Instant::now();
+            let shell = std::process::Command::new("sqlite3")
+                .arg(":memory:")
+                .args(["-cmd", ".mode csv", "-cmd", ".headers on"])
+                .arg(format!(".import {} t", csv.display()))
+                .arg(query)
+                .stdout(File::create(dir.join("shell.csv")).unwrap())
+                .status();
+            let Ok(status) = shell else {
+                eprintln!("no sqlite3 shell on PATH");
+                return;
+            };
+            assert!(status.success());
+            best_shell = best_shell.min(t.elapsed().as_secs_f64());
+        }
+        let t = Instant::now();
+        run_sql(
+            "SELECT 1 AS x",
+            &[SqlInput {
+                table: "t",
+                csv: InputData::Csv(&csv),
+            }],
+            &mut Vec::new(),
+        )
+        .unwrap();
+        eprintln!("load only {:.3}s", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        std::process::Command::new("sqlite3")
+            .arg(":memory:")
+            .args(["-cmd", ".mode csv"])
+            .arg(format!(".import {} t", csv.display()))
+            .arg("select 1")
+            .output()
+            .unwrap();
+        eprintln!("shell load only {:.3}s", t.elapsed().as_secs_f64());
+        // An output-heavy query: half the table back out as CSV.
+        let dump = "SELECT * FROM t WHERE flag = 1";
+        let t = Instant::now();
+        let mut out = std::io::BufWriter::new(File::create(dir.join("ours_dump.csv")).unwrap());
+        let stats = run_sql(
+            dump,
+            &[SqlInput {
+                table: "t",
+                csv: InputData::Csv(&csv),
+            }],
+            &mut out,
+        )
+        .unwrap();
+        out.flush().unwrap();
+        let ours_dump = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        std::process::Command::new("sqlite3")
+            .arg(":memory:")
+            .args(["-cmd", ".mode csv", "-cmd", ".headers on"])
+            .arg(format!(".import {} t", csv.display()))
+            .arg(dump)
+            .stdout(File::create(dir.join("shell_dump.csv")).unwrap())
+            .status()
+            .unwrap();
+        eprintln!(
+            "dump of {} rows: run_sql {ours_dump:.3}s; sqlite3 shell {:.3}s",
+            stats.rows,
+            t.elapsed().as_secs_f64()
+        );
+        // Parsing alone, for reference.
+        let t = Instant::now();
+        let mut r = TableReader::new(
+            BufReader::with_capacity(256 * 1024, File::open(&csv).unwrap()),
+            ReadMode::External,
+        )
+        .unwrap();
+        let mut n = 0u64;
+        while let Some(rec) = r.next_row().unwrap() {
+            n += rec
+                .values()
+                .filter(|v| !matches!(v, ValueRef::Null))
+                .count() as u64;
+        }
+        let parse = t.elapsed().as_secs_f64();
+        assert_eq!(n, 6_000_000);
+        eprintln!(
+            "1M rows x 6 cols: parse+type {parse:.3}s; run_sql {best_ours:.3}s; \
+             sqlite3 shell {best_shell:.3}s (best of 3)"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,118 @@
+//! Data diffs (DESIGN §4): counts only. Row counts, columns added and
+//! removed, and with a key the rows added, removed and changed. No cell
+//! value ever appears in a diff, because diffs leave through forge APIs.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::manifest::ManifestNode;
+
+/// Keyed row changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct KeyCounts {
+    pub added: u64,
+    pub removed: u64,
+    pub changed: u64,
+}
+
+/// The difference of one node between production and a branch run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeDiff {
+    pub name: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_before: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_after: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<i64>,
+    pub columns_added: Vec<String>,
+    pub columns_removed: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyed: Option<KeyCounts>,
+    /// True when the output bytes are identical.
+    pub same_output: bool,
+}
+
+/// Compares row counts and columns (the keyed counts are filled by the
+/// caller, which has the tables).
+pub fn compare_nodes(
+    name: &str,
+    before: Option<&ManifestNode>,
+    after: Option<&ManifestNode>,
+) -> NodeDiff {
+    let rows_before = before.and_then(|n| n.rows);
+    let rows_after = after.and_then(|n| n.rows);
+    let cols_before: Vec<String> = before.map(|n| n.columns.clone()).unwrap_or_default();
+    let cols_after: Vec<String> = after.map(|n| n.columns.clone()).unwrap_or_default();
+    NodeDiff {
+        name: name.to_string(),
+        status: match (before, after) {
+            (None, Some(_)) => "new".into(),
+            (Some(_), None) => "removed".into(),
+            _ => after
+                .and_then(|n| n.status.clone())
+                .unwrap_or_else(|| "unknown".into()),
+        },
+        rows_before,
+        rows_after,
+        delta: match (rows_before, rows_after) {
+            (Some(b), Some(a)) => Some(a as i64 - b as i64),
+            _ => None,
+        },
+        columns_added: cols_after
+            .iter()
+            .filter(|c| !cols_before.contains(c))
+            .cloned()
+            .collect(),
+        columns_removed: cols_before
+            .iter()
+            .filter(|c| !cols_after.contains(c))
+            .cloned()
+            .collect(),
+        keyed: None,
+        same_output: matches!((before.and_then(|n| n.output), after.and_then(|n| n.output)), (Some(a), Some(b)) if a == b),
+    }
+}
+
+/// Counts keyed changes given `(key, row fingerprint)` pairs of both
+/// tables. Keys are opaque bytes; fingerprints are hashes of whole rows.
+pub fn keyed_counts(
+    before: impl IntoIterator<Item = (Vec<u8>, u64)>,
+    after: impl IntoIterator<Item = (Vec<u8>, u64)>,
+) -> KeyCounts {
+    let mut old: HashMap<Vec<u8>, u64> = before.into_iter().collect();
+    let mut c = KeyCounts::default();
+    for (k, fp) in after {
+        match old.remove(&k) {
+            None => c.added += 1,
+            Some(f) if f != fp => c.changed += 1,
+            Some(_) => {}
+        }
+    }
+    c.removed = old.len() as u64;
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_counts_added_removed_changed() {
+        let k = |s: &str| s.as_bytes().to_vec();
+        let c = keyed_counts(
+            vec![(k("1"), 10), (k("2"), 20), (k("3"), 30)],
+            vec![(k("2"), 20), (k("3"), 31), (k("4"), 40), (k("5"), 50)],
+        );
+        assert_eq!(
+            c,
+            KeyCounts {
+                added: 2,
+                removed: 1,
+                changed: 1
+            }
+        );
+    }
+}

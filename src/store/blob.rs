@@ -1,0 +1,732 @@
+//! Content-addressed blobs (tables, logs, manifests) behind a trait: a
+//! local directory store and an in-memory fake.
+//!
+//! A blob is named by the SHA-256 of its bytes, so it never changes once
+//! written. Every read checks the bytes against the name, because a served
+//! blob that does not match its digest would silently poison every cache
+//! entry built on top of it.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::plan::digest::Digest;
+
+/// Temp files untouched for this long may belong to a crashed writer; they
+/// are removed at `open` unless a live writer still holds their lock.
+const STALE_TEMP_AGE: Duration = Duration::from_secs(60 * 60);
+
+/// The buffer used to stream blobs through SHA-256: large enough that the
+/// per-read overhead disappears next to the hashing itself.
+const HASH_BUF: usize = 1 << 20;
+
+/// What can go wrong with a blob.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob {0} is not in the store")]
+    Missing(Digest),
+    #[error(
+        "blob {digest} is corrupt: the bytes of {} do not hash to its name, so it will not be \
+         used. It is left in place for inspection; delete it (`rm -f '{}'`) and the next run \
+         recomputes it if it is a table",
+        path.display(),
+        path.display()
+    )]
+    Corrupt { digest: Digest, path: PathBuf },
+    #[error("blob store: {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl BlobError {
+    fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> BlobError {
+        let what = what.into();
+        move |source| BlobError::Io { what, source }
+    }
+}
+
+/// A store of immutable blobs named by their digest.
+pub trait BlobStore: Send + Sync {
+    /// Stores `bytes` and returns their digest; storing the same bytes
+    /// again is a no-op.
+    fn put(&self, bytes: &[u8]) -> Result<Digest, BlobError>;
+    /// A writer for a blob too large to hold in memory; the bytes are
+    /// hashed as they are written.
+    fn writer(&self) -> Result<Box<dyn BlobWriter>, BlobError>;
+    /// The bytes of a blob, verified against its digest.
+    fn get(&self, digest: &Digest) -> Result<Vec<u8>, BlobError>;
+    /// Verifies a blob (streaming, in constant memory) and returns a local
+    /// path a reader or a child process may open. For the local store this
+    /// is the blob's own file: open it read-only and never write to it.
+    fn open_verified(&self, digest: &Digest) -> Result<PathBuf, BlobError>;
+    /// Whether the blob is present (not verified: a read will check it).
+    fn contains(&self, digest: &Digest) -> bool;
+}
+
+/// A blob being written. It exists in the store only after `finish`;
+/// dropping the writer discards what was written.
+pub trait BlobWriter: Write + Send {
+    /// Makes the blob durable and visible, and returns its digest.
+    fn finish(self: Box<Self>) -> Result<Digest, BlobError>;
+}
+
+/// Streams a reader through SHA-256; returns the digest and the byte count.
+pub fn digest_reader(mut reader: impl Read) -> io::Result<(Digest, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; HASH_BUF];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((Digest(hasher.finalize().into()), total))
+}
+
+// ---------------------------------------------------------------------------
+// The local store
+
+/// Blobs in a directory:
+///
+/// ```text
+/// root/sha256/ab/cd/abcd…(64 hex digits)   one file per blob
+/// root/tmp/                                 writes in progress
+/// ```
+///
+/// Two levels of two hex digits keep directories small (65 536 leaves)
+/// even with millions of blobs. `tmp/` sits under the same root so the
+/// final rename never crosses a file system. Files are created mode 0600
+/// (tempfile's default) and kept so: blobs may hold PHI.
+#[derive(Debug, Clone)]
+pub struct LocalBlobStore {
+    root: PathBuf,
+}
+
+impl LocalBlobStore {
+    /// Opens (creating if needed) the store at `root`, and removes temp
+    /// files left behind by writers that crashed.
+    pub fn open(root: &Path) -> Result<LocalBlobStore, BlobError> {
+        let store = LocalBlobStore {
+            root: root.to_path_buf(),
+        };
+        for dir in [store.objects_dir(), store.tmp_dir()] {
+            fs::create_dir_all(&dir)
+                .map_err(BlobError::io(format!("cannot create {}", dir.display())))?;
+        }
+        store.remove_stale_temps();
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the blob with this digest lives (whether or not it exists).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.objects_dir()
+            .join(&hex[..2])
+            .join(&hex[2..4])
+            .join(hex)
+    }
+
+    fn objects_dir(&self) -> PathBuf {
+        self.root.join("sha256")
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Best effort: a temp file is stale when nobody has written to it for
+    /// an hour *and* no live writer holds its lock. The lock matters
+    /// because a long query may leave its writer idle for longer than any
+    /// age threshold; a crashed process's lock is released by the kernel.
+    fn remove_stale_temps(&self) {
+        let Ok(entries) = fs::read_dir(self.tmp_dir()) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > STALE_TEMP_AGE));
+            if !old {
+                continue;
+            }
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
+            if file.try_lock().is_ok() {
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+
+    /// Checks a blob's bytes against its name without loading it.
+    fn verify_file(&self, digest: &Digest) -> Result<PathBuf, BlobError> {
+        let path = self.blob_path(digest);
+        let file = open_blob(&path, digest)?;
+        let (actual, _) = digest_reader(file).map_err(BlobError::io(format!(
+            "cannot read blob {digest} at {}",
+            path.display()
+        )))?;
+        if actual != *digest {
+            return Err(BlobError::Corrupt {
+                digest: *digest,
+                path,
+            });
+        }
+        Ok(path)
+    }
+}
+
+fn open_blob(path: &Path, digest: &Digest) -> Result<File, BlobError> {
+    File::open(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            BlobError::Missing(*digest)
+        } else {
+            BlobError::io(format!("cannot open blob {digest} at {}", path.display()))(e)
+        }
+    })
+}
+
+impl BlobStore for LocalBlobStore {
+    fn put(&self, bytes: &[u8]) -> Result<Digest, BlobError> {
+        let digest = Digest::of(bytes);
+        // The final path only ever appears through a rename of a complete,
+        // fsynced file, so its existence means the blob is whole.
+        if self.contains(&digest) {
+            return Ok(digest);
+        }
+        let mut w = self.writer()?;
+        w.write_all(bytes)
+            .map_err(BlobError::io(format!("cannot write blob {digest}")))?;
+        w.finish()
+    }
+
+    fn writer(&self) -> Result<Box<dyn BlobWriter>, BlobError> {
+        let dir = self.tmp_dir();
+        let tmp = tempfile::Builder::new()
+            .prefix("blob-")
+            .suffix(".tmp")
+            .tempfile_in(&dir)
+            .map_err(BlobError::io(format!(
+                "cannot create a temp file in {}",
+                dir.display()
+            )))?;
+        // Tells `remove_stale_temps` in other processes that this file is
+        // live. Where the file system cannot lock, only the age rule
+        // protects the file, which is still correct for short writes.
+        let _ = tmp.as_file().try_lock();
+        Ok(Box::new(LocalBlobWriter {
+            store: self.clone(),
+            out: BufWriter::with_capacity(256 * 1024, tmp),
+            hasher: Sha256::new(),
+        }))
+    }
+
+    fn get(&self, digest: &Digest) -> Result<Vec<u8>, BlobError> {
+        let path = self.blob_path(digest);
+        let mut file = open_blob(&path, digest)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(BlobError::io(format!(
+            "cannot read blob {digest} at {}",
+            path.display()
+        )))?;
+        if Digest::of(&bytes) != *digest {
+            return Err(BlobError::Corrupt {
+                digest: *digest,
+                path,
+            });
+        }
+        Ok(bytes)
+    }
+
+    fn open_verified(&self, digest: &Digest) -> Result<PathBuf, BlobError> {
+        self.verify_file(digest)
+    }
+
+    fn contains(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+}
+
+/// Writes to a temp file in `root/tmp`, hashing on the way; `finish`
+/// fsyncs it and renames it to its content address. Dropping the writer
+/// drops the `NamedTempFile`, which deletes the temp file.
+struct LocalBlobWriter {
+    store: LocalBlobStore,
+    out: BufWriter<tempfile::NamedTempFile>,
+    hasher: Sha256,
+}
+
+impl Write for LocalBlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        // Hash exactly what was accepted, so a short write cannot make the
+        // digest disagree with the file.
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+impl BlobWriter for LocalBlobWriter {
+    fn finish(self: Box<Self>) -> Result<Digest, BlobError> {
+        let LocalBlobWriter { store, out, hasher } = *self;
+        let digest = Digest(hasher.finalize().into());
+        let tmp = out
+            .into_inner()
+            .map_err(|e| BlobError::io(format!("cannot write blob {digest}"))(e.into_error()))?;
+        let target = store.blob_path(&digest);
+        if target.is_file() {
+            // Same bytes are already stored; the temp file is dropped
+            // (deleted) and the existing inode stays put for its readers.
+            return Ok(digest);
+        }
+        tmp.as_file()
+            .sync_all()
+            .map_err(BlobError::io(format!("cannot sync blob {digest}")))?;
+        let dir = target
+            .parent()
+            .expect("a blob path always has a parent directory")
+            .to_path_buf();
+        create_dir_durable(&dir, &store.objects_dir())?;
+        tmp.persist(&target).map_err(|e| {
+            BlobError::io(format!(
+                "cannot move blob {digest} into {}",
+                target.display()
+            ))(e.error)
+        })?;
+        // The rename is durable only once its directory is synced.
+        sync_dir(&dir)?;
+        Ok(digest)
+    }
+}
+
+/// Creates `dir` (below `base`, which exists) and syncs each parent whose
+/// entries changed, so the new directories survive a crash with the blob.
+fn create_dir_durable(dir: &Path, base: &Path) -> Result<(), BlobError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    while cur != base && !cur.is_dir() {
+        missing.push(cur);
+        match cur.parent() {
+            Some(p) => cur = p,
+            None => break,
+        }
+    }
+    for d in missing.into_iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            // Another writer made it first; that is fine.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(BlobError::io(format!("cannot create {}", d.display()))(e)),
+        }
+        if let Some(parent) = d.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), BlobError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(BlobError::io(format!(
+            "cannot sync directory {}",
+            dir.display()
+        )))
+}
+
+// ---------------------------------------------------------------------------
+// The in-memory fake
+
+type BlobMap = HashMap<Digest, Arc<Vec<u8>>>;
+
+/// An in-memory blob store for tests.
+///
+/// `open_verified` is supported: it verifies the bytes, then writes them
+/// once to a temp directory the store owns (deleted with the store), so
+/// code that hands paths to SQLite or a child process can be tested too.
+/// `tamper` replaces a blob's bytes to simulate corruption.
+#[derive(Default)]
+pub struct MemBlobStore {
+    // Shared with live writers, which outlive the `&self` that made them.
+    blobs: Arc<Mutex<BlobMap>>,
+    files: Mutex<Option<tempfile::TempDir>>,
+}
+
+impl std::fmt::Debug for MemBlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemBlobStore")
+            .field("blobs", &self.len())
+            .finish()
+    }
+}
+
+impl MemBlobStore {
+    pub fn new() -> MemBlobStore {
+        MemBlobStore::default()
+    }
+
+    /// How many blobs are stored.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Replaces the bytes stored under `digest` without renaming them,
+    /// as a flipped bit on disk would.
+    pub fn tamper(&self, digest: &Digest, bytes: Vec<u8>) {
+        self.map().insert(*digest, Arc::new(bytes));
+    }
+
+    /// A lock poisoned by a panicking test thread still guards a
+    /// consistent map (every update is a single insert), so it is reused.
+    fn map(&self) -> MutexGuard<'_, BlobMap> {
+        lock_map(&self.blobs)
+    }
+
+    fn verified(&self, digest: &Digest) -> Result<Arc<Vec<u8>>, BlobError> {
+        let bytes = self
+            .map()
+            .get(digest)
+            .cloned()
+            .ok_or(BlobError::Missing(*digest))?;
+        if Digest::of(&bytes) != *digest {
+            return Err(BlobError::Corrupt {
+                digest: *digest,
+                path: PathBuf::from(format!("<memory>/{}", digest.hex())),
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+impl BlobStore for MemBlobStore {
+    fn put(&self, bytes: &[u8]) -> Result<Digest, BlobError> {
+        let digest = Digest::of(bytes);
+        self.map()
+            .entry(digest)
+            .or_insert_with(|| Arc::new(bytes.to_vec()));
+        Ok(digest)
+    }
+
+    fn writer(&self) -> Result<Box<dyn BlobWriter>, BlobError> {
+        Ok(Box::new(MemBlobWriter {
+            blobs: Arc::clone(&self.blobs),
+            bytes: Vec::new(),
+        }))
+    }
+
+    fn get(&self, digest: &Digest) -> Result<Vec<u8>, BlobError> {
+        Ok(self.verified(digest)?.as_ref().clone())
+    }
+
+    fn open_verified(&self, digest: &Digest) -> Result<PathBuf, BlobError> {
+        let bytes = self.verified(digest)?;
+        let mut files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        if files.is_none() {
+            let dir = tempfile::Builder::new()
+                .prefix("sluice-memblobs-")
+                .tempdir()
+                .map_err(BlobError::io("cannot create a temp directory"))?;
+            *files = Some(dir);
+        }
+        let dir = files
+            .as_ref()
+            .expect("the directory was created just above")
+            .path();
+        let path = dir.join(digest.hex());
+        // Written once under the lock; the bytes were verified above, and
+        // a tampered blob fails before reaching here.
+        if !path.is_file() {
+            fs::write(&path, bytes.as_slice())
+                .map_err(BlobError::io(format!("cannot write {}", path.display())))?;
+        }
+        Ok(path)
+    }
+
+    fn contains(&self, digest: &Digest) -> bool {
+        self.map().contains_key(digest)
+    }
+}
+
+fn lock_map(blobs: &Mutex<BlobMap>) -> MutexGuard<'_, BlobMap> {
+    blobs.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Collects the bytes; the blob appears at `finish`, as in the real store.
+struct MemBlobWriter {
+    blobs: Arc<Mutex<BlobMap>>,
+    bytes: Vec<u8>,
+}
+
+impl Write for MemBlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl BlobWriter for MemBlobWriter {
+    fn finish(self: Box<Self>) -> Result<Digest, BlobError> {
+        let MemBlobWriter { blobs, bytes } = *self;
+        let digest = Digest::of(&bytes);
+        lock_map(&blobs)
+            .entry(digest)
+            .or_insert_with(|| Arc::new(bytes));
+        Ok(digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> (tempfile::TempDir, LocalBlobStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::open(&dir.path().join("blobs")).unwrap();
+        (dir, store)
+    }
+
+    fn files_under(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(files_under(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The contract every implementation keeps.
+    fn check_contract(store: &dyn BlobStore) {
+        let d = store.put(b"a,b\n1,2\n").unwrap();
+        assert_eq!(d, Digest::of(b"a,b\n1,2\n"));
+        assert!(store.contains(&d));
+        assert_eq!(store.get(&d).unwrap(), b"a,b\n1,2\n");
+        assert_eq!(store.put(b"a,b\n1,2\n").unwrap(), d, "put is idempotent");
+
+        let mut w = store.writer().unwrap();
+        for chunk in [&b"x\n"[..], b"1\n", b"2\n"] {
+            w.write_all(chunk).unwrap();
+        }
+        let streamed = w.finish().unwrap();
+        assert_eq!(streamed, Digest::of(b"x\n1\n2\n"));
+        assert_eq!(store.get(&streamed).unwrap(), b"x\n1\n2\n");
+        let path = store.open_verified(&streamed).unwrap();
+        assert_eq!(fs::read(path).unwrap(), b"x\n1\n2\n");
+
+        let empty = store.writer().unwrap().finish().unwrap();
+        assert_eq!(empty, Digest::of(b""));
+        assert_eq!(store.get(&empty).unwrap(), b"");
+
+        let absent = Digest::of(b"never stored");
+        assert!(!store.contains(&absent));
+        assert!(matches!(store.get(&absent), Err(BlobError::Missing(d)) if d == absent));
+        assert!(matches!(
+            store.open_verified(&absent),
+            Err(BlobError::Missing(_))
+        ));
+
+        let mut dropped = store.writer().unwrap();
+        dropped.write_all(b"half a table").unwrap();
+        drop(dropped);
+        assert!(!store.contains(&Digest::of(b"half a table")));
+    }
+
+    #[test]
+    fn local_store_keeps_the_contract() {
+        let (_dir, store) = local();
+        check_contract(&store);
+    }
+
+    #[test]
+    fn mem_store_keeps_the_contract() {
+        check_contract(&MemBlobStore::new());
+    }
+
+    #[test]
+    fn layout_is_two_levels_of_hex_and_identical_content_shares_one_file() {
+        let (_dir, store) = local();
+        let d = store.put(b"same").unwrap();
+        let hex = d.hex();
+        let expected = store
+            .root()
+            .join("sha256")
+            .join(&hex[..2])
+            .join(&hex[2..4])
+            .join(&hex);
+        assert_eq!(store.blob_path(&d), expected);
+        assert!(expected.is_file());
+
+        let mut w = store.writer().unwrap();
+        w.write_all(b"sa").unwrap();
+        w.write_all(b"me").unwrap();
+        assert_eq!(w.finish().unwrap(), d);
+        store.put(b"same").unwrap();
+        assert_eq!(files_under(&store.root().join("sha256")), vec![expected]);
+        assert!(files_under(&store.root().join("tmp")).is_empty());
+    }
+
+    #[test]
+    fn a_flipped_byte_is_corrupt_and_never_served() {
+        let (_dir, store) = local();
+        let d = store.put(b"patient_id\n1\n2\n").unwrap();
+        let path = store.blob_path(&d);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[3] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+
+        for err in [
+            store.get(&d).unwrap_err(),
+            store.open_verified(&d).unwrap_err(),
+        ] {
+            match &err {
+                BlobError::Corrupt { digest, path: p } => {
+                    assert_eq!(*digest, d);
+                    assert_eq!(*p, path);
+                }
+                other => panic!("expected Corrupt, got {other:?}"),
+            }
+            let msg = err.to_string();
+            assert!(msg.contains(&d.to_string()), "{msg}");
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(
+                msg.contains(&format!("rm -f '{}'", path.display())),
+                "{msg}"
+            );
+        }
+        // Not deleted automatically: the evidence stays for the admin.
+        assert!(path.is_file());
+
+        // Once removed as the message says, the blob can be stored again.
+        fs::remove_file(&path).unwrap();
+        assert!(!store.contains(&d));
+        store.put(b"patient_id\n1\n2\n").unwrap();
+        assert_eq!(store.get(&d).unwrap(), b"patient_id\n1\n2\n");
+    }
+
+    #[test]
+    fn a_dropped_writer_leaves_no_blob_and_no_temp_file() {
+        let (_dir, store) = local();
+        let mut w = store.writer().unwrap();
+        w.write_all(&vec![7u8; 600 * 1024]).unwrap();
+        w.flush().unwrap();
+        assert_eq!(files_under(&store.root().join("tmp")).len(), 1);
+        drop(w);
+        assert!(files_under(&store.root().join("tmp")).is_empty());
+        assert!(files_under(&store.root().join("sha256")).is_empty());
+    }
+
+    #[test]
+    fn open_removes_stale_temps_but_not_live_ones() {
+        let (_dir, store) = local();
+        let tmp = store.root().join("tmp");
+        let old = SystemTime::now() - Duration::from_secs(2 * 60 * 60);
+
+        let stale = tmp.join("blob-crashed.tmp");
+        fs::write(&stale, b"partial").unwrap();
+        File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+
+        // A live writer idle for over an hour keeps its file: it holds the lock.
+        let mut live = store.writer().unwrap();
+        live.write_all(b"slow query").unwrap();
+        live.flush().unwrap();
+        let live_path = files_under(&tmp).into_iter().find(|p| *p != stale).unwrap();
+        File::options()
+            .write(true)
+            .open(&live_path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+
+        let fresh = tmp.join("blob-fresh.tmp");
+        fs::write(&fresh, b"just started").unwrap();
+
+        LocalBlobStore::open(store.root()).unwrap();
+        assert!(!stale.exists());
+        assert!(live_path.exists());
+        assert!(fresh.exists());
+        let d = live.finish().unwrap();
+        assert_eq!(store.get(&d).unwrap(), b"slow query");
+    }
+
+    #[test]
+    fn verification_streams_a_blob_larger_than_the_buffer() {
+        let (_dir, store) = local();
+        let big: Vec<u8> = (0..3 * HASH_BUF + 17).map(|i| (i % 251) as u8).collect();
+        let mut w = store.writer().unwrap();
+        for chunk in big.chunks(100_000) {
+            w.write_all(chunk).unwrap();
+        }
+        let d = w.finish().unwrap();
+        assert_eq!(d, Digest::of(&big));
+        store.open_verified(&d).unwrap();
+        let (again, len) = digest_reader(&big[..]).unwrap();
+        assert_eq!((again, len), (d, big.len() as u64));
+    }
+
+    #[test]
+    fn mem_store_detects_tampering_and_serves_paths() {
+        let store = MemBlobStore::new();
+        let d = store.put(b"ok").unwrap();
+        let path = store.open_verified(&d).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"ok");
+        store.tamper(&d, b"no".to_vec());
+        assert!(matches!(store.get(&d), Err(BlobError::Corrupt { .. })));
+        assert!(matches!(
+            store.open_verified(&d),
+            Err(BlobError::Corrupt { .. })
+        ));
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn stores_are_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<LocalBlobStore>();
+        assert_send_sync::<MemBlobStore>();
+        assert_send_sync::<Arc<dyn BlobStore>>();
+    }
+}

@@ -1,0 +1,724 @@
+//! The SQLite state database: the action cache, refs, runs and the
+//! source-digest memo, with versioned migrations applied at open.
+//!
+//! One connection sits behind a mutex: SQLite serialises writers anyway,
+//! and every statement here is short. WAL lets other processes (a second
+//! `sluice`, the daemon) read while one writes.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::plan::digest::Digest;
+
+/// Migrations in order; migration `i` takes the schema from version `i`
+/// to `i + 1` (`PRAGMA user_version`). Append only: never edit one that
+/// has shipped, since databases already past it will not run it again.
+const MIGRATIONS: &[(&str, &str)] =
+    &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
+
+/// The schema version this binary creates and understands.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// How long a statement waits for another process's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A cached result of one task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEntry {
+    pub output: Digest,
+    pub rows: u64,
+    pub columns: Vec<String>,
+    pub log: Option<Digest>,
+    pub duration_ms: u64,
+}
+
+/// One recorded run of a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    pub id: i64,
+    pub pipeline: String,
+    pub manifest: Digest,
+    pub commit: Option<String>,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    pub failed: bool,
+}
+
+/// What identifies one version of a source file for the memo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceStat {
+    pub path: PathBuf,
+    pub size: u64,
+    /// Modification time in nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    pub inode: u64,
+}
+
+/// The state database.
+pub struct StateDb {
+    conn: Mutex<Connection>,
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for StateDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateDb").field("path", &self.path).finish()
+    }
+}
+
+impl StateDb {
+    /// Opens (creating it and its directory if needed) the database at
+    /// `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> anyhow::Result<StateDb> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let conn = Connection::open(path)
+            .with_context(|| format!("cannot open the state database {}", path.display()))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode =
+            switch_to_wal(&conn).with_context(|| format!("state database {}", path.display()))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            bail!(
+                "the state database {} cannot use WAL (journal mode is `{mode}`); \
+                 is the state directory on a network file system? Use a local --state-dir",
+                path.display()
+            );
+        }
+        Self::init(conn, Some(path.to_path_buf()))
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn open_in_memory() -> anyhow::Result<StateDb> {
+        Self::init(Connection::open_in_memory()?, None)
+    }
+
+    fn init(mut conn: Connection, path: Option<PathBuf>) -> anyhow::Result<StateDb> {
+        // NORMAL is durable across application crashes in WAL mode; a
+        // power cut may roll back the last few commits, which leaves the
+        // database consistent, only slightly older (lost cache entries are
+        // recomputed), and saves an fsync per commit.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let shown = path
+            .as_deref()
+            .map_or_else(|| "(in memory)".to_string(), |p| p.display().to_string());
+        migrate(&mut conn).with_context(|| format!("state database {shown}"))?;
+        Ok(StateDb {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    /// The file, or `None` for an in-memory database.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The schema version recorded in the database.
+    pub fn schema_version(&self) -> anyhow::Result<u32> {
+        Ok(user_version(&self.conn())?)
+    }
+
+    /// A statement that panicked cannot leave a half-done write behind
+    /// (SQLite rolls back an unfinished transaction), so a lock poisoned
+    /// by a panicking thread is safe to reuse.
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    // -- action cache -------------------------------------------------------
+
+    pub fn cache_get(&self, task_key: &Digest) -> anyhow::Result<Option<CacheEntry>> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT output, rows, columns, log, duration_ms FROM action_cache
+                 WHERE task_key = ?1",
+                [task_key.to_string()],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                },
+            )
+            .optional()
+            .context("cannot read the action cache")?;
+        let Some((output, rows, columns, log, duration_ms)) = row else {
+            return Ok(None);
+        };
+        let bad = || format!("corrupt action-cache entry for task {task_key}");
+        Ok(Some(CacheEntry {
+            output: output.parse().with_context(bad)?,
+            rows: u64::try_from(rows).with_context(bad)?,
+            columns: serde_json::from_str(&columns).with_context(bad)?,
+            log: log.map(|l| l.parse()).transpose().with_context(bad)?,
+            duration_ms: u64::try_from(duration_ms).with_context(bad)?,
+        }))
+    }
+
+    /// Inserts or replaces the entry for `task_key`.
+    pub fn cache_put(&self, task_key: &Digest, entry: &CacheEntry) -> anyhow::Result<()> {
+        let columns = serde_json::to_string(&entry.columns)?;
+        let rows = sql_int(entry.rows, "row count")?;
+        let duration_ms = sql_int(entry.duration_ms, "duration")?;
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO action_cache
+                 (task_key, output, rows, columns, log, duration_ms, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    task_key.to_string(),
+                    entry.output.to_string(),
+                    rows,
+                    columns,
+                    entry.log.map(|l| l.to_string()),
+                    duration_ms,
+                    now_rfc3339(),
+                ],
+            )
+            .context("cannot write the action cache")?;
+        Ok(())
+    }
+
+    // -- refs ---------------------------------------------------------------
+
+    pub fn ref_get(&self, name: &str) -> anyhow::Result<Option<Digest>> {
+        let text: Option<String> = self
+            .conn()
+            .query_row("SELECT manifest FROM refs WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .with_context(|| format!("cannot read ref {name}"))?;
+        text.map(|t| t.parse().with_context(|| format!("ref {name} is corrupt")))
+            .transpose()
+    }
+
+    /// Points `name` at `manifest` unconditionally.
+    pub fn ref_set(&self, name: &str, manifest: &Digest) -> anyhow::Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO refs (name, manifest, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE
+                 SET manifest = excluded.manifest, updated_at = excluded.updated_at",
+                params![name, manifest.to_string(), now_rfc3339()],
+            )
+            .with_context(|| format!("cannot set ref {name}"))?;
+        Ok(())
+    }
+
+    /// Points `name` at `new` only if it currently points at `expected`
+    /// (`None`: only if it does not exist). Returns whether it moved. Each
+    /// branch is a single statement, which SQLite runs atomically even
+    /// against other processes, so two promotions cannot both win.
+    pub fn ref_compare_and_set(
+        &self,
+        name: &str,
+        expected: Option<&Digest>,
+        new: &Digest,
+    ) -> anyhow::Result<bool> {
+        let conn = self.conn();
+        let changed = match expected {
+            None => conn.execute(
+                "INSERT INTO refs (name, manifest, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO NOTHING",
+                params![name, new.to_string(), now_rfc3339()],
+            ),
+            Some(old) => conn.execute(
+                "UPDATE refs SET manifest = ?2, updated_at = ?3
+                 WHERE name = ?1 AND manifest = ?4",
+                params![name, new.to_string(), now_rfc3339(), old.to_string()],
+            ),
+        }
+        .with_context(|| format!("cannot update ref {name}"))?;
+        Ok(changed == 1)
+    }
+
+    // -- runs ---------------------------------------------------------------
+
+    /// Records a run and returns its id.
+    pub fn record_run(
+        &self,
+        pipeline: &str,
+        manifest: &Digest,
+        commit: Option<&str>,
+        failed: bool,
+    ) -> anyhow::Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO runs (pipeline, manifest, commit_id, created_at, failed)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                pipeline,
+                manifest.to_string(),
+                commit,
+                now_rfc3339(),
+                failed
+            ],
+        )
+        .with_context(|| format!("cannot record a run of {pipeline}"))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// The newest run of `pipeline`.
+    pub fn last_run(&self, pipeline: &str) -> anyhow::Result<Option<RunRecord>> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT id, manifest, commit_id, created_at, failed FROM runs
+                 WHERE pipeline = ?1 ORDER BY id DESC LIMIT 1",
+                [pipeline],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, bool>(4)?,
+                    ))
+                },
+            )
+            .optional()
+            .with_context(|| format!("cannot read the runs of {pipeline}"))?;
+        let Some((id, manifest, commit, created_at, failed)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(RunRecord {
+            id,
+            pipeline: pipeline.to_string(),
+            manifest: manifest
+                .parse()
+                .with_context(|| format!("run {id} of {pipeline} is corrupt"))?,
+            commit,
+            created_at,
+            failed,
+        }))
+    }
+
+    // -- source memo --------------------------------------------------------
+
+    /// The memoised digest of a source, only if its size, mtime and inode
+    /// all still match. Paths that are not UTF-8 are never memoised (a
+    /// lossy conversion could make two paths share a row).
+    pub fn memo_get(&self, stat: &SourceStat) -> anyhow::Result<Option<Digest>> {
+        let Some(path) = stat.path.to_str() else {
+            return Ok(None);
+        };
+        let size = sql_int(stat.size, "file size")?;
+        let text: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT digest FROM source_memo
+                 WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3 AND inode = ?4",
+                params![path, size, stat.mtime_ns, inode_to_sql(stat.inode)],
+                |r| r.get(0),
+            )
+            .optional()
+            .context("cannot read the source-digest memo")?;
+        // A row that does not parse is treated as a miss: the source is
+        // re-hashed and the row overwritten, which repairs it.
+        Ok(text.and_then(|t| t.parse().ok()))
+    }
+
+    /// Remembers `digest` for this version of the source (replacing any
+    /// older version's row for the same path).
+    pub fn memo_put(&self, stat: &SourceStat, digest: &Digest) -> anyhow::Result<()> {
+        let Some(path) = stat.path.to_str() else {
+            return Ok(());
+        };
+        let size = sql_int(stat.size, "file size")?;
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO source_memo (path, size, mtime_ns, inode, digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    path,
+                    size,
+                    stat.mtime_ns,
+                    inode_to_sql(stat.inode),
+                    digest.to_string()
+                ],
+            )
+            .context("cannot write the source-digest memo")?;
+        Ok(())
+    }
+}
+
+/// SQLite integers are i64; counts beyond i64::MAX cannot occur in
+/// practice, but are an error rather than a silently wrapped number.
+fn sql_int(value: u64, what: &str) -> anyhow::Result<i64> {
+    i64::try_from(value).with_context(|| format!("{what} {value} is too large to store"))
+}
+
+/// SQLite integers are i64; inode numbers are u64 and may use the top bit
+/// (overlayfs, NFS), so they are stored bit for bit, which stays one-to-one.
+fn inode_to_sql(inode: u64) -> i64 {
+    i64::from_ne_bytes(inode.to_ne_bytes())
+}
+
+/// Sets `journal_mode=WAL` and returns the mode in effect. On a fresh
+/// file this writes the header, and when several processes open the same
+/// new database at once SQLite may answer BUSY without calling the busy
+/// handler (it refuses to wait where waiting could deadlock), so the
+/// switch is retried here for up to the busy timeout.
+fn switch_to_wal(conn: &Connection) -> anyhow::Result<String> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result.context("cannot switch the database to WAL"),
+        }
+    }
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+/// Applies the migrations the database lacks, each in its own transaction
+/// together with its `user_version` bump. The version is re-read inside
+/// each write transaction, so two processes opening a fresh database at
+/// once do not both run a migration.
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version = user_version(&tx)?;
+        if version > SCHEMA_VERSION {
+            bail!(
+                "its schema version is {version}, newer than this sluice knows \
+                 ({SCHEMA_VERSION}); it was written by a newer sluice. Upgrade sluice, \
+                 or use another state directory (--state-dir)"
+            );
+        }
+        let Some((name, sql)) = MIGRATIONS.get(version as usize) else {
+            return Ok(());
+        };
+        tx.execute_batch(sql)
+            .with_context(|| format!("migration {name} failed"))?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+        tx.commit()
+            .with_context(|| format!("cannot commit migration {name}"))?;
+    }
+}
+
+// -- time ---------------------------------------------------------------------
+
+/// The current time as RFC 3339 UTC, e.g. `2024-02-29T13:05:09Z`.
+pub fn now_rfc3339() -> String {
+    rfc3339(SystemTime::now())
+}
+
+/// A time as RFC 3339 UTC with whole seconds (sub-second precision is
+/// noise for run records and would only make rows harder to read).
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        // Before 1970: round down to the whole second at or before `t`.
+        Err(e) => {
+            let d = e.duration();
+            let whole = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            -whole - i64::from(d.subsec_nanos() > 0)
+        }
+    };
+    format_unix_seconds(secs)
+}
+
+fn format_unix_seconds(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to the
+/// proleptic Gregorian (year, month, day). Eras are 400-year cycles, which
+/// makes the leap-year rules fall out of plain integer arithmetic.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468; // shift the epoch to 0000-03-01
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // day of era, [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365], from March 1
+    let mp = (5 * doy + 2) / 153; // month from March, [0, 11]
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    // d is in [1, 31] and m in [1, 12] by construction, so the casts are exact.
+    (y, m as u32, d as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Digest {
+        Digest::of(s.as_bytes())
+    }
+
+    #[test]
+    fn migrations_apply_once_and_reopening_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/state.db");
+        {
+            let db = StateDb::open(&path).unwrap();
+            assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
+            db.ref_set("production/p", &d("m1")).unwrap();
+        }
+        let db = StateDb::open(&path).unwrap();
+        assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(db.ref_get("production/p").unwrap(), Some(d("m1")));
+
+        let raw = Connection::open(&path).unwrap();
+        let mode: String = raw
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(user_version(&raw).unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        drop(StateDb::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = format!("{:#}", StateDb::open(&path).unwrap_err());
+        assert!(err.contains("newer"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn concurrent_first_opens_migrate_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| StateDb::open(&path))).collect();
+            for h in handles {
+                let db = h.join().unwrap().unwrap();
+                assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
+            }
+        });
+    }
+
+    #[test]
+    fn two_connections_write_concurrently() {
+        // As two processes would: separate connections to one file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let dbs = [StateDb::open(&path).unwrap(), StateDb::open(&path).unwrap()];
+        std::thread::scope(|s| {
+            for db in &dbs {
+                s.spawn(move || {
+                    for i in 0..50 {
+                        db.record_run("p", &d(&i.to_string()), None, false).unwrap();
+                        db.ref_set("r", &d(&i.to_string())).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(dbs[0].last_run("p").unwrap().unwrap().id, 100);
+    }
+
+    #[test]
+    fn cache_round_trips_and_replaces() {
+        let db = StateDb::open_in_memory().unwrap();
+        let key = d("task");
+        assert_eq!(db.cache_get(&key).unwrap(), None);
+        let mut entry = CacheEntry {
+            output: d("out"),
+            rows: 42,
+            columns: vec!["patient_id".into(), "npi, \"quoted\"".into()],
+            log: None,
+            duration_ms: 7,
+        };
+        db.cache_put(&key, &entry).unwrap();
+        assert_eq!(db.cache_get(&key).unwrap(), Some(entry.clone()));
+        entry.log = Some(d("log"));
+        entry.rows = 0;
+        entry.columns.clear();
+        db.cache_put(&key, &entry).unwrap();
+        assert_eq!(db.cache_get(&key).unwrap(), Some(entry));
+        assert_eq!(db.cache_get(&d("other")).unwrap(), None);
+    }
+
+    #[test]
+    fn refs_and_compare_and_set() {
+        let db = StateDb::open_in_memory().unwrap();
+        let r = "production/clinics";
+        assert_eq!(db.ref_get(r).unwrap(), None);
+
+        // Absent: only `expected = None` wins.
+        assert!(!db.ref_compare_and_set(r, Some(&d("x")), &d("m1")).unwrap());
+        assert_eq!(db.ref_get(r).unwrap(), None);
+        assert!(db.ref_compare_and_set(r, None, &d("m1")).unwrap());
+        assert_eq!(db.ref_get(r).unwrap(), Some(d("m1")));
+
+        // Present: `None` and a stale expectation both lose.
+        assert!(!db.ref_compare_and_set(r, None, &d("m2")).unwrap());
+        assert!(!db.ref_compare_and_set(r, Some(&d("x")), &d("m2")).unwrap());
+        assert_eq!(db.ref_get(r).unwrap(), Some(d("m1")));
+        assert!(db.ref_compare_and_set(r, Some(&d("m1")), &d("m2")).unwrap());
+        assert_eq!(db.ref_get(r).unwrap(), Some(d("m2")));
+
+        db.ref_set(r, &d("m3")).unwrap();
+        assert_eq!(db.ref_get(r).unwrap(), Some(d("m3")));
+        assert_eq!(db.ref_get("production/other").unwrap(), None);
+    }
+
+    #[test]
+    fn runs_round_trip_and_last_is_newest() {
+        let db = StateDb::open_in_memory().unwrap();
+        assert_eq!(db.last_run("p").unwrap(), None);
+        let a = db.record_run("p", &d("m1"), Some("abc123"), false).unwrap();
+        let q = db.record_run("q", &d("mq"), None, false).unwrap();
+        let b = db.record_run("p", &d("m2"), None, true).unwrap();
+        assert!(a < q && q < b);
+        let last = db.last_run("p").unwrap().unwrap();
+        assert_eq!(last.id, b);
+        assert_eq!(last.pipeline, "p");
+        assert_eq!(last.manifest, d("m2"));
+        assert_eq!(last.commit, None);
+        assert!(last.failed);
+        assert_eq!(last.created_at.len(), "2024-01-01T00:00:00Z".len());
+        let q_run = db.last_run("q").unwrap().unwrap();
+        assert_eq!(
+            (q_run.id, q_run.manifest, q_run.failed),
+            (q, d("mq"), false)
+        );
+    }
+
+    #[test]
+    fn memo_hits_only_when_size_mtime_and_inode_match() {
+        let db = StateDb::open_in_memory().unwrap();
+        let stat = SourceStat {
+            path: PathBuf::from("/data/clinic_a/patients.csv"),
+            size: 1 << 40,
+            mtime_ns: 1_700_000_000_123_456_789,
+            inode: u64::MAX - 3, // top bit set, as overlayfs inodes may be
+        };
+        assert_eq!(db.memo_get(&stat).unwrap(), None);
+        db.memo_put(&stat, &d("v1")).unwrap();
+        assert_eq!(db.memo_get(&stat).unwrap(), Some(d("v1")));
+
+        let mut s = stat.clone();
+        s.size += 1;
+        assert_eq!(db.memo_get(&s).unwrap(), None);
+        let mut s = stat.clone();
+        s.mtime_ns += 1;
+        assert_eq!(db.memo_get(&s).unwrap(), None);
+        let mut s = stat.clone();
+        s.inode = 5;
+        assert_eq!(db.memo_get(&s).unwrap(), None);
+        let mut s = stat.clone();
+        s.path = PathBuf::from("/data/clinic_b/patients.csv");
+        assert_eq!(db.memo_get(&s).unwrap(), None);
+
+        // A new version of the file replaces the old row.
+        let mut newer = stat.clone();
+        newer.mtime_ns += 10;
+        db.memo_put(&newer, &d("v2")).unwrap();
+        assert_eq!(db.memo_get(&newer).unwrap(), Some(d("v2")));
+        assert_eq!(db.memo_get(&stat).unwrap(), None);
+    }
+
+    #[test]
+    fn non_utf8_paths_are_not_memoised() {
+        use std::os::unix::ffi::OsStrExt;
+        let db = StateDb::open_in_memory().unwrap();
+        let stat = SourceStat {
+            path: PathBuf::from(std::ffi::OsStr::from_bytes(b"/data/\xff.csv")),
+            size: 1,
+            mtime_ns: 1,
+            inode: 1,
+        };
+        db.memo_put(&stat, &d("v")).unwrap();
+        assert_eq!(db.memo_get(&stat).unwrap(), None);
+    }
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        let at = |secs: i64| {
+            if secs >= 0 {
+                rfc3339(UNIX_EPOCH + Duration::from_secs(secs as u64))
+            } else {
+                rfc3339(UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()))
+            }
+        };
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(951_868_799), "2000-02-29T23:59:59Z");
+        assert_eq!(
+            at(1_709_164_800 + 13 * 3600 + 5 * 60 + 9),
+            "2024-02-29T13:05:09Z"
+        );
+        assert_eq!(at(4_107_542_400), "2100-03-01T00:00:00Z"); // 2100 is not leap
+        assert_eq!(at(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(at(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(at(-2_208_988_800), "1900-01-01T00:00:00Z");
+        // Sub-second times round down, before the epoch too.
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_millis(500)),
+            "1969-12-31T23:59:59Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_millis(1500)),
+            "1970-01-01T00:00:01Z"
+        );
+    }
+
+    #[test]
+    fn civil_from_days_agrees_with_counting_days() {
+        // Walk 1600-03-01 .. 2400 day by day with the textbook leap rule.
+        let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let month_len = |y: i64, m: u32| match m {
+            2 if leap(y) => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        };
+        let (mut y, mut m, mut day) = (1600i64, 3u32, 1u32);
+        let mut n = -135_080; // 1600-03-01 relative to 1970-01-01
+        assert_eq!(civil_from_days(n), (1600, 3, 1));
+        while y < 2400 {
+            assert_eq!(civil_from_days(n), (y, m, day), "day {n}");
+            n += 1;
+            day += 1;
+            if day > month_len(y, m) {
+                day = 1;
+                m += 1;
+                if m > 12 {
+                    m = 1;
+                    y += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn state_db_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<StateDb>();
+    }
+}

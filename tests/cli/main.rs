@@ -1,0 +1,9 @@
+//! The one integration-test binary: end-to-end tests of `sluice` on the
+//! example and on repositories built in temp dirs (real files, real git).
+
+// Helpers outside #[test] functions may unwrap too: a panic is a test failure.
+#![allow(clippy::unwrap_used)]
+
+mod check;
+mod run;
+mod util;

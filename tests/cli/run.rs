@@ -1,0 +1,375 @@
+//! `run`, `cat`, `diff`, `why` and the cache: the example's tables against
+//! an independent computation, early cutoff, failures, crash safety.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use crate::util::{Repo, Run};
+
+/// `pipeline:node` -> status, from `run --json`.
+fn statuses(run: &Run) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for r in run.json()["runs"].as_array().expect("runs") {
+        let p = r["pipeline"].as_str().expect("pipeline");
+        for n in r["nodes"].as_array().expect("nodes") {
+            out.insert(
+                format!("{p}:{}", n["name"].as_str().expect("name")),
+                n["status"].as_str().expect("status").to_string(),
+            );
+        }
+    }
+    out
+}
+
+fn with_status(s: &BTreeMap<String, String>, status: &str) -> Vec<String> {
+    s.iter()
+        .filter(|(_, v)| *v == status)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+fn edit(r: &Repo, path: &str, from: &str, to: &str) {
+    let text = r.read(path);
+    assert!(text.contains(from), "{path} lacks {from:?}");
+    r.file(path, &text.replacen(from, to, 1));
+}
+
+#[test]
+fn example_tables_equal_an_independent_computation() {
+    let r = Repo::example();
+    let run = r.sluice(&["run", "--json", "-j", "2"]);
+    run.success();
+    let s = statuses(&run);
+    assert!(with_status(&s, "computed").len() >= 20, "{s:?}");
+    let out = tempfile::tempdir().unwrap();
+    let py = Command::new("python3")
+        .arg(r.path().join("tools/reference_run.py"))
+        .args([
+            "--repo",
+            r.path().to_str().unwrap(),
+            "--all",
+            out.path().to_str().unwrap(),
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let mut compared = 0;
+    for key in s.keys() {
+        let (pipeline, node) = key.split_once(':').unwrap();
+        if node.starts_with('/') {
+            continue;
+        }
+        let expected =
+            std::fs::read_to_string(out.path().join(pipeline).join(format!("{node}.csv")))
+                .unwrap_or_else(|e| panic!("reference lacks {key}: {e}"));
+        let cat = r.sluice(&["cat", &format!("{pipeline}/{node}")]);
+        cat.success();
+        assert_eq!(
+            cat.stdout, expected,
+            "{key} differs from the reference computation"
+        );
+        compared += 1;
+    }
+    assert!(compared >= 20);
+}
+
+#[test]
+fn rerun_computes_nothing_and_shared_edits_recompute_exactly_their_path() {
+    let r = Repo::example();
+    r.sluice(&["run", "--json", "--promote"]).success();
+    let again = r.sluice(&["run", "--json"]);
+    again.success();
+    let s = statuses(&again);
+    assert_eq!(
+        with_status(&s, "computed"),
+        Vec::<String>::new(),
+        "a re-run computes nothing"
+    );
+    assert_eq!(with_status(&s, "cached").len(), s.len());
+
+    // Edit a shared node: it and its descendants recompute in both clinics.
+    edit(
+        &r,
+        "common/varian/Albumin.sql",
+        "AND value IS NOT NULL",
+        "AND value IS NOT NULL AND 1 = 1",
+    );
+    let run = r.sluice(&["run", "--json"]);
+    run.success();
+    let computed = with_status(&statuses(&run), "computed");
+    assert_eq!(
+        computed,
+        vec!["clinics/clinic_a:Albumin", "clinics/clinic_b:Albumin",],
+        "an edit that yields byte-identical output stops at the edited node (early cutoff)"
+    );
+    edit(
+        &r,
+        "common/varian/Albumin.sql",
+        "{{albumin_low}} THEN 1",
+        "{{albumin_low}} + 0.5 THEN 1",
+    );
+    let run = r.sluice(&["run", "--json"]);
+    run.success();
+    let computed = with_status(&statuses(&run), "computed");
+    assert_eq!(
+        computed,
+        vec![
+            "clinics/clinic_a:Albumin",
+            "clinics/clinic_a:AlbuminTrend",
+            "clinics/clinic_a:PatientSummary",
+            "clinics/clinic_b:Albumin",
+            "clinics/clinic_b:PatientSummary",
+        ]
+    );
+
+    // The plan now compares with production for real.
+    let plan = r.sluice(&["plan", "--json"]);
+    plan.success();
+    let mut changes = BTreeMap::new();
+    for p in plan.json()["plans"].as_array().unwrap() {
+        for n in p["nodes"].as_array().unwrap() {
+            changes.insert(
+                format!(
+                    "{}:{}",
+                    p["pipeline"].as_str().unwrap(),
+                    n["name"].as_str().unwrap()
+                ),
+                n["change"].as_str().unwrap().to_string(),
+            );
+        }
+    }
+    assert_eq!(changes["clinics/clinic_a:Albumin"], "modified");
+    assert_eq!(changes["clinics/clinic_a:PatientSummary"], "affected");
+    assert_eq!(changes["clinics/clinic_a:AlbuminTrend"], "affected");
+    assert_eq!(changes["clinics/clinic_a:Labs"], "unchanged");
+
+    // why names the part that changed.
+    r.sluice(&["why", "clinics/clinic_a/Albumin"])
+        .success()
+        .stdout_has("computed")
+        .stdout_has("body changed");
+    r.sluice(&["why", "clinics/clinic_a/PatientSummary"])
+        .success()
+        .stdout_has("input Albumin changed");
+    r.sluice(&["why", "clinics/clinic_a/Labs"])
+        .success()
+        .stdout_has("nothing changed");
+
+    // diff: counts against production, no cell values.
+    let diff = r.sluice(&["diff", "--json", "clinics/clinic_a"]);
+    diff.success();
+    let v = diff.json();
+    let nodes = v["diffs"][0]["nodes"].as_array().unwrap();
+    let alb = nodes
+        .iter()
+        .find(|n| n["name"] == "Albumin")
+        .expect("Albumin in diff");
+    assert_eq!(alb["rows_before"], alb["rows_after"]);
+    assert!(alb["keyed"]["changed"].as_u64().unwrap() > 0, "{alb}");
+    assert_eq!(alb["keyed"]["added"], 0);
+    assert!(
+        nodes.iter().all(|n| n["name"] != "Labs"),
+        "unchanged tables are left out"
+    );
+}
+
+#[test]
+fn a_failing_node_skips_only_its_descendants() {
+    let r = Repo::example();
+    edit(&r, "common/varian/Albumin.sql", "FROM Labs", "FROM Labz");
+    let run = r.sluice(&["run", "--json"]);
+    run.failure();
+    let s = statuses(&run);
+    assert_eq!(
+        with_status(&s, "failed"),
+        vec!["clinics/clinic_a:Albumin", "clinics/clinic_b:Albumin"]
+    );
+    assert_eq!(
+        with_status(&s, "skipped"),
+        vec![
+            "clinics/clinic_a:AlbuminTrend",
+            "clinics/clinic_a:PatientSummary",
+            "clinics/clinic_b:PatientSummary",
+        ]
+    );
+    assert_eq!(
+        s["clinics/clinic_a:Hemoglobin"], "computed",
+        "independent nodes still run"
+    );
+    let text = r.sluice(&["run"]);
+    text.failure().stdout_has("common/varian/Albumin.sql: ");
+}
+
+#[test]
+fn failed_assertions_and_keys_fail_the_node_with_counts_only() {
+    let r = Repo::new();
+    r.file("clinics/a/T.csv", "id,v\n1,10\n1,11\n2,\n")
+        .file(
+            "clinics/a/K.sql",
+            "-- @depend ./T\n-- @key id\nSELECT id, v FROM T;\n",
+        )
+        .file(
+            "clinics/a/N.sql",
+            "-- @depend ./T\n-- @assert not_null(v)\n-- @assert rows > 5\nSELECT * FROM T;\n",
+        )
+        .file(
+            "clinics/a/Ok.sql",
+            "-- @depend ./T\n-- @assert sql: SELECT * FROM Ok WHERE v < 0\nSELECT * FROM T;\n",
+        );
+    let run = r.sluice(&["run", "--json"]);
+    run.failure();
+    let s = statuses(&run);
+    assert_eq!(s["clinics/a:K"], "failed");
+    assert_eq!(s["clinics/a:N"], "failed");
+    assert_eq!(s["clinics/a:Ok"], "computed");
+    let text = r.sluice(&["run"]);
+    text.stdout_has("clinics/a/K.sql: ").stdout_has("duplicate");
+    assert!(!text.stdout.contains(",10"), "no cell values in errors");
+}
+
+#[test]
+fn command_actions_get_inputs_params_and_a_timeout() {
+    let r = Repo::new();
+    r.file("clinics/a/T.csv", "id\n1\n2\n")
+        .file(
+            "clinics/a/Py.py",
+            "# @depend ./T\n# @param factor=3\nimport csv, os\nrows = list(csv.DictReader(open(os.environ['SLUICE_INPUT_T'])))\nwith open(os.environ['SLUICE_OUTPUT'], 'w') as f:\n    f.write('id,x\\n')\n    for r in rows:\n        f.write(f\"{r['id']},{int(r['id']) * int(os.environ['SLUICE_PARAM_factor'])}\\n\")\n",
+        )
+        .file("clinics/a/Slow.sh", "# @timeout 1s\nsleep 20\n");
+    let run = r.sluice(&["run", "--json"]);
+    run.failure();
+    let s = statuses(&run);
+    assert_eq!(s["clinics/a:Py"], "computed");
+    assert_eq!(s["clinics/a:Slow"], "failed");
+    r.sluice(&["cat", "clinics/a/Py"])
+        .success()
+        .stdout_has("id,x\n1,3\n2,6\n");
+    r.sluice(&["run"]).stdout_has("timed out after 1s");
+}
+
+/// Every blob file's bytes hash to its name.
+fn assert_blobs_intact(state: &Path) {
+    let mut stack = vec![state.join("blobs/sha256")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+                continue;
+            }
+            let bytes = std::fs::read(e.path()).unwrap();
+            let want = e.file_name().to_string_lossy().to_string();
+            let got = sluice::plan::digest::Digest::of(&bytes).hex();
+            assert_eq!(got, want, "blob {} is not intact", e.path().display());
+        }
+    }
+}
+
+#[test]
+fn a_run_killed_mid_write_leaves_no_blob_and_no_cache_entry() {
+    let r = Repo::new();
+    let marker = r.path().join("started");
+    r.file("clinics/a/T.csv", "id\n1\n")
+        .file(
+            "clinics/a/Slow.sh",
+            &format!(
+                "# @depend ./T\nprintf 'id\\n1\\n' > \"$SLUICE_OUTPUT\"\ntouch {}\nsleep 3\nprintf '2\\n' >> \"$SLUICE_OUTPUT\"\n",
+                marker.display()
+            ),
+        );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--repo", r.path().to_str().unwrap(), "run", "-j", "1"])
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(start.elapsed().as_secs() < 20, "the node never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_blobs_intact(&r.path().join(".sluice"));
+    // The next run computes the node again: nothing of the killed one was
+    // cached, and its full output is what lands.
+    let run = r.sluice(&["run", "--json"]);
+    run.success();
+    assert_eq!(statuses(&run)["clinics/a:Slow"], "computed");
+    r.sluice(&["cat", "clinics/a/Slow"])
+        .success()
+        .stdout_has("id\n1\n2\n");
+    assert_blobs_intact(&r.path().join(".sluice"));
+}
+
+#[test]
+fn a_corrupt_blob_is_detected_not_served() {
+    let r = Repo::new();
+    r.file("clinics/a/T.csv", "id\n1\n2\n")
+        .file("clinics/a/U.sql", "-- @depend ./T\nSELECT id FROM T;\n");
+    let run = r.sluice(&["run", "--json"]);
+    run.success();
+    let v = run.json();
+    let t = v["runs"][0]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "T")
+        .unwrap()
+        .clone();
+    let digest = t["output"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let path = r.path().join(format!(
+        ".sluice/blobs/sha256/{}/{}/{}",
+        &digest[..2],
+        &digest[2..4],
+        digest
+    ));
+    let mut bytes = std::fs::read(&path).expect("blob at its content address");
+    bytes[3] ^= 0x20;
+    std::fs::write(&path, bytes).unwrap();
+    r.sluice(&["cat", "clinics/a/T"]).stderr_has(&digest[..12]);
+    // A node reading the corrupt input fails, naming it, instead of using it.
+    r.file(
+        "clinics/a/U.sql",
+        "-- @depend ./T\nSELECT id + 1 AS id FROM T;\n",
+    );
+    let run = r.sluice(&["run"]);
+    run.failure().stdout_has(&digest[..12]);
+}
+
+#[test]
+fn relative_repo_paths_work_for_command_actions_and_failures_show_the_log_locally() {
+    let r = Repo::new();
+    r.file("clinics/a/T.csv", "id\n1\n")
+        .file(
+            "clinics/a/Copy.sh",
+            "# @depend ./T\ncp \"$SLUICE_INPUT_T\" \"$SLUICE_OUTPUT\"\n",
+        )
+        .file(
+            "clinics/a/Bad.sh",
+            "echo 'something went wrong here' >&2\nexit 4\n",
+        );
+    let parent = r.path().parent().unwrap();
+    let name = r.path().file_name().unwrap().to_str().unwrap();
+    let run = crate::util::sluice_in(parent, &["--repo", name, "run"]);
+    run.failure()
+        .stdout_has("computed")
+        .stdout_has("clinics/a/Bad.sh: `bash` exited with status 4")
+        .stdout_has("| something went wrong here");
+    let json = r.sluice(&["run", "--json"]);
+    assert_eq!(statuses(&json)["clinics/a:Copy"], "cached");
+    assert!(
+        !json.stdout.contains("something went wrong"),
+        "logs stay out of JSON and manifests"
+    );
+}
