@@ -5,5 +5,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod check;
+mod hooks;
 mod run;
 mod util;
