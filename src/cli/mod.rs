@@ -56,6 +56,17 @@ pub struct GlobalArgs {
     /// Where the cache, blobs and refs live. Default: <repo>/.sluice.
     #[arg(long, global = true, value_name = "DIR", env = "SLUICE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The search path command actions run with (the only variable of the
+    /// caller's environment they see).
+    #[arg(
+        long = "action-path",
+        global = true,
+        value_name = "PATH",
+        env = "PATH",
+        default_value = "/usr/local/bin:/usr/bin:/bin",
+        hide = true
+    )]
+    pub path_env: std::ffi::OsString,
 }
 
 #[derive(Debug, Subcommand)]

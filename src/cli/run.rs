@@ -77,17 +77,13 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let selected = ws.select_pipelines(&args.pipelines)?;
 
     let mut productions = Vec::new();
-    let mut wanted = Vec::new();
     let mut seen = HashSet::new();
     for p in &selected {
         productions.push(production_manifest(&stores, p)?);
-        for id in ws.graph.pipeline_nodes(p) {
-            if seen.insert(id) {
-                wanted.push(id);
-            }
-        }
+        seen.extend(ws.graph.pipeline_nodes(p));
     }
-    // Topological order overall, so shared nodes run once.
+    // One topological order over every selected pipeline, so a node they
+    // share (a `/dir/NAME` dependency) runs once.
     let order: Vec<usize> = ws
         .graph
         .order
@@ -95,7 +91,6 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         .copied()
         .filter(|id| seen.contains(id))
         .collect();
-    drop(wanted);
 
     let jobs = args.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -105,6 +100,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let opts = RunOptions {
         jobs,
         data_root: ws.data_root(),
+        path_env: global.path_env.clone(),
     };
     let progress = Progress::new();
     let results = exec::execute(&ws.graph, &order, &hashes, &stores, &opts, &progress);

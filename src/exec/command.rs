@@ -31,6 +31,8 @@ pub struct CommandSpec<'a> {
     /// `(name, path)` for each input table.
     pub inputs: Vec<(String, PathBuf)>,
     pub params: BTreeMap<String, String>,
+    /// `PATH` for the command: the one variable passed through.
+    pub path_env: &'a std::ffi::OsStr,
     pub timeout: Duration,
 }
 
@@ -103,10 +105,7 @@ pub fn run(spec: &CommandSpec) -> std::io::Result<CommandOutcome> {
     cmd.args(&args[1..])
         .current_dir(dir.path())
         .env_clear()
-        .env(
-            "PATH",
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-        )
+        .env("PATH", spec.path_env)
         .env("LANG", "C.UTF-8")
         .env("HOME", dir.path())
         .env("TMPDIR", dir.path())
@@ -181,6 +180,7 @@ mod tests {
             extension: Some("sh"),
             inputs: vec![("lab-map.v2".into(), PathBuf::from("/x/in.csv"))],
             params: [("clinic".to_string(), "a".to_string())].into(),
+            path_env: std::ffi::OsStr::new("/usr/local/bin:/usr/bin:/bin"),
             timeout: Duration::from_secs(10),
         }
     }

@@ -84,6 +84,8 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Where `data://` sources live.
     pub data_root: Option<PathBuf>,
+    /// `PATH` for command actions.
+    pub path_env: std::ffi::OsString,
 }
 
 /// Told about each node as it finishes (progress, logs).
@@ -361,6 +363,7 @@ fn compute(
                         .iter()
                         .map(|(k, v)| (k.clone(), v.value.clone()))
                         .collect(),
+                    path_env: &opts.path_env,
                     timeout: node
                         .timeout
                         .as_ref()
