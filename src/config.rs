@@ -84,10 +84,27 @@ pub fn parse(text: &str) -> Result<RepoConfig, ConfigError> {
             message: "`production_branch` is empty".into(),
         });
     }
+    let data_root = raw.data.and_then(|d| d.root);
+    if let Some(root) = &data_root {
+        // A branch must not point its data root at the host: it stays inside
+        // the repository's directory (an admin can point elsewhere with
+        // --data or SLUICE_DATA_ROOT).
+        let bad = root.starts_with('/')
+            || crate::pipeline::path::RepoPath::parse(root).is_err()
+            || root.split('/').any(|c| c == "..");
+        if bad {
+            return Err(ConfigError {
+                line: 1,
+                message: format!(
+                    "[data] root `{root}` must be a relative path inside the repository; use --data or SLUICE_DATA_ROOT for a data root elsewhere"
+                ),
+            });
+        }
+    }
     Ok(RepoConfig {
         production_branch,
         pipelines,
-        data_root: raw.data.and_then(|d| d.root),
+        data_root,
     })
 }
 
@@ -113,5 +130,12 @@ mod tests {
         assert!(e.message.contains("pipelines = "));
         assert!(parse("[project]\npipelines = []\n").is_err());
         assert!(parse("[project\n").is_err());
+        for root in ["/tmp", "../..", "data/../../x"] {
+            let text = format!("[project]\npipelines = [\"a\"]\n[data]\nroot = \"{root}\"\n");
+            assert!(
+                parse(&text).unwrap_err().message.contains("relative path"),
+                "{root}"
+            );
+        }
     }
 }

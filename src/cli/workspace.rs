@@ -2,7 +2,7 @@
 //! tree or a commit, read `sluice.toml`, resolve the pipelines.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -185,25 +185,22 @@ impl Workspace {
                     ));
                     continue;
                 };
-                let path = root.join(s.path.as_str());
-                let digest = match memo {
-                    Some(db) => {
-                        crate::store::source::source_digest(db, &path).map_err(|e| e.to_string())
-                    }
-                    None => digest_file(&path).map_err(|e| e.to_string()),
-                };
+                let digest = crate::exec::resolve_source(root, &s.path).and_then(|path| {
+                    let d = match memo {
+                        Some(db) => crate::store::source::source_digest(db, &path)
+                            .map_err(|e| e.to_string()),
+                        None => std::fs::File::open(&path)
+                            .and_then(crate::store::blob::digest_reader)
+                            .map(|(d, _)| d)
+                            .map_err(|e| e.to_string()),
+                    };
+                    d.map_err(|e| format!("data://{}: {e}", s.path))
+                });
                 match digest {
                     Ok(d) => {
                         ctx.sources.insert(s.path.clone(), d);
                     }
-                    Err(e) => problems.push((
-                        s.origin.clone(),
-                        format!(
-                            "@source data://{}: {e} under data root {}",
-                            s.path,
-                            root.display()
-                        ),
-                    )),
+                    Err(e) => problems.push((s.origin.clone(), format!("@source {e}"))),
                 }
             }
         }
@@ -239,22 +236,6 @@ impl Workspace {
         }
         Ok(out)
     }
-}
-
-/// The SHA-256 of a file, streamed.
-fn digest_file(path: &Path) -> std::io::Result<Digest> {
-    use sha2::Digest as _;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(Digest(h.finalize().into()))
 }
 
 /// `--repo`, else the nearest directory at or above the current one that

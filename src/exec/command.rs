@@ -80,7 +80,12 @@ fn argv(template: &str, script: &Path) -> Result<Vec<String>, String> {
 
 /// Runs one command action to completion or timeout.
 pub fn run(spec: &CommandSpec) -> std::io::Result<CommandOutcome> {
-    let dir = tempfile::Builder::new().prefix("sluice-node-").tempdir()?;
+    // Private to this user: the script, its inputs' paths, its output and
+    // its log may all hold PHI.
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-node-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()?;
     let script = dir.path().join(match spec.extension {
         Some(ext) => format!("node.{ext}"),
         None => "node".to_string(),
@@ -199,6 +204,12 @@ mod tests {
             "the parent's environment must not leak: {log}"
         );
         assert_eq!(std::fs::read_to_string(&out.output).unwrap(), "a\n");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.dir.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "the node's directory is private");
     }
 
     #[test]

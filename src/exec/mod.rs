@@ -326,7 +326,7 @@ fn compute(
             let root = opts.data_root.as_ref().ok_or_else(|| {
                 "no data root for @source; set [data] root, SLUICE_DATA_ROOT or --data".to_string()
             })?;
-            source_paths.push((s.table.clone(), root.join(s.path.as_str())));
+            source_paths.push((s.table.clone(), resolve_source(root, &s.path)?));
         }
         let mut writer = stores.blobs.writer().map_err(|e| e.to_string())?;
         let stats = match &node.action.action {
@@ -400,6 +400,25 @@ fn compute(
         Ok((digest, stats))
     })();
     Computed { table, log }
+}
+
+/// The file of a `data://` source: under the data root, after following
+/// symlinks. A source whose real path leaves the data root is refused.
+pub fn resolve_source(root: &Path, rel: &crate::pipeline::RepoPath) -> Result<PathBuf, String> {
+    let canon_root = root
+        .canonicalize()
+        .map_err(|e| format!("data root {}: {e}", root.display()))?;
+    let path = canon_root.join(rel.as_str());
+    let real = path
+        .canonicalize()
+        .map_err(|e| format!("data://{rel}: {e} under data root {}", root.display()))?;
+    if !real.starts_with(&canon_root) {
+        return Err(format!(
+            "data://{rel} leads outside the data root {}",
+            root.display()
+        ));
+    }
+    Ok(real)
 }
 
 fn is_sqlite_file(path: &Path) -> bool {

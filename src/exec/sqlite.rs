@@ -105,7 +105,7 @@ pub fn run_sql(
     inputs: &[SqlInput<'_>],
     out: &mut dyn Write,
 ) -> Result<TableStats, ExecError> {
-    let conn = open_memory()?;
+    let mut conn = open_memory()?;
     // ATTACH cannot run inside a transaction: attach first.
     for input in inputs {
         if let InputData::Attach(path) = input.csv {
@@ -126,7 +126,23 @@ pub fn run_sql(
             .map_err(|e| e.context(&format!("input {}", input.table)))?;
     }
     conn.execute_batch("COMMIT")?;
+    confine(&mut conn)?;
     run_body(&conn, body, out)
+}
+
+/// From here on the body runs: it may read its inputs and build tables in
+/// memory, but not reach other files. ATTACH (also what `VACUUM INTO` does
+/// underneath) and DETACH are denied, so no file outside the data root is
+/// read and no PHI is copied out.
+pub(crate) fn confine(conn: &mut Connection) -> Result<(), ExecError> {
+    use rusqlite::hooks::{AuthAction, Authorization};
+    conn.authorizer(Some(|ctx: rusqlite::hooks::AuthContext<'_>| {
+        match ctx.action {
+            AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
+            _ => Authorization::Allow,
+        }
+    }))?;
+    Ok(())
 }
 
 /// An in-memory database for one bulk load and one query.
@@ -296,7 +312,9 @@ impl Chunk {
 fn attach(conn: &Connection, schema: &str, path: &Path) -> Result<(), ExecError> {
     // The file name is bound as a parameter, so no SQL quoting is needed;
     // only the URI needs escaping (`?`, `#`, `%` and the like in a path).
-    let uri = format!("{}?mode=ro", file_uri(path));
+    // `immutable=1`: read only the (hashed) database file itself, never a
+    // `-wal` beside it whose bytes are not part of the source digest.
+    let uri = format!("{}?mode=ro&immutable=1", file_uri(path));
     conn.execute(
         &format!("ATTACH DATABASE ?1 AS {}", quote_ident(schema)),
         [uri],
@@ -463,6 +481,26 @@ mod tests {
         ));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn the_body_cannot_reach_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other.db");
+        rusqlite::Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE s (x); INSERT INTO s VALUES (1);")
+            .unwrap();
+        let attach = format!("ATTACH '{}' AS o; SELECT * FROM o.s", other.display());
+        assert!(run(&attach, &[]).is_err(), "ATTACH in a body is denied");
+        let copy = dir.path().join("copy.db");
+        let vacuum = format!("VACUUM INTO '{}'; SELECT 1 AS x", copy.display());
+        assert!(
+            run(&vacuum, &[("p", "id\n1\n")]).is_err(),
+            "VACUUM INTO is denied"
+        );
+        assert!(!copy.exists(), "no copy of the inputs was written");
+        assert_eq!(run("SELECT 1 AS x", &[]).unwrap(), "x\n1\n");
     }
 
     #[test]

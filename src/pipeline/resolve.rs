@@ -762,9 +762,20 @@ impl<'a> Compiler<'a> {
         self.register(node);
     }
 
-    /// Input table names must be unique ignoring case: SQLite's are.
+    /// Input table names must be unique ignoring case (SQLite's are) and
+    /// after the `SLUICE_INPUT_<Name>` mangling (a command action sees them
+    /// as environment variables).
     fn claim_table(&mut self, tables: &mut BTreeMap<String, Origin>, table: &str, origin: &Origin) {
-        let folded = table.to_lowercase();
+        let folded: String = table
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         if let Some(prev) = tables.get(&folded) {
             self.diags.push(
                 &origin.file,

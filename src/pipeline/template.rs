@@ -26,8 +26,11 @@ pub fn references(text: &str) -> Vec<String> {
     out
 }
 
-/// Replaces every `{{ K }}` in `text` with its value. An undefined name or a
-/// malformed placeholder is an error, never an empty string.
+/// Replaces every `{{ K }}` in `text` with its value. An undefined name is
+/// an error, never an empty string. Braces around anything that is not a
+/// parameter name (`"{{}}".format()` in Python, `{{ .x }}` in a template
+/// language) and an unclosed `{{` are left as they are: bodies are code in
+/// other languages, and only `{{name}}` is ours.
 pub fn substitute(
     text: &str,
     params: &BTreeMap<String, String>,
@@ -40,35 +43,25 @@ pub fn substitute(
     let mut rest = text;
     let mut consumed = 0usize;
     while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let line = text[..consumed + start].matches('\n').count();
         let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            errors.push(TemplateError {
-                line,
-                message: "`{{` is not closed by `}}`".into(),
-            });
-            out.push_str(&rest[start..]);
-            rest = "";
-            break;
-        };
+        let Some(end) = after.find("}}") else { break };
         let key = after[..end].trim();
-        if !super::directive::is_identifier(key) {
-            errors.push(TemplateError {
-                line,
-                message: format!("`{{{{{key}}}}}` is not a parameter name"),
-            });
-        } else if let Some(v) = params.get(key) {
-            out.push_str(v);
-        } else {
-            errors.push(TemplateError {
-                line,
-                message: format!(
-                    "undefined parameter `{{{{{key}}}}}`: declare it with `@param {key}=...` in the node or set it in the pipeline's mount file"
-                ),
-            });
-        }
         let used = start + 2 + end + 2;
+        if !super::directive::is_identifier(key) {
+            out.push_str(&rest[..used]);
+        } else {
+            out.push_str(&rest[..start]);
+            if let Some(v) = params.get(key) {
+                out.push_str(v);
+            } else {
+                errors.push(TemplateError {
+                    line: text[..consumed + start].matches('\n').count(),
+                    message: format!(
+                        "undefined parameter `{{{{{key}}}}}`: declare it with `@param {key}=...` in the node or set it in the pipeline's mount file"
+                    ),
+                });
+            }
+        }
         consumed += used;
         rest = &rest[used..];
     }
@@ -102,7 +95,18 @@ mod tests {
         let err = substitute("a\nb {{missing}}\n", &params(&[])).unwrap_err();
         assert_eq!(err[0].line, 1);
         assert!(err[0].message.contains("undefined parameter `{{missing}}`"));
-        assert!(substitute("{{ not closed", &params(&[])).is_err());
-        assert!(substitute("{{a-b}}", &params(&[])).is_err());
+    }
+
+    #[test]
+    fn other_braces_are_left_alone() {
+        let p = params(&[("k", "v")]);
+        assert_eq!(
+            substitute("'{{}}'.format() {{k}}", &p).unwrap(),
+            "'{{}}'.format() v"
+        );
+        assert_eq!(
+            substitute("{{ .x }} {{ not closed", &p).unwrap(),
+            "{{ .x }} {{ not closed"
+        );
     }
 }

@@ -373,3 +373,31 @@ fn relative_repo_paths_work_for_command_actions_and_failures_show_the_log_locall
         "logs stay out of JSON and manifests"
     );
 }
+
+#[test]
+fn sources_cannot_leave_the_data_root() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.csv"), "ssn\n123\n").unwrap();
+    let r = Repo::new();
+    r.file(
+        "clinics/a/A.sql",
+        "-- @source data://leak.csv\nSELECT * FROM leak;\n",
+    )
+    .file("data/ok.csv", "x\n1\n");
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.csv"),
+        r.path().join("data/leak.csv"),
+    )
+    .unwrap();
+    r.sluice(&["plan"])
+        .failure()
+        .stderr_has("clinics/a/A.sql:1: @source data://leak.csv leads outside the data root");
+    r.sluice(&["run"]).failure();
+    r.file(
+        "sluice.toml",
+        "[project]\npipelines = [\"clinics/*\"]\n[data]\nroot = \"/tmp\"\n",
+    );
+    r.sluice(&["check"])
+        .failure()
+        .stderr_has("must be a relative path inside the repository");
+}
