@@ -137,7 +137,18 @@ pub fn execute(
                     let Ok((id, inputs)) = job else { return };
                     let node = &graph.nodes[id];
                     let result = match hashes[id] {
-                        Some(h) => run_node(node, &h, inputs, stores, opts),
+                        // A bug in one node's execution must not hang the
+                        // run: a panic becomes that node's failure.
+                        Some(h) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            run_node(node, &h, inputs, stores, opts)
+                        }))
+                        .unwrap_or_else(|_| NodeResult {
+                            status: Status::Failed,
+                            ..NodeResult::skipped(format!(
+                                "{}: internal error while running this node (a bug in sluice)",
+                                node.file
+                            ))
+                        }),
                         None => NodeResult::skipped("its definition hash is unknown".into()),
                     };
                     if done_tx.send((id, result)).is_err() {
@@ -258,7 +269,7 @@ fn run_node(
         inputs,
     };
     match stores.state.cache_get(&task_key) {
-        Ok(Some(entry)) if stores.blobs.contains(&entry.output) => {
+        Ok(Some(entry)) if verified_path(stores, &entry.output).is_ok() => {
             result.status = Status::Cached;
             result.output = Some(entry.output);
             result.rows = Some(entry.rows);
@@ -315,10 +326,7 @@ fn compute(
     let table = (|| -> Result<(Digest, sqlite::TableStats), String> {
         let mut input_paths: Vec<(String, PathBuf)> = Vec::new();
         for (table, digest) in inputs {
-            let path = stores
-                .blobs
-                .open_verified(digest)
-                .map_err(|e| format!("input {table}: {e}"))?;
+            let path = verified_path(stores, digest).map_err(|e| format!("input {table}: {e}"))?;
             input_paths.push((table.clone(), path));
         }
         let mut source_paths: Vec<(String, PathBuf)> = Vec::new();
@@ -400,6 +408,27 @@ fn compute(
         Ok((digest, stats))
     })();
     Computed { table, log }
+}
+
+/// A blob's local path, checked against its digest. The check goes
+/// through the (path, size, mtime, inode) memo, so an intact blob is
+/// hashed once however many nodes read it; a damaged one is never used (a
+/// cache entry pointing at it counts as a miss, and recomputing repairs it).
+fn verified_path(stores: &Stores, digest: &Digest) -> Result<PathBuf, String> {
+    match stores.blobs.local_path(digest) {
+        Some(p) => match crate::store::source::source_digest(&stores.state, &p) {
+            Ok(d) if d == *digest => Ok(p),
+            Ok(_) => Err(format!(
+                "blob {digest} at {} is corrupt (its bytes no longer match their digest)",
+                p.display()
+            )),
+            Err(e) => Err(format!("blob {digest}: {e}")),
+        },
+        None => stores
+            .blobs
+            .open_verified(digest)
+            .map_err(|e| e.to_string()),
+    }
 }
 
 /// The file of a `data://` source: under the data root, after following

@@ -69,6 +69,12 @@ pub trait BlobStore: Send + Sync {
     fn open_verified(&self, digest: &Digest) -> Result<PathBuf, BlobError>;
     /// Whether the blob is present (not verified: a read will check it).
     fn contains(&self, digest: &Digest) -> bool;
+    /// The blob's local file, unverified, when the store has one: the
+    /// caller verifies it through the stat-keyed digest memo, so a blob
+    /// read by many nodes is hashed once, not once per reader.
+    fn local_path(&self, _digest: &Digest) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// A blob being written. It exists in the store only after `finish`;
@@ -265,6 +271,11 @@ impl BlobStore for LocalBlobStore {
     fn contains(&self, digest: &Digest) -> bool {
         self.blob_path(digest).is_file()
     }
+
+    fn local_path(&self, digest: &Digest) -> Option<PathBuf> {
+        let p = self.blob_path(digest);
+        p.is_file().then_some(p)
+    }
 }
 
 /// Writes to a temp file in `root/tmp`, hashing on the way; `finish`
@@ -298,14 +309,16 @@ impl BlobWriter for LocalBlobWriter {
             .into_inner()
             .map_err(|e| BlobError::io(format!("cannot write blob {digest}"))(e.into_error()))?;
         let target = store.blob_path(&digest);
-        if target.is_file() {
-            // Same bytes are already stored; the temp file is dropped
-            // (deleted) and the existing inode stays put for its readers.
-            return Ok(digest);
-        }
+        // Even when a file already sits at the address it is replaced: the
+        // bytes are the same if it is intact, and if it was damaged this is
+        // the repair. Readers holding the old inode are not disturbed.
         tmp.as_file()
             .sync_all()
             .map_err(BlobError::io(format!("cannot sync blob {digest}")))?;
+        // Read-only: command actions get blob paths as their inputs.
+        tmp.as_file()
+            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))
+            .map_err(BlobError::io(format!("cannot protect blob {digest}")))?;
         let dir = target
             .parent()
             .expect("a blob path always has a parent directory")
