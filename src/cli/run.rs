@@ -75,6 +75,21 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     let selected = ws.select_pipelines(&args.pipelines)?;
+    // Production follows the production branch: promoting from another
+    // branch (an experiment) is refused.
+    let git_ref = match &global.at {
+        Some(rev) => Some(rev.clone()),
+        None => crate::git::current_branch(&ws.root),
+    };
+    if args.promote
+        && let (Some(cfg), Some(branch)) = (&ws.config, &git_ref)
+        && branch != &cfg.production_branch
+    {
+        anyhow::bail!(
+            "--promote moves production, which follows the production branch `{}`; this is `{branch}`",
+            cfg.production_branch
+        );
+    }
 
     let mut productions = Vec::new();
     let mut seen = HashSet::new();
@@ -111,6 +126,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     for (p, prod) in selected.iter().zip(productions) {
         let manifest = build_manifest(
             &ws,
+            git_ref.clone(),
             p,
             &hashes,
             &ctx,
@@ -187,6 +203,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
 
 fn build_manifest(
     ws: &Workspace,
+    git_ref: Option<String>,
     pipeline: &RepoPath,
     hashes: &[Option<NodeHashes>],
     ctx: &HashContext,
@@ -227,7 +244,7 @@ fn build_manifest(
         format: MANIFEST_FORMAT,
         pipeline: pipeline.to_string(),
         commit: ws.commit.clone(),
-        git_ref: None,
+        git_ref,
         created_at: Some(crate::store::state::now_rfc3339()),
         previous,
         nodes,

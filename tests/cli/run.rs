@@ -415,3 +415,58 @@ fn sources_cannot_leave_the_data_root() {
         .failure()
         .stderr_has("must be a relative path inside the repository");
 }
+
+fn manifest(r: &Repo, digest: &str) -> serde_json::Value {
+    let hex = digest.trim_start_matches("sha256:");
+    let path = r.path().join(format!(
+        ".sluice/blobs/sha256/{}/{}/{hex}",
+        &hex[..2],
+        &hex[2..4]
+    ));
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn promotion_follows_the_production_branch_and_chains_manifests() {
+    let r = crate::check::two_clinics();
+    r.commit_all("first");
+    r.git(&["checkout", "-q", "-b", "experiment"]);
+    r.sluice(&["run", "--promote"])
+        .stderr_has("follows the production branch `main`; this is `experiment`");
+    r.git(&["checkout", "-q", "main"]);
+    let first = r.sluice(&["run", "--json", "--promote"]);
+    first.success();
+    let m1 = first.json()["runs"][0]["manifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(first.json()["runs"][0]["promoted"], true);
+    assert_eq!(manifest(&r, &m1)["git_ref"], "main");
+    r.file(
+        "common/g/Stats.sql",
+        "-- @depend /reference/codes\nSELECT count(*) * 2 AS n FROM codes;\n",
+    );
+    let second = r.sluice(&["run", "--json", "--promote"]);
+    second.success();
+    let m2 = second.json()["runs"][0]["manifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        manifest(&r, &m2)["previous"],
+        m1,
+        "each production manifest links the one before"
+    );
+    // A run with a failure is recorded but not promoted.
+    r.file("clinics/a/Bad.sql", "SELECT * FROM nowhere;\n");
+    let third = r.sluice(&["run", "--json", "--promote"]);
+    third.failure();
+    assert_eq!(third.json()["runs"][0]["promoted"], false);
+    let plan = r.sluice(&["plan", "--json", "clinics/a"]);
+    let nodes = plan.json()["plans"][0]["nodes"].as_array().unwrap().clone();
+    let bad = nodes.iter().find(|n| n["name"] == "Bad").unwrap();
+    assert_eq!(
+        bad["change"], "new",
+        "production still is the second manifest"
+    );
+}
