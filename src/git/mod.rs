@@ -387,6 +387,15 @@ impl Vfs for GitVfs {
     }
 }
 
+/// The branch checked out in the work tree containing `dir` (`main`, not
+/// `refs/heads/main`); `None` when `dir` is not in a git repository or
+/// HEAD is detached.
+pub fn current_branch(dir: &Path) -> Option<String> {
+    let repo = gix::discover(dir).ok()?;
+    let name = repo.head_name().ok()??;
+    Some(name.shorten().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -764,13 +773,4 @@ mod tests {
         // The root, ten `dN` and ten `dN/sub` trees.
         assert_eq!(v.cached_trees(), 21);
     }
-}
-
-/// The branch checked out in the work tree containing `dir` (`main`, not
-/// `refs/heads/main`); `None` when `dir` is not in a git repository or
-/// HEAD is detached.
-pub fn current_branch(dir: &Path) -> Option<String> {
-    let repo = gix::discover(dir).ok()?;
-    let name = repo.head_name().ok()??;
-    Some(name.shorten().to_string())
 }
