@@ -166,7 +166,7 @@ fn fingerprints(
         .with_context(|| format!("cannot read table {digest}"))?;
     let mut rows = Vec::new();
     let mut key_idx: Vec<usize> = Vec::new();
-    crate::exec::table::for_each_record(&bytes, |line, fields| {
+    crate::exec::table::for_each_record(&bytes, |line, fields, nulls| {
         if line == 1 {
             for k in key {
                 let i = fields
@@ -180,11 +180,13 @@ fn fingerprints(
         let mut kb = Vec::new();
         for &i in &key_idx {
             let f = fields.get(i).map(String::as_str).unwrap_or("");
+            kb.push(u8::from(nulls.get(i).copied().unwrap_or(false)));
             kb.extend_from_slice(&(f.len() as u64).to_le_bytes());
             kb.extend_from_slice(f.as_bytes());
         }
         let mut h = DefaultHasher::new();
         fields.hash(&mut h);
+        nulls.hash(&mut h);
         rows.push((kb, h.finish()));
         Ok(())
     })

@@ -630,21 +630,25 @@ fn check_unique(columns: &[String]) -> Result<(), TableError> {
 /// [`TableError::Rejected`] with the record's line.
 pub fn for_each_record<F>(bytes: &[u8], mut f: F) -> Result<(), TableError>
 where
-    F: FnMut(u64, &[String]) -> Result<(), String>,
+    F: FnMut(u64, &[String], &[bool]) -> Result<(), String>,
 {
     let mut table = TableReader::new(bytes, ReadMode::Exact)?;
     let header = table.columns().to_vec();
-    f(1, &header).map_err(|message| TableError::Rejected { line: 1, message })?;
+    let mut nulls: Vec<bool> = vec![false; header.len()];
+    f(1, &header, &nulls).map_err(|message| TableError::Rejected { line: 1, message })?;
     let mut fields: Vec<String> = Vec::with_capacity(header.len());
     while let Some(rec) = table.next_row()? {
         let line = rec.line();
         // Reuse the Strings' buffers from row to row.
         fields.resize_with(rec.len(), String::new);
-        for (slot, field) in fields.iter_mut().zip(rec.fields()) {
+        nulls.resize(rec.len(), false);
+        for ((slot, null), field) in fields.iter_mut().zip(nulls.iter_mut()).zip(rec.fields()) {
             slot.clear();
             slot.push_str(field.text);
+            // An unquoted empty field is NULL; `""` is the empty string.
+            *null = field.text.is_empty() && !field.quoted;
         }
-        f(line, &fields).map_err(|message| TableError::Rejected { line, message })?;
+        f(line, &fields, &nulls).map_err(|message| TableError::Rejected { line, message })?;
     }
     Ok(())
 }
@@ -1340,7 +1344,7 @@ mod tests {
     #[test]
     fn for_each_record_walks_header_and_rows() {
         let mut seen = Vec::new();
-        for_each_record(b"k,v\n1,\"a\nb\"\n2,x\n", |line, fields| {
+        for_each_record(b"k,v\n1,\"a\nb\"\n2,x\n", |line, fields, _| {
             seen.push((line, fields.to_vec()));
             Ok(())
         })
@@ -1350,7 +1354,7 @@ mod tests {
         assert_eq!(seen[2].0, 4);
         let e = for_each_record(
             b"k\n1\n",
-            |line, _| if line == 2 { Err("no".into()) } else { Ok(()) },
+            |line, _, _| if line == 2 { Err("no".into()) } else { Ok(()) },
         )
         .unwrap_err();
         assert_eq!(e.to_string(), "line 2: no");

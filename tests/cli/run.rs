@@ -470,3 +470,47 @@ fn promotion_follows_the_production_branch_and_chains_manifests() {
         "production still is the second manifest"
     );
 }
+
+#[test]
+fn diff_counts_keyed_changes_including_null_to_empty() {
+    let r = Repo::new();
+    r.file("clinics/a/T.csv", "id,v\n1,\n2,b\n3,c\n").file(
+        "clinics/a/K.sql",
+        "-- @depend ./T\n-- @key id\nSELECT id, v FROM T;\n",
+    );
+    r.sluice(&["run", "--promote"]).success();
+    // Row 1: NULL -> "", row 3 removed, row 4 added, a column added.
+    r.file("clinics/a/T.csv", "id,v\n1,\"\"\n2,b\n4,d\n").file(
+        "clinics/a/K.sql",
+        "-- @depend ./T\n-- @key id\nSELECT id, v, 1 AS flag FROM T;\n",
+    );
+    r.sluice(&["run"]).success();
+    let d = r.sluice(&["diff", "--json"]);
+    d.success();
+    let v = d.json();
+    let k = v["diffs"][0]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "K")
+        .unwrap()
+        .clone();
+    assert_eq!(k["rows_before"], 3);
+    assert_eq!(k["rows_after"], 3);
+    assert_eq!(k["delta"], 0);
+    assert_eq!(k["columns_added"], serde_json::json!(["flag"]));
+    assert_eq!(
+        k["keyed"],
+        serde_json::json!({"added": 1, "removed": 1, "changed": 2})
+    );
+    let text = r.sluice(&["diff"]);
+    text.success()
+        .stdout_has("keys +1 -1 ~2")
+        .stdout_has("+cols flag");
+    for cell in ["\"b\"", ",d", "\"d\""] {
+        assert!(
+            !d.stdout.contains(cell) && !text.stdout.contains(cell),
+            "no cell values in a diff"
+        );
+    }
+}
