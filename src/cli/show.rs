@@ -23,13 +23,16 @@ pub fn run(global: &GlobalArgs, args: &ShowArgs) -> anyhow::Result<ExitCode> {
     let stores = ws.existing_stores()?;
     let (hashes, _) = ws.hashes(stores.as_ref().map(|s| &*s.state));
     let failed = ws.report_diagnostics();
-    let Some((dir, name)) = args.node.trim_matches('/').rsplit_once('/') else {
-        bail!(
-            "`{}`: name a node as PIPELINE/NODE, e.g. clinics/clinic_a/Patient",
-            args.node
-        );
+    let (dir, name) = super::cat::split_node_arg(&args.node)?;
+    // `PIPELINE//dir/NAME` names a node of another directory.
+    let (dir, name) = match name.strip_prefix('/').and_then(|n| n.rsplit_once('/')) {
+        Some((d, n)) => (
+            RepoPath::parse(d).map_err(|e| anyhow::anyhow!("`{}`: {e}", args.node))?,
+            n.to_string(),
+        ),
+        None => (dir, name),
     };
-    let dir = RepoPath::parse(dir).map_err(|e| anyhow::anyhow!("`{}`: {e}", args.node))?;
+    let name = name.as_str();
     let Some(node) = ws.graph.lookup(&dir, name) else {
         let names: Vec<&str> = ws
             .graph

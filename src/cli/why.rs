@@ -82,7 +82,7 @@ pub fn run(global: &GlobalArgs, args: &WhyArgs) -> anyhow::Result<ExitCode> {
             let r = explain(cur, p);
             if r.is_empty() {
                 vec![
-                    "its task key differs from production's only by the format version".to_string(),
+                    "its task key differs from production's, but no recorded part or input does (the sluice format version or the set of inputs changed)".to_string(),
                 ]
             } else {
                 r

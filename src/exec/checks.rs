@@ -9,7 +9,7 @@ use rusqlite::Connection;
 
 use super::sqlite::{ExecError, load_file, open_memory, quote_ident};
 use super::table::ReadMode;
-use crate::pipeline::directive::{Assert, CmpOp};
+use crate::pipeline::directive::Assert;
 
 /// Checks the canonical CSV at `csv_path` (loaded as table `table_name`)
 /// against the node's key and assertions. `Err` lists every failure.
@@ -142,14 +142,7 @@ impl Checker<'_> {
                     }))
                 }),
                 Assert::Rows { op, value } => {
-                    let ok = match op {
-                        CmpOp::Gt => self.rows > *value,
-                        CmpOp::Ge => self.rows >= *value,
-                        CmpOp::Lt => self.rows < *value,
-                        CmpOp::Le => self.rows <= *value,
-                        CmpOp::Eq => self.rows == *value,
-                        CmpOp::Ne => self.rows != *value,
-                    };
+                    let ok = op.holds(self.rows, *value);
                     // Written without the `: ` of the others: `rows > 0 failed: 0 rows`.
                     return (!ok).then(|| {
                         format!(
@@ -189,6 +182,7 @@ fn plural<'a>(n: u64, one: &'a str, many: &'a str) -> &'a str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::directive::CmpOp;
 
     fn table(csv: &str) -> std::path::PathBuf {
         use std::sync::atomic::{AtomicUsize, Ordering};

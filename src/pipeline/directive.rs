@@ -269,6 +269,9 @@ fn parse_directive(text: &str) -> Result<DirectiveKind, String> {
                 .filter(|c| !c.is_empty())
                 .map(str::to_string)
                 .collect();
+            if cols.is_empty() {
+                return Err("@key needs at least one column name".into());
+            }
             Ok(DirectiveKind::Key(cols))
         }
         "assert" => {
@@ -349,7 +352,7 @@ fn parse_assert(arg: &str) -> Result<Assert, String> {
                 .strip_prefix('(')
                 .and_then(|r| r.strip_suffix(')'))
                 .map(str::trim)
-                .filter(|c| !c.is_empty())
+                .filter(|c| !c.is_empty() && !c.contains([',', '(', ')']))
                 .ok_or_else(|| format!("@assert {func} needs one column: `{func}(col)`"))?;
             return Ok(make(col.to_string()));
         }
@@ -524,6 +527,8 @@ mod tests {
             "-- @engine duckdb",
             "-- @include",
             "-- @",
+            "-- @key ,",
+            "-- @assert unique(a, b)",
         ] {
             let p = parse(src.as_bytes());
             assert_eq!(p.errors.len(), 1, "{src}");

@@ -417,6 +417,19 @@ impl<'a> Compiler<'a> {
             if entry.name.starts_with('_') || entry.name.starts_with('.') {
                 continue;
             }
+            // A name with a newline could forge `path:line:` lines in what
+            // a pusher or a forge is shown.
+            if entry.name.chars().any(|c| c.is_control() || c == '\\') {
+                self.diags.push(
+                    dir,
+                    1,
+                    format!(
+                        "file name {:?} contains a control character or backslash; rename it",
+                        entry.name
+                    ),
+                );
+                continue;
+            }
             let file = dir.child(&entry.name);
             match &entry.kind {
                 EntryKind::Dir => continue,

@@ -455,3 +455,13 @@ fn two_files_one_node_name() {
         vec!["p/A.sql:1: two files define node `A`: p/A.py and p/A.sql"]
     );
 }
+
+#[test]
+fn file_names_with_control_characters_are_refused() {
+    let e = errors(
+        &[("p/A.sql", "SELECT 1;\n"), ("p/B\n.sql", "SELECT 1;\n")],
+        &["p"],
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with("p:1: file name \"B\\n.sql\""), "{e:?}");
+}

@@ -14,7 +14,8 @@
 //!
 //! Not covered, on purpose: the node's path and pipeline (identical nodes
 //! in two clinics share a hash), `@timeout` (it decides whether a run
-//! finishes, not what it produces), comments in the directive block.
+//! finishes, not what it produces). Comments are not special: a
+//! non-directive comment in the header stays in the body and is hashed.
 
 use std::collections::{BTreeMap, HashMap};
 
