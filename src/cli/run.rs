@@ -116,6 +116,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         jobs,
         data_root: ws.data_root(),
         path_env: global.path_env.clone(),
+        source_digests: ctx.sources.clone(),
     };
     let progress = Progress::new();
     let results = exec::execute(&ws.graph, &order, &hashes, &stores, &opts, &progress);

@@ -86,6 +86,10 @@ pub struct RunOptions {
     pub data_root: Option<PathBuf>,
     /// `PATH` for command actions.
     pub path_env: std::ffi::OsString,
+    /// The digest each source had when the plan hashed it; a source that
+    /// no longer matches fails its node instead of being cached under a
+    /// key that does not describe it.
+    pub source_digests: HashMap<crate::pipeline::RepoPath, Digest>,
 }
 
 /// Told about each node as it finishes (progress, logs).
@@ -334,7 +338,9 @@ fn compute(
             let root = opts.data_root.as_ref().ok_or_else(|| {
                 "no data root for @source; set [data] root, SLUICE_DATA_ROOT or --data".to_string()
             })?;
-            source_paths.push((s.table.clone(), resolve_source(root, &s.path)?));
+            let path = resolve_source(root, &s.path)?;
+            check_source(stores, opts, &s.path, &path)?;
+            source_paths.push((s.table.clone(), path));
         }
         let mut writer = stores.blobs.writer().map_err(|e| e.to_string())?;
         let stats = match &node.action.action {
@@ -394,6 +400,10 @@ fn compute(
                 .map_err(|e| format!("not valid CSV: {e}"))?,
         };
         writer.flush().map_err(|e| e.to_string())?;
+        // And unchanged while the node read them.
+        for (s, (_, path)) in node.sources.iter().zip(&source_paths) {
+            check_source(stores, opts, &s.path, path)?;
+        }
         let digest = writer.finish().map_err(|e| e.to_string())?;
         let key = node.key.as_ref().map(|(k, _)| k.as_slice());
         let asserts: Vec<_> = node.asserts.iter().map(|(a, _)| a.clone()).collect();
@@ -429,6 +439,27 @@ fn verified_path(stores: &Stores, digest: &Digest) -> Result<PathBuf, String> {
             .open_verified(digest)
             .map_err(|e| e.to_string()),
     }
+}
+
+/// Fails when a source's bytes are no longer those the plan hashed (a
+/// stat-keyed memo hit when nothing changed, so this costs a `stat`).
+fn check_source(
+    stores: &Stores,
+    opts: &RunOptions,
+    rel: &crate::pipeline::RepoPath,
+    path: &Path,
+) -> Result<(), String> {
+    let Some(expected) = opts.source_digests.get(rel) else {
+        return Ok(());
+    };
+    let now = crate::store::source::source_digest(&stores.state, path)
+        .map_err(|e| format!("data://{rel}: {e}"))?;
+    if now != *expected {
+        return Err(format!(
+            "data://{rel} changed while sluice was running; run again to use the new data"
+        ));
+    }
+    Ok(())
 }
 
 /// The file of a `data://` source: under the data root, after following

@@ -514,3 +514,17 @@ fn diff_counts_keyed_changes_including_null_to_empty() {
         );
     }
 }
+
+#[test]
+fn a_source_that_changes_during_the_run_fails_its_node() {
+    let r = Repo::new();
+    r.file("data/in.csv", "id\n1\n").file(
+        "clinics/a/Grab.sh",
+        "# @source data://in.csv\ncp \"$SLUICE_INPUT_in\" \"$SLUICE_OUTPUT\"\necho 2 >> \"$SLUICE_INPUT_in\"\n",
+    );
+    let run = r.sluice(&["run", "--json"]);
+    run.failure();
+    assert_eq!(statuses(&run)["clinics/a:Grab"], "failed");
+    r.sluice(&["run"])
+        .stdout_has("data://in.csv changed while sluice was running");
+}
