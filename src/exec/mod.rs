@@ -273,7 +273,9 @@ fn run_node(
         inputs,
     };
     match stores.state.cache_get(&task_key) {
-        Ok(Some(entry)) if verified_path(stores, &entry.output).is_ok() => {
+        // A hit costs a lookup and a stat; the bytes are verified when a
+        // node reads them (see `verified_path`).
+        Ok(Some(entry)) if stores.blobs.contains(&entry.output) => {
             result.status = Status::Cached;
             result.output = Some(entry.output);
             result.rows = Some(entry.rows);
@@ -330,7 +332,12 @@ fn compute(
     let table = (|| -> Result<(Digest, sqlite::TableStats), String> {
         let mut input_paths: Vec<(String, PathBuf)> = Vec::new();
         for (table, digest) in inputs {
-            let path = verified_path(stores, digest).map_err(|e| format!("input {table}: {e}"))?;
+            let path = verified_path(stores, digest).map_err(|e| {
+                // Never serve it again: the nodes that produced it recompute
+                // (and so repair it) on the next run.
+                let _ = stores.state.cache_forget_output(digest);
+                format!("input {table}: {e}; it will be recomputed on the next run")
+            })?;
             input_paths.push((table.clone(), path));
         }
         let mut source_paths: Vec<(String, PathBuf)> = Vec::new();
@@ -422,8 +429,7 @@ fn compute(
 
 /// A blob's local path, checked against its digest. The check goes
 /// through the (path, size, mtime, inode) memo, so an intact blob is
-/// hashed once however many nodes read it; a damaged one is never used (a
-/// cache entry pointing at it counts as a miss, and recomputing repairs it).
+/// hashed once however many nodes read it; a damaged one is never used.
 fn verified_path(stores: &Stores, digest: &Digest) -> Result<PathBuf, String> {
     match stores.blobs.local_path(digest) {
         Some(p) => match crate::store::source::source_digest(&stores.state, &p) {

@@ -136,21 +136,22 @@ impl StateDb {
 
     pub fn cache_get(&self, task_key: &Digest) -> anyhow::Result<Option<CacheEntry>> {
         let conn = self.conn();
+        // Prepared once per connection: a no-op run looks up every node.
         let row = conn
-            .query_row(
+            .prepare_cached(
                 "SELECT output, rows, columns, log, duration_ms FROM action_cache
                  WHERE task_key = ?1",
-                [task_key.to_string()],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, i64>(4)?,
-                    ))
-                },
             )
+            .context("cannot read the action cache")?
+            .query_row([task_key.to_string()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
             .optional()
             .context("cannot read the action cache")?;
         let Some((output, rows, columns, log, duration_ms)) = row else {
@@ -164,6 +165,17 @@ impl StateDb {
             log: log.map(|l| l.parse()).transpose().with_context(bad)?,
             duration_ms: u64::try_from(duration_ms).with_context(bad)?,
         }))
+    }
+
+    /// Drops every cache entry whose output is `output` (a blob found
+    /// damaged), so the next run recomputes those nodes.
+    pub fn cache_forget_output(&self, output: &Digest) -> anyhow::Result<usize> {
+        self.conn()
+            .execute(
+                "DELETE FROM action_cache WHERE output = ?1",
+                [output.to_string()],
+            )
+            .context("cannot update the action cache")
     }
 
     /// Inserts or replaces the entry for `task_key`.
@@ -317,9 +329,12 @@ impl StateDb {
         let size = sql_int(stat.size, "file size")?;
         let text: Option<String> = self
             .conn()
-            .query_row(
+            .prepare_cached(
                 "SELECT digest FROM source_memo
                  WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3 AND inode = ?4",
+            )
+            .context("cannot read the source-digest memo")?
+            .query_row(
                 params![path, size, stat.mtime_ns, inode_to_sql(stat.inode)],
                 |r| r.get(0),
             )

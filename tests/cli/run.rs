@@ -338,18 +338,22 @@ fn a_corrupt_blob_is_detected_not_served() {
     bytes[3] ^= 0x20;
     std::fs::write(&path, bytes).unwrap();
     r.sluice(&["cat", "clinics/a/T"]).stderr_has(&digest[..12]);
-    // The run does not take the damaged table from the cache: it recomputes
-    // it (which repairs the blob) before anything reads it.
+    // A node reading the damaged table fails, naming it, instead of using
+    // it; the next run recomputes the table (repairing the blob).
     r.file(
         "clinics/a/U.sql",
         "-- @depend ./T\nSELECT id + 1 AS id FROM T;\n",
     );
+    let run = r.sluice(&["run"]);
+    run.failure()
+        .stdout_has(&digest[..12])
+        .stdout_has("corrupt");
     let run = r.sluice(&["run", "--json"]);
     run.success();
     let s = statuses(&run);
     assert_eq!(
         s["clinics/a:T"], "computed",
-        "a corrupt cached table is recomputed"
+        "the damaged table is recomputed"
     );
     assert_eq!(s["clinics/a:U"], "computed");
     r.sluice(&["cat", "clinics/a/T"])
