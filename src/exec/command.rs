@@ -161,17 +161,34 @@ pub fn run(spec: &CommandSpec) -> std::io::Result<CommandOutcome> {
             }
         }
     };
-    let mut log = Vec::new();
-    File::open(&log_path)?.take(LOG_CAP).read_to_end(&mut log)?;
-    if log.len() as u64 == LOG_CAP {
-        log.extend_from_slice(b"\n[log truncated by sluice]\n");
-    }
+    let log = read_capped(&log_path)?;
     Ok(CommandOutcome {
         dir,
         output,
         log,
         result,
     })
+}
+
+/// The log, or its first and last halves of [`LOG_CAP`] when longer: the
+/// head says what ran, the tail usually says why it failed.
+fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut log = Vec::new();
+    if len <= LOG_CAP {
+        f.read_to_end(&mut log)?;
+        return Ok(log);
+    }
+    let half = LOG_CAP / 2;
+    (&mut f).take(half).read_to_end(&mut log)?;
+    log.extend_from_slice(
+        format!("\n[... {} bytes left out by sluice ...]\n", len - 2 * half).as_bytes(),
+    );
+    f.seek(SeekFrom::Start(len - half))?;
+    f.read_to_end(&mut log)?;
+    Ok(log)
 }
 
 #[cfg(test)]
@@ -210,6 +227,23 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o700, "the node's directory is private");
+    }
+
+    #[test]
+    fn long_logs_keep_head_and_tail() {
+        let out = run(&spec(
+            "yes line | head -c 3000000; echo; echo the real error >&2; exit 1",
+        ))
+        .unwrap();
+        let log = String::from_utf8_lossy(&out.log);
+        assert!(log.starts_with("line\n"));
+        assert!(log.contains("bytes left out by sluice"));
+        assert!(
+            log.trim_end().ends_with("the real error"),
+            "{}",
+            &log[log.len() - 100..]
+        );
+        assert!(out.log.len() < (LOG_CAP + 200) as usize);
     }
 
     #[test]
