@@ -106,24 +106,7 @@ pub fn execute(
     opts: &RunOptions,
     observer: &dyn Observer,
 ) -> HashMap<NodeId, NodeResult> {
-    let mut pending: HashMap<NodeId, usize> = HashMap::new();
-    let mut dependents: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
-    for &id in wanted {
-        let deps: Vec<NodeId> = graph.nodes[id].deps.iter().filter_map(|d| d.node).collect();
-        pending.insert(id, deps.len());
-        for d in deps {
-            dependents.entry(d).or_default().push(id);
-        }
-    }
-    let total = wanted.len();
-    let mut results: HashMap<NodeId, NodeResult> = HashMap::new();
-    let mut ready: Vec<NodeId> = wanted
-        .iter()
-        .copied()
-        .filter(|id| pending[id] == 0)
-        .collect();
-    ready.reverse();
-
+    let mut sched = Schedule::new(graph, wanted, observer);
     let (job_tx, job_rx) = mpsc::channel::<(NodeId, Vec<(String, Digest)>)>();
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<(NodeId, NodeResult)>();
@@ -165,37 +148,27 @@ pub fn execute(
 
         let mut in_flight = 0usize;
         loop {
-            while let Some(id) = ready.pop() {
+            while let Some(id) = sched.ready.pop() {
                 let node = &graph.nodes[id];
                 // A node below a failure is skipped without running.
                 let bad = node
                     .deps
                     .iter()
                     .filter_map(|d| d.node)
-                    .find(|d| results.get(d).is_none_or(|r| !r.status.ok()));
+                    .find(|d| sched.results.get(d).is_none_or(|r| !r.status.ok()));
                 if let Some(b) = bad {
                     let r = NodeResult::skipped(format!(
                         "upstream {} did not succeed",
                         graph.nodes[b].name
                     ));
-                    finish(
-                        id,
-                        r,
-                        &mut results,
-                        &mut pending,
-                        &dependents,
-                        &mut ready,
-                        graph,
-                        observer,
-                        total,
-                    );
+                    sched.finish(id, r);
                     continue;
                 }
                 let inputs: Vec<(String, Digest)> = node
                     .deps
                     .iter()
                     .filter_map(|d| {
-                        let out = results.get(&d.node?)?.output?;
+                        let out = sched.results.get(&d.node?)?.output?;
                         Some((d.table.clone(), out))
                     })
                     .collect();
@@ -209,42 +182,69 @@ pub fn execute(
             }
             let Ok((id, r)) = done_rx.recv() else { break };
             in_flight -= 1;
-            finish(
-                id,
-                r,
-                &mut results,
-                &mut pending,
-                &dependents,
-                &mut ready,
-                graph,
-                observer,
-                total,
-            );
+            sched.finish(id, r);
         }
         drop(job_tx);
     });
-    results
+    sched.results
 }
 
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    id: NodeId,
-    result: NodeResult,
-    results: &mut HashMap<NodeId, NodeResult>,
-    pending: &mut HashMap<NodeId, usize>,
-    dependents: &HashMap<NodeId, Vec<NodeId>>,
-    ready: &mut Vec<NodeId>,
-    graph: &Graph,
-    observer: &dyn Observer,
+/// The scheduler's book-keeping: which nodes wait on how many inputs,
+/// which are ready, and what finished.
+struct Schedule<'a> {
+    graph: &'a Graph,
+    observer: &'a dyn Observer,
+    pending: HashMap<NodeId, usize>,
+    dependents: HashMap<NodeId, Vec<NodeId>>,
+    ready: Vec<NodeId>,
+    results: HashMap<NodeId, NodeResult>,
     total: usize,
-) {
-    observer.finished(&graph.nodes[id], &result, results.len() + 1, total);
-    results.insert(id, result);
-    for d in dependents.get(&id).into_iter().flatten() {
-        if let Some(p) = pending.get_mut(d) {
-            *p -= 1;
-            if *p == 0 {
-                ready.push(*d);
+}
+
+impl<'a> Schedule<'a> {
+    fn new(graph: &'a Graph, wanted: &[NodeId], observer: &'a dyn Observer) -> Self {
+        let mut pending: HashMap<NodeId, usize> = HashMap::new();
+        let mut dependents: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
+        for &id in wanted {
+            let deps: Vec<NodeId> = graph.nodes[id].deps.iter().filter_map(|d| d.node).collect();
+            pending.insert(id, deps.len());
+            for d in deps {
+                dependents.entry(d).or_default().push(id);
+            }
+        }
+        // Popped from the back: reversed so nodes start in graph order.
+        let mut ready: Vec<NodeId> = wanted
+            .iter()
+            .copied()
+            .filter(|id| pending[id] == 0)
+            .collect();
+        ready.reverse();
+        Schedule {
+            graph,
+            observer,
+            pending,
+            dependents,
+            ready,
+            results: HashMap::new(),
+            total: wanted.len(),
+        }
+    }
+
+    /// Records a result and readies the dependents it was the last input of.
+    fn finish(&mut self, id: NodeId, result: NodeResult) {
+        self.observer.finished(
+            &self.graph.nodes[id],
+            &result,
+            self.results.len() + 1,
+            self.total,
+        );
+        self.results.insert(id, result);
+        for d in self.dependents.get(&id).into_iter().flatten() {
+            if let Some(p) = self.pending.get_mut(d) {
+                *p -= 1;
+                if *p == 0 {
+                    self.ready.push(*d);
+                }
             }
         }
     }
