@@ -75,11 +75,7 @@ pub fn run(global: &GlobalArgs, args: &ShowArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "param       {k}={} (set at {})", v.value, v.origin)?;
     }
     for d in &node.deps {
-        let target = if d.dir == node.dir {
-            format!("./{}", d.name)
-        } else {
-            format!("/{}/{}", d.dir, d.name)
-        };
+        let target = d.reference(&node.dir);
         let file = d
             .node
             .map(|id| ws.graph.nodes[id].file.to_string())

@@ -73,6 +73,18 @@ pub struct Dep {
     pub origin: Origin,
 }
 
+impl Dep {
+    /// The dependency as written from a node of `from`: `./NAME` in the
+    /// same namespace, `/dir/NAME` otherwise.
+    pub fn reference(&self, from: &RepoPath) -> String {
+        if &self.dir == from {
+            format!("./{}", self.name)
+        } else {
+            format!("/{}/{}", self.dir, self.name)
+        }
+    }
+}
+
 /// An external input under the data root.
 #[derive(Debug, Clone)]
 pub struct SourceRef {

@@ -175,14 +175,7 @@ pub fn local_key<'a>(node: &'a Node, ctx: &'a HashContext) -> Result<LocalKey<'a
     let mut inputs: Vec<(&str, String)> = node
         .deps
         .iter()
-        .map(|d| {
-            let r = if d.dir == node.dir {
-                format!("./{}", d.name)
-            } else {
-                format!("/{}/{}", d.dir, d.name)
-            };
-            (d.table.as_str(), r)
-        })
+        .map(|d| (d.table.as_str(), d.reference(&node.dir)))
         .collect();
     inputs.sort();
     let mut sources = Vec::with_capacity(node.sources.len());
