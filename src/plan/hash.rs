@@ -333,4 +333,48 @@ mod tests {
         assert_ne!(x, combine("definition", &l, &mut [("A", b), ("B", a)]));
         assert_ne!(x, combine("task", &l, &mut [("A", a), ("B", b)]));
     }
+
+    /// From files to hashes: each directive that changes the result changes
+    /// the node's local hash (so `local_key` copies every field of `Node`).
+    #[test]
+    fn every_directive_reaches_the_hash() {
+        use crate::pipeline::{RepoPath, compile, vfs::MemVfs};
+        let hash_of = |text: &str, sqlite: &str| {
+            let mut v = MemVfs::new();
+            v.insert("p/T.csv", "id\n1\n")
+                .insert("p/U.csv", "id\n2\n")
+                .insert("p/A.sql", text);
+            let (g, d) = compile(&v, &[RepoPath::parse("p").unwrap()]);
+            assert!(d.is_empty(), "{d:?}");
+            let mut ctx = HashContext::default();
+            ctx.engine_versions.insert("sqlite".into(), sqlite.into());
+            ctx.sources
+                .insert(RepoPath::parse("s.csv").unwrap(), Digest::of(b"s"));
+            let a = g.lookup(&RepoPath::parse("p").unwrap(), "A").unwrap().id;
+            definition_hashes(&g, &ctx)[a].unwrap().local
+        };
+        let base = "-- @depend ./T\n-- @key id\n-- @assert rows > 0\n-- @param k=1\n-- @timeout 5m\n-- @source data://s.csv\nSELECT id, '{{k}}' FROM T;\n";
+        let b = hash_of(base, "3.1");
+        assert_eq!(hash_of(base, "3.1"), b);
+        for (what, text, ver) in [
+            ("engine version", base, "3.2"),
+            ("key", &base.replace("@key id", "@key id, x") as &str, "3.1"),
+            ("assert", &base.replace("rows > 0", "rows > 1"), "3.1"),
+            ("param", &base.replace("k=1", "k=2"), "3.1"),
+            (
+                "body",
+                &base.replace("SELECT id", "SELECT id + 0 AS id"),
+                "3.1",
+            ),
+            (
+                "depend",
+                &base.replace("-- @depend ./T\n", "-- @depend ./T\n-- @depend ./U\n"),
+                "3.1",
+            ),
+        ] {
+            assert_ne!(hash_of(text, ver), b, "{what} must change the hash");
+        }
+        // @timeout decides whether a run finishes, not what it produces.
+        assert_eq!(hash_of(&base.replace("5m", "10m"), "3.1"), b);
+    }
 }
