@@ -30,6 +30,8 @@ pub struct Workspace {
     pub diagnostics: Vec<Diagnostic>,
     data_override: Option<PathBuf>,
     state_override: Option<PathBuf>,
+    /// `PATH` for command actions (and the probe of their versions).
+    path_env: std::ffi::OsString,
 }
 
 impl Workspace {
@@ -56,6 +58,7 @@ impl Workspace {
             config: None,
             graph: Graph::default(),
             diagnostics: Vec::new(),
+            path_env: global.path_env.clone(),
             data_override: global
                 .data
                 .as_deref()
@@ -167,6 +170,21 @@ impl Workspace {
             "sqlite".into(),
             crate::exec::sqlite::sqlite_version().to_string(),
         );
+        let mut programs: Vec<&str> = self
+            .graph
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.action.action {
+                crate::pipeline::graph::Action::Command(c) => crate::exec::command::program(c),
+                _ => None,
+            })
+            .collect();
+        programs.sort_unstable();
+        programs.dedup();
+        for p in programs {
+            let v = crate::exec::command::interpreter_version(p, &self.path_env);
+            ctx.engine_versions.insert(format!("command:{p}"), v);
+        }
         let data_root = self.data_root();
         let mut seen = HashSet::new();
         let mut problems = Vec::new();

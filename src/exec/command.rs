@@ -170,6 +170,54 @@ pub fn run(spec: &CommandSpec) -> std::io::Result<CommandOutcome> {
     })
 }
 
+/// The program a command template runs (its first word).
+pub fn program(template: &str) -> Option<&str> {
+    template.split_whitespace().next()
+}
+
+/// What `PROGRAM --version` prints first, with the same `PATH` the actions
+/// get: part of a command action's identity, so upgrading the interpreter
+/// is a change and never serves a table computed by the old one.
+pub fn interpreter_version(program: &str, path_env: &std::ffi::OsStr) -> String {
+    let child = Command::new(program)
+        .arg("--version")
+        .env_clear()
+        .env("PATH", path_env)
+        .env("LANG", "C.UTF-8")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        return "unavailable".into();
+    };
+    match child.wait_timeout(Duration::from_secs(10)) {
+        Ok(Some(_)) => {}
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return "unavailable".into();
+        }
+    }
+    let mut text = String::new();
+    for stream in [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let mut buf = String::new();
+        let _ = stream.take(64 * 1024).read_to_string(&mut buf);
+        text.push_str(&buf);
+    }
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("unknown")
+        .to_string()
+}
+
 /// The log, or its first and last halves of [`LOG_CAP`] when longer: the
 /// head says what ran, the tail usually says why it failed.
 fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
@@ -227,6 +275,17 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o700, "the node's directory is private");
+    }
+
+    #[test]
+    fn interpreter_versions_are_read() {
+        let path = std::ffi::OsStr::new("/usr/local/bin:/usr/bin:/bin");
+        assert!(interpreter_version("bash", path).contains("bash"));
+        assert_eq!(
+            interpreter_version("no-such-interpreter-xyz", path),
+            "unavailable"
+        );
+        assert_eq!(program("python3 {script}"), Some("python3"));
     }
 
     #[test]

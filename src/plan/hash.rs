@@ -32,7 +32,8 @@ pub const FORMAT_VERSION: &str = "sluice-definition/1";
 pub struct HashContext {
     /// Digest of each data-root-relative source path.
     pub sources: HashMap<RepoPath, Digest>,
-    /// Version of each built-in engine (e.g. `sqlite` -> `3.46.0`).
+    /// Version of each built-in engine (e.g. `sqlite` -> `3.46.0`) and of
+    /// each command action's program (`command:python3` -> `Python 3.11.7`).
     pub engine_versions: BTreeMap<String, String>,
 }
 
@@ -169,7 +170,15 @@ pub fn local_key<'a>(node: &'a Node, ctx: &'a HashContext) -> Result<LocalKey<'a
             e.as_str(),
             ctx.engine_versions.get(e).map(String::as_str).unwrap_or(""),
         ),
-        Action::Command(c) => ("command", c.as_str(), ""),
+        Action::Command(c) => (
+            "command",
+            c.as_str(),
+            c.split_whitespace()
+                .next()
+                .and_then(|p| ctx.engine_versions.get(&format!("command:{p}")))
+                .map(String::as_str)
+                .unwrap_or(""),
+        ),
         Action::Static => ("static", "", ""),
     };
     let mut inputs: Vec<(&str, String)> = node

@@ -532,3 +532,30 @@ fn a_source_that_changes_during_the_run_fails_its_node() {
     r.sluice(&["run"])
         .stdout_has("data://in.csv changed while sluice was running");
 }
+
+#[test]
+fn a_new_interpreter_version_is_a_new_definition() {
+    use std::os::unix::fs::PermissionsExt;
+    let r = Repo::new();
+    r.file("clinics/a/P.py", "print(1)\n");
+    let bin = tempfile::tempdir().unwrap();
+    let fake = bin.path().join("python3");
+    let def = |version: &str| {
+        std::fs::write(&fake, format!("#!/bin/sh\necho 'Python {version}'\n")).unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!("{}:/usr/bin:/bin", bin.path().display());
+        let plan = r.sluice(&["--action-path", &path, "plan", "--json"]);
+        plan.success();
+        plan.json()["plans"][0]["nodes"][0]["definition"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let a = def("3.11.7");
+    assert_eq!(def("3.11.7"), a);
+    assert_ne!(
+        def("3.12.0"),
+        a,
+        "upgrading python3 changes the node's definition"
+    );
+}
