@@ -34,10 +34,6 @@ use std::collections::HashSet;
 use std::fmt;
 use std::io::{self, BufRead, Write};
 
-use sha2::{Digest as _, Sha256};
-
-use crate::plan::digest::Digest;
-
 /// A typed cell value that owns its text.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -1009,60 +1005,6 @@ pub fn format_real(v: f64) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-// ---------------------------------------------------------------------------
-// Hashing.
-
-/// A `Write` adapter that hashes (SHA-256) everything written through it.
-pub struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<W> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            bytes: 0,
-        }
-    }
-
-    /// The digest of what has been written so far.
-    pub fn digest(&self) -> Digest {
-        Digest(self.hasher.clone().finalize().into())
-    }
-
-    pub fn bytes_written(&self) -> u64 {
-        self.bytes
-    }
-
-    pub fn get_ref(&self) -> &W {
-        &self.inner
-    }
-
-    /// The inner writer and the digest of everything written.
-    pub fn into_parts(self) -> (W, Digest) {
-        let digest = Digest(self.hasher.finalize().into());
-        (self.inner, digest)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        // Only what the inner writer took is hashed: a short write is
-        // retried by the caller with the rest.
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1358,17 +1300,6 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.to_string(), "line 2: no");
-    }
-
-    #[test]
-    fn hashing_writer_hashes_what_it_writes() {
-        let mut h = HashingWriter::new(Vec::new());
-        h.write_all(b"a,b\n").unwrap();
-        h.write_all(b"1,2\n").unwrap();
-        assert_eq!(h.bytes_written(), 8);
-        let (inner, digest) = h.into_parts();
-        assert_eq!(digest, Digest::of(b"a,b\n1,2\n"));
-        assert_eq!(inner, b"a,b\n1,2\n");
     }
 
     fn value_strategy() -> impl Strategy<Value = Value> {
