@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod exec;
 pub mod git;
 pub mod pipeline;

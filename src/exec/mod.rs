@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::pipeline::graph::{Action, Graph, Node, NodeId};
 use crate::plan::digest::Digest;
@@ -23,7 +23,7 @@ use crate::store::Stores;
 use crate::store::state::CacheEntry;
 
 /// What happened to a node in a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Computed,

@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::manifest::ManifestNode;
 
 /// Keyed row changes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyCounts {
     pub added: u64,
     pub removed: u64,
@@ -17,7 +17,7 @@ pub struct KeyCounts {
 }
 
 /// The difference of one node between production and a branch run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeDiff {
     pub name: String,
     pub status: String,

@@ -8,7 +8,7 @@ pub mod manifest;
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::pipeline::graph::Graph;
 use crate::pipeline::path::RepoPath;
@@ -17,7 +17,7 @@ use hash::NodeHashes;
 use manifest::Manifest;
 
 /// A node's change against production.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Change {
     /// Its own resolved definition changed.
