@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use super::workspace::last_run_manifest;
-use super::{GlobalArgs, Workspace};
+use super::GlobalArgs;
+use crate::engine::manifests::last_run_manifest;
 use crate::pipeline::RepoPath;
 
 #[derive(Debug, Args)]
@@ -34,7 +34,7 @@ pub fn split_node_arg(arg: &str) -> anyhow::Result<(RepoPath, String)> {
 }
 
 pub fn run(global: &GlobalArgs, args: &CatArgs) -> anyhow::Result<ExitCode> {
-    let ws = Workspace::load(global)?;
+    let ws = super::workspace::load(global)?;
     let (pipeline, name) = split_node_arg(&args.node)?;
     let Some(stores) = ws.existing_stores()? else {
         bail!(
@@ -55,7 +55,7 @@ pub fn run(global: &GlobalArgs, args: &CatArgs) -> anyhow::Result<ExitCode> {
     let Some(output) = node.output else {
         bail!(
             "{pipeline}/{name} has no output in the last run (it {})",
-            node.status.as_deref().unwrap_or("did not run")
+            node.status.map_or("did not run", |s| s.as_str())
         );
     };
     let bytes = stores

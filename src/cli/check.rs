@@ -3,11 +3,11 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use super::{GlobalArgs, Workspace};
+use super::GlobalArgs;
 
 pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    let ws = Workspace::load(global)?;
-    if ws.report_diagnostics() {
+    let ws = super::workspace::load(global)?;
+    if super::workspace::report_diagnostics(&ws) {
         return Ok(ExitCode::FAILURE);
     }
     let nodes: usize = ws

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 
-use super::{GlobalArgs, Workspace};
+use super::GlobalArgs;
 use crate::pipeline::Graph;
 use crate::pipeline::RepoPath;
 
@@ -25,8 +25,8 @@ pub struct GraphArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: &GraphArgs) -> anyhow::Result<ExitCode> {
-    let ws = Workspace::load(global)?;
-    if ws.report_diagnostics() {
+    let ws = super::workspace::load(global)?;
+    if super::workspace::report_diagnostics(&ws) {
         return Ok(ExitCode::FAILURE);
     }
     let names: Vec<String> = args.pipeline.iter().cloned().collect();

@@ -17,8 +17,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-pub use workspace::Workspace;
-
 /// sluice: a Git-native ETL framework for messy clinical data.
 ///
 /// Each transformation is one small file (SQL, Python, R or Bash) in a git

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::Args;
 use serde::Serialize;
 
-use super::workspace::production_manifest;
-use super::{GlobalArgs, Workspace};
+use super::GlobalArgs;
+use crate::engine::manifests::production_manifest;
 use crate::plan::{self, Change, PipelinePlan};
 
 #[derive(Debug, Args)]
@@ -26,10 +26,10 @@ struct PlanOutput<'a> {
 }
 
 pub fn run(global: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<ExitCode> {
-    let mut ws = Workspace::load(global)?;
+    let mut ws = super::workspace::load(global)?;
     let stores = ws.existing_stores()?;
     let (hashes, _) = ws.hashes(stores.as_ref().map(|s| &*s.state));
-    if ws.report_diagnostics() {
+    if super::workspace::report_diagnostics(&ws) {
         return Ok(ExitCode::FAILURE);
     }
     let selected = ws.select_pipelines(&args.pipelines)?;

@@ -1,22 +1,22 @@
 //! `sluice run`: plan, execute what is not cached, record manifests,
-//! optionally promote them to production.
+//! optionally promote them to production. The work is
+//! [`engine::run`](crate::engine::run); this file parses and prints.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
+use super::GlobalArgs;
 use super::progress::Progress;
-use super::workspace::{production_manifest, production_ref};
-use super::{GlobalArgs, Workspace};
-use crate::exec::{self, NodeResult, RunOptions, Status};
-use crate::pipeline::RepoPath;
+use super::workspace::{load, report_diagnostics};
+use crate::engine::run::{RunError, RunRequest};
+use crate::engine::{Outcome, PipelineReport};
+use crate::exec::{CancelToken, Status};
 use crate::plan::digest::Digest;
-use crate::plan::hash::{self, HashContext, NodeHashes};
-use crate::plan::manifest::{MANIFEST_FORMAT, Manifest, ManifestNode};
+use crate::store::Stores;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -42,17 +42,14 @@ struct RunOutput {
 #[derive(Serialize)]
 struct PipelineRun {
     pipeline: String,
-    manifest: Digest,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manifest: Option<Digest>,
     promoted: bool,
     nodes: Vec<NodeOut>,
 }
 
 #[derive(Serialize)]
 struct NodeOut {
-    /// The last lines of a failed command's output, for this terminal only:
-    /// it never goes into the manifest or to a forge.
-    #[serde(skip)]
-    log_tail: Option<String>,
     name: String,
     status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,16 +61,15 @@ struct NodeOut {
     error: Option<String>,
 }
 
+/// Exit code when SIGINT or SIGTERM stopped the run.
+const EXIT_CANCELLED: u8 = 130;
+
 pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let mut ws = Workspace::load(global)?;
-    if ws.report_diagnostics() {
+    let mut ws = load(global)?;
+    if report_diagnostics(&ws) {
         return Ok(ExitCode::FAILURE);
     }
     let stores = ws.open_stores()?;
-    let (hashes, ctx) = ws.hashes(Some(&stores.state));
-    if ws.report_diagnostics() {
-        return Ok(ExitCode::FAILURE);
-    }
     let selected = ws.select_pipelines(&args.pipelines)?;
     // Production follows the production branch: promoting from another
     // branch (an experiment) is refused.
@@ -81,195 +77,107 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         Some(rev) => Some(rev.clone()),
         None => crate::git::current_branch(&ws.root),
     };
-    if args.promote
-        && let (Some(cfg), Some(branch)) = (&ws.config, &git_ref)
-        && branch != &cfg.production_branch
-    {
-        anyhow::bail!(
-            "--promote moves production, which follows the production branch `{}`; this is `{branch}`",
-            cfg.production_branch
-        );
-    }
-
-    let mut productions = Vec::new();
-    let mut seen = HashSet::new();
-    for p in &selected {
-        productions.push(production_manifest(&stores, p)?);
-        seen.extend(ws.graph.pipeline_nodes(p));
-    }
-    // One topological order over every selected pipeline, so a node they
-    // share (a `/dir/NAME` dependency) runs once.
-    let order: Vec<usize> = ws
-        .graph
-        .order
-        .iter()
-        .copied()
-        .filter(|id| seen.contains(id))
-        .collect();
-
     let jobs = args.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
     });
-    let opts = RunOptions {
-        jobs,
-        data_root: ws.data_root(),
-        path_env: global.path_env.clone(),
-        source_digests: ctx.sources.clone(),
-    };
+    // Ctrl-C or a kill stops the run: no node starts after it, running
+    // commands lose their process groups and temp dirs, nothing is promoted.
+    let cancel = CancelToken::new();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, cancel.flag())
+            .map_err(|e| anyhow::anyhow!("cannot handle signal {signal}: {e}"))?;
+    }
     let progress = Progress::new();
-    let results = exec::execute(&ws.graph, &order, &hashes, &stores, &opts, &progress);
-    progress.done();
-
-    let mut any_failed = false;
-    let mut out = RunOutput { runs: Vec::new() };
-    for (p, prod) in selected.iter().zip(productions) {
-        let manifest = build_manifest(
-            &ws,
-            git_ref.clone(),
-            p,
-            &hashes,
-            &ctx,
-            &results,
-            prod.as_ref().map(|(d, _)| *d),
-        );
-        let failed = manifest
-            .nodes
-            .iter()
-            .any(|n| matches!(n.status.as_deref(), Some("failed") | Some("skipped")));
-        any_failed |= failed;
-        let bytes = serde_json::to_vec_pretty(&manifest)?;
-        let digest = stores
-            .blobs
-            .put(&bytes)
-            .context("cannot store the manifest")?;
-        stores
-            .state
-            .record_run(p.as_str(), &digest, ws.commit.as_deref(), failed)?;
-        let mut promoted = false;
-        if args.promote && !failed {
-            let expected = prod.as_ref().map(|(d, _)| d);
-            promoted = stores
-                .state
-                .ref_compare_and_set(&production_ref(p), expected, &digest)?;
-            if !promoted {
-                eprintln!("sluice: production/{p} moved during the run; not promoted");
-            }
+    let req = RunRequest {
+        pipelines: selected,
+        jobs,
+        promote: args.promote,
+        git_ref,
+        cancel: cancel.clone(),
+        observer: &progress,
+    };
+    let report = match crate::engine::run::run(&mut ws, &stores, &req) {
+        Ok(r) => r,
+        Err(RunError::Invalid(_)) => {
+            report_diagnostics(&ws);
+            return Ok(ExitCode::FAILURE);
         }
-        let nodes = ws
-            .graph
-            .pipeline_nodes(p)
-            .into_iter()
-            .filter_map(|id| {
-                let r = results.get(&id)?;
-                let log_tail = match (r.status, r.log) {
-                    (Status::Failed, Some(d)) => stores.blobs.get(&d).ok().map(|b| tail(&b, 10)),
-                    _ => None,
-                };
-                Some(NodeOut {
-                    log_tail,
-                    name: ws.graph.nodes[id].display_name(p),
-                    status: r.status,
-                    rows: r.rows,
-                    output: r.output,
-                    duration_ms: r.duration.as_millis() as u64,
-                    error: r.error.clone().filter(|_| r.status == Status::Failed),
-                })
-            })
-            .collect();
-        out.runs.push(PipelineRun {
-            pipeline: p.to_string(),
-            manifest: digest,
-            promoted,
-            nodes,
-        });
+        Err(e) => return Err(e.into()),
+    };
+    progress.done();
+    if cancel.is_cancelled() {
+        eprintln!("sluice: interrupted; nothing was recorded or promoted");
+        return Ok(ExitCode::from(EXIT_CANCELLED));
     }
 
+    let out = RunOutput {
+        runs: report.pipelines.iter().map(pipeline_run).collect(),
+    };
     let mut stdout = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer(&mut stdout, &out)?;
         writeln!(stdout)?;
     } else {
-        for r in &out.runs {
-            write_summary(&mut stdout, r)?;
+        for p in &report.pipelines {
+            write_summary(&mut stdout, p, &stores)?;
         }
     }
-    Ok(if any_failed {
-        ExitCode::FAILURE
-    } else {
+    for p in &report.pipelines {
+        if let Some(e) = &p.error {
+            eprintln!("sluice: {e}");
+        }
+    }
+    Ok(if report.outcome == Outcome::Success {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 
-fn build_manifest(
-    ws: &Workspace,
-    git_ref: Option<String>,
-    pipeline: &RepoPath,
-    hashes: &[Option<NodeHashes>],
-    ctx: &HashContext,
-    results: &std::collections::HashMap<usize, NodeResult>,
-    previous: Option<Digest>,
-) -> Manifest {
-    let mut nodes = Vec::new();
-    for id in ws.graph.pipeline_nodes(pipeline) {
-        let node = &ws.graph.nodes[id];
-        let (Some(h), Some(r)) = (hashes[id], results.get(&id)) else {
-            continue;
-        };
-        let parts: BTreeMap<String, Digest> = hash::local_key(node, ctx)
-            .map(|k| k.parts().into_iter().collect())
-            .unwrap_or_default();
-        nodes.push(ManifestNode {
-            name: node.display_name(pipeline),
-            local_hash: h.local,
-            definition_hash: h.definition,
-            task_key: r.task_key,
-            output: r.output,
-            rows: r.rows,
-            columns: r.columns.clone(),
-            status: Some(r.status.as_str().to_string()),
-            duration_ms: Some(r.duration.as_millis() as u64),
-            log: r.log,
-            error: r.error.clone(),
-            key: node
-                .key
-                .as_ref()
-                .map(|(k, _)| k.clone())
-                .unwrap_or_default(),
-            parts,
-            inputs: r.inputs.iter().cloned().collect(),
-        });
-    }
-    Manifest {
-        format: MANIFEST_FORMAT,
-        pipeline: pipeline.to_string(),
-        commit: ws.commit.clone(),
-        git_ref,
-        created_at: Some(crate::store::state::now_rfc3339()),
-        previous,
-        nodes,
+fn pipeline_run(p: &PipelineReport) -> PipelineRun {
+    PipelineRun {
+        pipeline: p.pipeline.clone(),
+        manifest: p.manifest,
+        promoted: p.promoted,
+        nodes: p
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let status = n.status?;
+                Some(NodeOut {
+                    name: n.name.clone(),
+                    status,
+                    rows: n.rows,
+                    output: n.output,
+                    duration_ms: n.duration_ms,
+                    error: n.error.clone().filter(|_| status == Status::Failed),
+                })
+            })
+            .collect(),
     }
 }
 
-fn write_summary(out: &mut impl Write, run: &PipelineRun) -> std::io::Result<()> {
-    writeln!(out, "{}  (manifest {})", run.pipeline, run.manifest.short())?;
+fn write_summary(out: &mut impl Write, p: &PipelineReport, stores: &Stores) -> std::io::Result<()> {
+    let manifest = p.manifest.map(|d| d.short()).unwrap_or_else(|| "-".into());
+    writeln!(out, "{}  (manifest {manifest})", p.pipeline)?;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for n in &run.nodes {
-        *counts.entry(n.status.as_str()).or_default() += 1;
+    let mut shown = 0;
+    for n in &p.nodes {
+        let Some(status) = n.status else { continue };
+        shown += 1;
+        *counts.entry(status.as_str()).or_default() += 1;
         let rows = n.rows.map(|r| r.to_string()).unwrap_or_else(|| "-".into());
-        writeln!(
-            out,
-            "  {:<9} {:>9} rows  {}",
-            n.status.as_str(),
-            rows,
-            n.name
-        )?;
-        if let (Status::Failed, Some(e)) = (n.status, &n.error) {
+        writeln!(out, "  {:<9} {:>9} rows  {}", status.as_str(), rows, n.name)?;
+        if let (Status::Failed, Some(e)) = (status, &n.error) {
             for line in e.lines() {
                 writeln!(out, "            {line}")?;
             }
-            for line in n.log_tail.iter().flat_map(|t| t.lines()) {
+            // The command's own output: for this terminal only, it never
+            // goes into the manifest or to a forge.
+            let log_tail = n.log.and_then(|d| stores.blobs.get(&d).ok());
+            for line in log_tail.iter().flat_map(|b| tail(b, 10)) {
                 writeln!(out, "            | {line}")?;
             }
         }
@@ -277,10 +185,9 @@ fn write_summary(out: &mut impl Write, run: &PipelineRun) -> std::io::Result<()>
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
     writeln!(
         out,
-        "  {} nodes: {}{}\n",
-        run.nodes.len(),
+        "  {shown} nodes: {}{}\n",
         summary.join(", "),
-        if run.promoted {
+        if p.promoted {
             "; promoted to production"
         } else {
             ""
@@ -289,8 +196,11 @@ fn write_summary(out: &mut impl Write, run: &PipelineRun) -> std::io::Result<()>
 }
 
 /// The last `n` lines of a log.
-fn tail(log: &[u8], n: usize) -> String {
+fn tail(log: &[u8], n: usize) -> Vec<String> {
     let text = String::from_utf8_lossy(log);
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }

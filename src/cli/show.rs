@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Args;
 
-use super::{GlobalArgs, Workspace};
+use super::GlobalArgs;
 use crate::pipeline::RepoPath;
 use crate::pipeline::directive::nearest;
 
@@ -19,10 +19,10 @@ pub struct ShowArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: &ShowArgs) -> anyhow::Result<ExitCode> {
-    let mut ws = Workspace::load(global)?;
+    let mut ws = super::workspace::load(global)?;
     let stores = ws.existing_stores()?;
     let (hashes, _) = ws.hashes(stores.as_ref().map(|s| &*s.state));
-    let failed = ws.report_diagnostics();
+    let failed = super::workspace::report_diagnostics(&ws);
     let (dir, name) = super::cat::split_node_arg(&args.node)?;
     // `PIPELINE//dir/NAME` names a node of another directory.
     let (dir, name) = match name.strip_prefix('/').and_then(|n| n.rsplit_once('/')) {

@@ -8,10 +8,9 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Args;
 
+use super::GlobalArgs;
 use super::cat::split_node_arg;
-use super::workspace::{last_run_manifest, production_manifest};
-use super::{GlobalArgs, Workspace};
-use crate::plan::manifest::ManifestNode;
+use crate::engine::manifests::{last_run_manifest, production_manifest};
 
 #[derive(Debug, Args)]
 pub struct WhyArgs {
@@ -20,39 +19,8 @@ pub struct WhyArgs {
     pub node: String,
 }
 
-/// The differences between a node in two manifests, in words.
-pub fn explain(cur: &ManifestNode, prod: &ManifestNode) -> Vec<String> {
-    let mut out = Vec::new();
-    for (part, d) in &cur.parts {
-        match prod.parts.get(part) {
-            None => out.push(format!("{part} is new")),
-            Some(p) if p != d => out.push(format!("{part} changed")),
-            Some(_) => {}
-        }
-    }
-    for part in prod.parts.keys() {
-        if !cur.parts.contains_key(part) {
-            out.push(format!("{part} was removed"));
-        }
-    }
-    for (table, d) in &cur.inputs {
-        match prod.inputs.get(table) {
-            Some(p) if p != d => out.push(format!(
-                "input {table} changed: its output went from {} to {}",
-                p.short(),
-                d.short()
-            )),
-            None if !cur.parts.contains_key(&format!("input {table}")) => {
-                out.push(format!("input {table} is new"))
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
 pub fn run(global: &GlobalArgs, args: &WhyArgs) -> anyhow::Result<ExitCode> {
-    let ws = Workspace::load(global)?;
+    let ws = super::workspace::load(global)?;
     let (pipeline, name) = split_node_arg(&args.node)?;
     let Some(stores) = ws.existing_stores()? else {
         bail!("nothing has run yet; run `sluice run` first");
@@ -63,7 +31,7 @@ pub fn run(global: &GlobalArgs, args: &WhyArgs) -> anyhow::Result<ExitCode> {
     let Some(cur) = last.node(&name) else {
         bail!("no node `{name}` in the last run of {pipeline}");
     };
-    let status = cur.status.as_deref().unwrap_or("unknown");
+    let status = cur.status.map_or("unknown", |s| s.as_str());
     let mut out = std::io::stdout().lock();
     writeln!(out, "{pipeline}/{name}: {status} in the last run")?;
     if let Some(k) = cur.task_key {
@@ -71,24 +39,7 @@ pub fn run(global: &GlobalArgs, args: &WhyArgs) -> anyhow::Result<ExitCode> {
     }
     let prod = production_manifest(&stores, &pipeline)?;
     let prod_node = prod.as_ref().and_then(|(_, m)| m.node(&name));
-    let reasons = match prod_node {
-        None => {
-            vec!["it is not in the production manifest (new, or nothing promoted yet)".to_string()]
-        }
-        Some(p) if p.task_key == cur.task_key => {
-            vec!["nothing changed: same task key as production".to_string()]
-        }
-        Some(p) => {
-            let r = explain(cur, p);
-            if r.is_empty() {
-                vec![
-                    "its task key differs from production's, but no recorded part or input does (the sluice format version or the set of inputs changed)".to_string(),
-                ]
-            } else {
-                r
-            }
-        }
-    };
+    let reasons = crate::engine::why::reasons(cur, prod_node);
     let lead = match status {
         "cached" => "taken from the cache; against production",
         "computed" => "computed because, against production",

@@ -4,6 +4,13 @@
 //! node. The CLI, the daemon, the hooks and CI mode all call this layer;
 //! none of them keeps a copy of it.
 
+pub mod diff;
+pub mod manifests;
 pub mod outcome;
+pub mod run;
+pub mod why;
+pub mod workspace;
 
 pub use outcome::{FailureKind, NodeReport, Outcome, PipelineReport, RunReport};
+pub use run::{RunError, RunRequest};
+pub use workspace::{Settings, Source, Workspace};

@@ -5,22 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::exec::Status;
 use crate::plan::Change;
 use crate::plan::diff::NodeDiff;
 use crate::plan::digest::Digest;
-
-/// Why a node failed: the analyst's code or data (`failure` on the forge),
-/// or the machinery around it (`error`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FailureKind {
-    /// Bad SQL, a failed `@key` or `@assert`, a command that exited
-    /// non-zero or timed out, output that is not CSV, a missing source.
-    User,
-    /// The store, the disk, git, a bug in sluice: not the analyst's doing.
-    Infra,
-}
+pub use crate::plan::manifest::{FailureKind, Status};
 
 /// The verdict of a pipeline or of a whole run, as a forge status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -127,6 +115,9 @@ pub struct NodeReport {
     pub rows: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<String>,
+    /// The digest of its output table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Digest>,
     pub duration_ms: u64,
     /// The node's file, repo-relative (where an error points).
     #[serde(default, skip_serializing_if = "Option::is_none")]

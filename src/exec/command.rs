@@ -16,6 +16,9 @@ use wait_timeout::ChildExt;
 /// The default `@timeout`: one hour.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// How often a running command checks whether its run was cancelled.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
+
 /// How much of a command's output is kept in its log.
 pub const LOG_CAP: u64 = 1 << 20;
 
@@ -34,6 +37,8 @@ pub struct CommandSpec<'a> {
     /// `PATH` for the command: the one variable passed through.
     pub path_env: &'a std::ffi::OsStr,
     pub timeout: Duration,
+    /// Checked while the command runs: when set, its group is killed.
+    pub cancel: &'a super::CancelToken,
 }
 
 /// What came of a command; the temp directory lives as long as this.
@@ -130,12 +135,32 @@ pub fn run(spec: &CommandSpec) -> std::io::Result<CommandOutcome> {
         Err(e) => Err(format!("cannot start `{}`: {e}", args[0])),
         Ok(mut child) => {
             let pgid = rustix::process::Pid::from_raw(child.id() as i32);
-            let waited = child.wait_timeout(spec.timeout)?;
             // Whatever it left running in its group goes too; the group may
             // already be gone, which is fine.
             let kill = || {
                 if let Some(p) = pgid {
                     let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+                }
+            };
+            let deadline = std::time::Instant::now() + spec.timeout;
+            let waited = loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break None;
+                }
+                if let Some(status) = child.wait_timeout(left.min(CANCEL_POLL))? {
+                    break Some(status);
+                }
+                if spec.cancel.is_cancelled() {
+                    kill();
+                    child.wait()?;
+                    let log = read_capped(&log_path)?;
+                    return Ok(CommandOutcome {
+                        dir,
+                        output,
+                        log,
+                        result: Err(super::CANCELLED.into()),
+                    });
                 }
             };
             match waited {
@@ -252,7 +277,43 @@ mod tests {
             params: [("clinic".to_string(), "a".to_string())].into(),
             path_env: std::ffi::OsStr::new("/usr/local/bin:/usr/bin:/bin"),
             timeout: Duration::from_secs(10),
+            cancel: Box::leak(Box::new(crate::exec::CancelToken::new())),
         }
+    }
+
+    #[test]
+    fn cancel_kills_the_process_group_and_removes_the_temp_dir() {
+        let token = crate::exec::CancelToken::new();
+        let pidfile = tempfile::NamedTempFile::new().unwrap();
+        let body = format!("sleep 30 & echo $! > {}; wait", pidfile.path().display());
+        let mut s = spec(&body);
+        let t = token.clone();
+        s.cancel = &token;
+        let canceller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            t.cancel();
+        });
+        let start = std::time::Instant::now();
+        let out = run(&s).unwrap();
+        canceller.join().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert_eq!(out.result, Err(crate::exec::CANCELLED.to_string()));
+        let dir = out.dir.path().to_path_buf();
+        drop(out);
+        assert!(!dir.exists(), "the temp dir must go with the outcome");
+        let pid: i32 = std::fs::read_to_string(pidfile.path())
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The background sleep was in the node's group: it is gone (or a
+        // zombie about to be reaped by init).
+        std::thread::sleep(Duration::from_millis(100));
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z"),
+            "the node's child survived: {stat}"
+        );
     }
 
     #[test]

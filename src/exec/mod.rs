@@ -10,42 +10,17 @@ pub mod table;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::pipeline::graph::{Action, Graph, Node, NodeId};
 use crate::plan::digest::Digest;
 use crate::plan::hash::{self, NodeHashes};
+pub use crate::plan::manifest::{FailureKind, Status};
 use crate::store::Stores;
 use crate::store::state::CacheEntry;
-
-/// What happened to a node in a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Computed,
-    Cached,
-    Failed,
-    Skipped,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Computed => "computed",
-            Status::Cached => "cached",
-            Status::Failed => "failed",
-            Status::Skipped => "skipped",
-        }
-    }
-
-    fn ok(self) -> bool {
-        matches!(self, Status::Computed | Status::Cached)
-    }
-}
 
 /// The outcome of one node.
 #[derive(Debug, Clone)]
@@ -58,6 +33,8 @@ pub struct NodeResult {
     pub log: Option<Digest>,
     pub duration: Duration,
     pub error: Option<String>,
+    /// For a failed node: the analyst's doing, or the machinery's.
+    pub failure: Option<FailureKind>,
     /// What the task key was made of, by part, for `sluice why`.
     pub inputs: Vec<(String, Digest)>,
 }
@@ -73,10 +50,47 @@ impl NodeResult {
             log: None,
             duration: Duration::ZERO,
             error: Some(reason),
+            failure: None,
             inputs: Vec::new(),
         }
     }
+
+    fn failed(kind: FailureKind, error: String) -> Self {
+        NodeResult {
+            status: Status::Failed,
+            failure: Some(kind),
+            ..NodeResult::skipped(error)
+        }
+    }
 }
+
+/// Asks a running run to stop: no further node starts, and running
+/// command actions are killed (their process groups and temp dirs go).
+/// Cloned handles share one flag.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// The flag itself, for signal handlers that set it.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.0)
+    }
+}
+
+/// The error a node is skipped with when its run was cancelled.
+pub const CANCELLED: &str = "the run was cancelled before this node finished";
 
 /// Knobs for a run.
 #[derive(Debug, Clone)]
@@ -90,6 +104,8 @@ pub struct RunOptions {
     /// no longer matches fails its node instead of being cached under a
     /// key that does not describe it.
     pub source_digests: HashMap<crate::pipeline::RepoPath, Digest>,
+    /// Set to stop the run early.
+    pub cancel: CancelToken,
 }
 
 /// Told about each node as it finishes (progress, logs).
@@ -97,7 +113,23 @@ pub trait Observer: Sync {
     fn finished(&self, node: &Node, result: &NodeResult, done: usize, total: usize);
 }
 
-/// Runs `wanted` (closed under dependencies) and returns a result for each.
+/// `wanted` and everything it depends on, in the graph's topological
+/// order: a node never runs without its inputs.
+pub fn closure(graph: &Graph, wanted: &[NodeId]) -> Vec<NodeId> {
+    let mut keep = vec![false; graph.nodes.len()];
+    let mut stack: Vec<NodeId> = wanted.to_vec();
+    while let Some(id) = stack.pop() {
+        if id >= keep.len() || keep[id] {
+            continue;
+        }
+        keep[id] = true;
+        stack.extend(graph.nodes[id].deps.iter().filter_map(|d| d.node));
+    }
+    graph.order.iter().copied().filter(|&id| keep[id]).collect()
+}
+
+/// Runs `wanted` and whatever it depends on (added when missing) and
+/// returns a result for each.
 pub fn execute(
     graph: &Graph,
     wanted: &[NodeId],
@@ -106,7 +138,8 @@ pub fn execute(
     opts: &RunOptions,
     observer: &dyn Observer,
 ) -> HashMap<NodeId, NodeResult> {
-    let mut sched = Schedule::new(graph, wanted, observer);
+    let wanted = closure(graph, wanted);
+    let mut sched = Schedule::new(graph, &wanted, observer);
     let (job_tx, job_rx) = mpsc::channel::<(NodeId, Vec<(String, Digest)>)>();
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<(NodeId, NodeResult)>();
@@ -129,12 +162,14 @@ pub fn execute(
                         Some(h) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             run_node(node, &h, inputs, stores, opts)
                         }))
-                        .unwrap_or_else(|_| NodeResult {
-                            status: Status::Failed,
-                            ..NodeResult::skipped(format!(
-                                "{}: internal error while running this node (a bug in sluice)",
-                                node.file
-                            ))
+                        .unwrap_or_else(|_| {
+                            NodeResult::failed(
+                                FailureKind::Infra,
+                                format!(
+                                    "{}: internal error while running this node (a bug in sluice)",
+                                    node.file
+                                ),
+                            )
                         }),
                         None => NodeResult::skipped("its definition hash is unknown".into()),
                     };
@@ -149,6 +184,10 @@ pub fn execute(
         let mut in_flight = 0usize;
         loop {
             while let Some(id) = sched.ready.pop() {
+                if opts.cancel.is_cancelled() {
+                    sched.finish(id, NodeResult::skipped(CANCELLED.into()));
+                    continue;
+                }
                 let node = &graph.nodes[id];
                 // A node below a failure is skipped without running.
                 let bad = node
@@ -270,6 +309,7 @@ fn run_node(
         log: None,
         duration: Duration::ZERO,
         error: None,
+        failure: None,
         inputs,
     };
     match stores.state.cache_get(&task_key) {
@@ -287,11 +327,18 @@ fn run_node(
         Ok(_) => {}
         Err(e) => {
             result.error = Some(format!("{}: cannot read the cache: {e:#}", node.file));
+            result.failure = Some(FailureKind::Infra);
             return result;
         }
     }
     let computed = compute(node, &result.inputs, stores, opts);
     result.duration = start.elapsed();
+    if opts.cancel.is_cancelled() && computed.table.is_err() {
+        // Killed by the cancellation, not by its own fault.
+        result.status = Status::Skipped;
+        result.error = Some(CANCELLED.into());
+        return result;
+    }
     result.log = computed.log;
     match computed.table {
         Ok((output, stats)) => {
@@ -309,15 +356,19 @@ fn run_node(
             if let Err(e) = stores.state.cache_put(&task_key, &entry) {
                 result.status = Status::Failed;
                 result.error = Some(format!("{}: cannot write the cache: {e:#}", node.file));
+                result.failure = Some(FailureKind::Infra);
             }
         }
-        Err(e) => result.error = Some(format!("{}: {e}", node.file)),
+        Err((kind, e)) => {
+            result.error = Some(format!("{}: {e}", node.file));
+            result.failure = Some(kind);
+        }
     }
     result
 }
 
 struct Computed {
-    table: Result<(Digest, sqlite::TableStats), String>,
+    table: Result<(Digest, sqlite::TableStats), (FailureKind, String)>,
     log: Option<Digest>,
 }
 
@@ -329,27 +380,31 @@ fn compute(
     opts: &RunOptions,
 ) -> Computed {
     let mut log = None;
-    let table = (|| -> Result<(Digest, sqlite::TableStats), String> {
+    let user = |e: String| (FailureKind::User, e);
+    let infra = |e: String| (FailureKind::Infra, e);
+    let table = (|| -> Result<(Digest, sqlite::TableStats), (FailureKind, String)> {
         let mut input_paths: Vec<(String, PathBuf)> = Vec::new();
         for (table, digest) in inputs {
             let path = verified_path(stores, digest).map_err(|e| {
                 // Never serve it again: the nodes that produced it recompute
                 // (and so repair it) on the next run.
                 let _ = stores.state.cache_forget_output(digest);
-                format!("input {table}: {e}; it will be recomputed on the next run")
+                infra(format!(
+                    "input {table}: {e}; it will be recomputed on the next run"
+                ))
             })?;
             input_paths.push((table.clone(), path));
         }
         let mut source_paths: Vec<(String, PathBuf)> = Vec::new();
         for s in &node.sources {
             let root = opts.data_root.as_ref().ok_or_else(|| {
-                "no data root for @source; set [data] root, SLUICE_DATA_ROOT or --data".to_string()
+                user("no data root for @source; set [data] root, SLUICE_DATA_ROOT or --data".into())
             })?;
-            let path = resolve_source(root, &s.path)?;
-            check_source(stores, opts, &s.path, &path)?;
+            let path = resolve_source(root, &s.path).map_err(user)?;
+            check_source(stores, opts, &s.path, &path).map_err(user)?;
             source_paths.push((s.table.clone(), path));
         }
-        let mut writer = stores.blobs.writer().map_err(|e| e.to_string())?;
+        let mut writer = stores.blobs.writer().map_err(|e| infra(e.to_string()))?;
         let stats = match &node.action.action {
             Action::Engine(_) => {
                 // Upstream tables are canonical CSV and read byte for byte;
@@ -369,7 +424,8 @@ fn compute(
                     };
                     sql_inputs.push(sqlite::SqlInput { table, csv: data });
                 }
-                sqlite::run_sql(&node.body, &sql_inputs, &mut writer).map_err(|e| e.to_string())?
+                sqlite::run_sql(&node.body, &sql_inputs, &mut writer)
+                    .map_err(|e| user(e.to_string()))?
             }
             Action::Command(template) => {
                 let mut all = input_paths.clone();
@@ -390,28 +446,29 @@ fn compute(
                         .as_ref()
                         .map(|(s, _)| Duration::from_secs(*s))
                         .unwrap_or(command::DEFAULT_TIMEOUT),
+                    cancel: &opts.cancel,
                 };
-                let out =
-                    command::run(&spec).map_err(|e| format!("cannot run the command: {e}"))?;
+                let out = command::run(&spec)
+                    .map_err(|e| infra(format!("cannot run the command: {e}")))?;
                 if !out.log.is_empty() {
                     log = stores.blobs.put(&out.log).ok();
                 }
-                out.result?;
+                out.result.map_err(user)?;
                 let file = std::fs::File::open(&out.output).map_err(|_| {
-                    "the command succeeded but wrote no table to $SLUICE_OUTPUT".to_string()
+                    user("the command succeeded but wrote no table to $SLUICE_OUTPUT".into())
                 })?;
                 table::canonicalize(std::io::BufReader::new(file), &mut writer)
-                    .map_err(|e| format!("output is not valid CSV: {e}"))?
+                    .map_err(|e| user(format!("output is not valid CSV: {e}")))?
             }
             Action::Static => table::canonicalize(node.body.as_bytes(), &mut writer)
-                .map_err(|e| format!("not valid CSV: {e}"))?,
+                .map_err(|e| user(format!("not valid CSV: {e}")))?,
         };
-        writer.flush().map_err(|e| e.to_string())?;
+        writer.flush().map_err(|e| infra(e.to_string()))?;
         // And unchanged while the node read them.
         for (s, (_, path)) in node.sources.iter().zip(&source_paths) {
-            check_source(stores, opts, &s.path, path)?;
+            check_source(stores, opts, &s.path, path).map_err(user)?;
         }
-        let digest = writer.finish().map_err(|e| e.to_string())?;
+        let digest = writer.finish().map_err(|e| infra(e.to_string()))?;
         let key = node.key.as_ref().map(|(k, _)| k.as_slice());
         let asserts: Vec<_> = node.asserts.iter().map(|(a, _)| a.clone()).collect();
         if key.is_some() || !asserts.is_empty() {
@@ -422,10 +479,10 @@ fn compute(
                 None => stores
                     .blobs
                     .open_verified(&digest)
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| infra(e.to_string()))?,
             };
             checks::check_table(&path, &node.name, key, &asserts)
-                .map_err(|fails| format!("data test failed: {}", fails.join("; ")))?;
+                .map_err(|fails| user(format!("data test failed: {}", fails.join("; "))))?;
         }
         Ok((digest, stats))
     })();

@@ -52,7 +52,8 @@ pub fn compare_nodes(
             (None, Some(_)) => "new".into(),
             (Some(_), None) => "removed".into(),
             _ => after
-                .and_then(|n| n.status.clone())
+                .and_then(|n| n.status)
+                .map(|s| s.as_str().to_string())
                 .unwrap_or_else(|| "unknown".into()),
         },
         rows_before,

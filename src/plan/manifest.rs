@@ -9,6 +9,43 @@ use super::digest::Digest;
 
 pub const MANIFEST_FORMAT: u32 = 1;
 
+/// What happened to a node in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Computed,
+    Cached,
+    Failed,
+    Skipped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Computed => "computed",
+            Status::Cached => "cached",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+        }
+    }
+
+    pub fn ok(self) -> bool {
+        matches!(self, Status::Computed | Status::Cached)
+    }
+}
+
+/// Why a node failed: the analyst's code or data (`failure` on a forge),
+/// or the machinery around it (`error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureKind {
+    /// Bad SQL, a failed `@key` or `@assert`, a command that exited
+    /// non-zero or timed out, output that is not CSV, a missing source.
+    User,
+    /// The store, the disk, git, a bug in sluice: not the analyst's doing.
+    Infra,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: u32,
@@ -39,7 +76,9 @@ pub struct ManifestNode {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

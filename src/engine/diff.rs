@@ -1,0 +1,115 @@
+//! A run against production, table by table (DESIGN §4). Counts only: rows
+//! before and after, columns added and removed, and with `@key` the rows
+//! added, removed and changed. Row contents are hashed in memory and never
+//! leave this module.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+use anyhow::Context;
+
+use crate::plan::diff::{self, KeyCounts, NodeDiff};
+use crate::plan::digest::Digest;
+use crate::plan::manifest::{Manifest, ManifestNode, Status};
+use crate::store::Stores;
+
+/// One node against production, with keyed counts when both sides have a
+/// table and the same `@key`.
+pub fn node_diff(
+    stores: &Stores,
+    name: &str,
+    before: Option<&ManifestNode>,
+    after: Option<&ManifestNode>,
+) -> anyhow::Result<NodeDiff> {
+    let mut d = diff::compare_nodes(name, before, after);
+    if let (Some(b), Some(a)) = (before, after)
+        && let (Some(old), Some(new)) = (b.output, a.output)
+        && old != new
+        && !a.key.is_empty()
+        && b.key == a.key
+    {
+        d.keyed = Some(keyed(stores, &old, &new, &a.key)?);
+    }
+    Ok(d)
+}
+
+/// Every node of `last` whose table differs from production's, and every
+/// node production has that `last` lacks; failures first, then by name.
+pub fn pipeline_diff(
+    stores: &Stores,
+    last: &Manifest,
+    prod: Option<&Manifest>,
+) -> anyhow::Result<Vec<NodeDiff>> {
+    let mut nodes = Vec::new();
+    for n in &last.nodes {
+        let before = prod.and_then(|m| m.node(&n.name));
+        if before.is_some_and(|b| b.output.is_some() && b.output == n.output) {
+            continue;
+        }
+        nodes.push(node_diff(stores, &n.name, before, Some(n))?);
+    }
+    if let Some(m) = prod {
+        for b in &m.nodes {
+            if last.node(&b.name).is_none() {
+                nodes.push(diff::compare_nodes(&b.name, Some(b), None));
+            }
+        }
+    }
+    // Failures first, then by name, so the eye lands on what broke.
+    let failed = Status::Failed.as_str();
+    nodes.sort_by(|a, b| (a.status != failed, &a.name).cmp(&(b.status != failed, &b.name)));
+    Ok(nodes)
+}
+
+/// Keyed row changes between two output tables.
+pub fn keyed(
+    stores: &Stores,
+    old: &Digest,
+    new: &Digest,
+    key: &[String],
+) -> anyhow::Result<KeyCounts> {
+    let a = fingerprints(stores, old, key)?;
+    let b = fingerprints(stores, new, key)?;
+    Ok(diff::keyed_counts(a, b))
+}
+
+/// `(key bytes, row hash)` per row of a stored table. The hashes stay in
+/// memory only; nothing here is printed.
+fn fingerprints(
+    stores: &Stores,
+    digest: &Digest,
+    key: &[String],
+) -> anyhow::Result<Vec<(Vec<u8>, u64)>> {
+    let bytes = stores
+        .blobs
+        .get(digest)
+        .with_context(|| format!("cannot read table {digest}"))?;
+    let mut rows = Vec::new();
+    let mut key_idx: Vec<usize> = Vec::new();
+    crate::exec::table::for_each_record(&bytes, |line, fields, nulls| {
+        if line == 1 {
+            for k in key {
+                let i = fields
+                    .iter()
+                    .position(|f| f == k)
+                    .ok_or_else(|| format!("key column `{k}` is not in the table"))?;
+                key_idx.push(i);
+            }
+            return Ok(());
+        }
+        let mut kb = Vec::new();
+        for &i in &key_idx {
+            let f = fields.get(i).map(String::as_str).unwrap_or("");
+            kb.push(u8::from(nulls.get(i).copied().unwrap_or(false)));
+            kb.extend_from_slice(&(f.len() as u64).to_le_bytes());
+            kb.extend_from_slice(f.as_bytes());
+        }
+        let mut h = DefaultHasher::new();
+        fields.hash(&mut h);
+        nulls.hash(&mut h);
+        rows.push((kb, h.finish()));
+        Ok(())
+    })
+    .map_err(|e| anyhow::anyhow!("table {digest}: {e}"))?;
+    Ok(rows)
+}

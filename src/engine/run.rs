@@ -1,0 +1,324 @@
+//! A run: hash, plan against production, execute what the cache lacks,
+//! record a manifest per pipeline, promote, and describe it all as a
+//! [`RunReport`] with each changed node's diff and the reasons it ran.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+
+use anyhow::Context;
+
+use super::manifests::{production_manifest, production_ref};
+use super::outcome::{NodeReport, Outcome, PipelineReport, RunReport};
+use super::workspace::Workspace;
+use super::{diff, why};
+use crate::exec::{self, CancelToken, NodeResult, Observer, RunOptions};
+use crate::pipeline::RepoPath;
+use crate::pipeline::diag::Diagnostic;
+use crate::plan::digest::Digest;
+use crate::plan::hash::{self, HashContext, NodeHashes};
+use crate::plan::manifest::{FailureKind, MANIFEST_FORMAT, Manifest, ManifestNode, Status};
+use crate::plan::{self, Change};
+use crate::store::Stores;
+
+/// What to run and how.
+pub struct RunRequest<'a> {
+    /// The pipelines to run; empty means all of them.
+    pub pipelines: Vec<RepoPath>,
+    /// Worker threads.
+    pub jobs: usize,
+    /// Move `production/<pipeline>` to each manifest without failures.
+    pub promote: bool,
+    /// The branch or ref being run, recorded in the manifests; promotion
+    /// requires it to be the production branch.
+    pub git_ref: Option<String>,
+    pub cancel: CancelToken,
+    /// Told about each node as it finishes.
+    pub observer: &'a dyn Observer,
+}
+
+/// Why a run could not produce a report.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The repository does not check: nothing ran.
+    #[error("the repository has {} problem(s)", .0.len())]
+    Invalid(Vec<Diagnostic>),
+    #[error(
+        "--promote moves production, which follows the production branch `{production}`; this is `{this}`"
+    )]
+    NotProductionBranch { production: String, this: String },
+    /// The stores, the disk: not the repository's doing.
+    #[error(transparent)]
+    Infra(#[from] anyhow::Error),
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default)]
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn finished(&self, _: &crate::pipeline::Node, _: &NodeResult, _: usize, _: usize) {}
+}
+
+/// Runs the requested pipelines of `ws` and reports on them.
+pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunReport, RunError> {
+    let started_at = crate::store::state::now_rfc3339();
+    let clock = Instant::now();
+    if !ws.diagnostics.is_empty() {
+        return Err(RunError::Invalid(ws.diagnostics.clone()));
+    }
+    let (hashes, ctx) = ws.hashes(Some(&stores.state));
+    if !ws.diagnostics.is_empty() {
+        return Err(RunError::Invalid(ws.diagnostics.clone()));
+    }
+    if req.promote
+        && let (Some(cfg), Some(branch)) = (&ws.config, &req.git_ref)
+        && branch != &cfg.production_branch
+    {
+        return Err(RunError::NotProductionBranch {
+            production: cfg.production_branch.clone(),
+            this: branch.clone(),
+        });
+    }
+    let selected = if req.pipelines.is_empty() {
+        ws.graph.pipelines.clone()
+    } else {
+        req.pipelines.clone()
+    };
+
+    let mut productions = Vec::new();
+    let mut wanted = Vec::new();
+    let mut seen = HashSet::new();
+    for p in &selected {
+        productions.push(production_manifest(stores, p)?);
+        for id in ws.graph.pipeline_nodes(p) {
+            // A node two pipelines share (a `/dir/NAME` dependency) runs once.
+            if seen.insert(id) {
+                wanted.push(id);
+            }
+        }
+    }
+    let opts = RunOptions {
+        jobs: req.jobs.max(1),
+        data_root: ws.data_root(),
+        path_env: ws.path_env().to_os_string(),
+        source_digests: ctx.sources.clone(),
+        cancel: req.cancel.clone(),
+    };
+    let results = exec::execute(&ws.graph, &wanted, &hashes, stores, &opts, req.observer);
+    let cancelled = req.cancel.is_cancelled();
+
+    let mut report = RunReport {
+        run_id: None,
+        commit: ws.commit.clone(),
+        git_ref: req.git_ref.clone(),
+        started_at,
+        duration_ms: 0,
+        outcome: Outcome::Success,
+        pipelines: Vec::new(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    for (p, prod) in selected.iter().zip(productions) {
+        let manifest = build_manifest(
+            ws,
+            req.git_ref.clone(),
+            p,
+            &hashes,
+            &ctx,
+            &results,
+            prod.as_ref().map(|(d, _)| *d),
+        );
+        let failed = manifest
+            .nodes
+            .iter()
+            .any(|n| matches!(n.status, Some(Status::Failed | Status::Skipped)));
+        let mut pipeline = PipelineReport {
+            pipeline: p.to_string(),
+            outcome: Outcome::Success,
+            manifest: None,
+            production: prod.as_ref().map(|(d, _)| *d),
+            production_commit: prod.as_ref().and_then(|(_, m)| m.commit.clone()),
+            promoted: false,
+            error: None,
+            duration_ms: 0,
+            nodes: Vec::new(),
+        };
+        // A cancelled run's manifest would describe half a run: it is
+        // neither recorded nor promoted.
+        if !cancelled {
+            let bytes = serde_json::to_vec_pretty(&manifest).context("cannot encode a manifest")?;
+            let digest = stores
+                .blobs
+                .put(&bytes)
+                .context("cannot store the manifest")?;
+            stores
+                .state
+                .record_run(p.as_str(), &digest, ws.commit.as_deref(), failed)?;
+            pipeline.manifest = Some(digest);
+            if req.promote && !failed {
+                let expected = prod.as_ref().map(|(d, _)| d);
+                pipeline.promoted =
+                    stores
+                        .state
+                        .ref_compare_and_set(&production_ref(p), expected, &digest)?;
+                if !pipeline.promoted {
+                    pipeline.error =
+                        Some(format!("production/{p} moved during the run; not promoted"));
+                }
+            }
+        }
+        let prod_m = prod.as_ref().map(|(_, m)| m);
+        pipeline.nodes = node_reports(ws, stores, p, &hashes, &results, &manifest, prod_m)?;
+        pipeline.duration_ms = pipeline.nodes.iter().map(|n| n.duration_ms).sum();
+        pipeline.outcome = pipeline_outcome(&pipeline, cancelled);
+        report.outcome = report.outcome.worst(pipeline.outcome);
+        report.pipelines.push(pipeline);
+    }
+    report.duration_ms = clock.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+fn pipeline_outcome(p: &PipelineReport, cancelled: bool) -> Outcome {
+    if p.error.is_some() {
+        return Outcome::Error;
+    }
+    let mut out = Outcome::Success;
+    for n in &p.nodes {
+        match (n.status, n.failure) {
+            (Some(Status::Failed), Some(FailureKind::Infra)) => return Outcome::Error,
+            (Some(Status::Failed), _) => out = Outcome::Failure,
+            (Some(Status::Skipped), _) if !cancelled && out == Outcome::Success => {
+                out = Outcome::Failure
+            }
+            _ => {}
+        }
+    }
+    if cancelled && out == Outcome::Success {
+        // Only when something did not finish.
+        if p.nodes.iter().any(|n| n.status == Some(Status::Skipped)) {
+            return Outcome::Cancelled;
+        }
+    }
+    out
+}
+
+/// The report of each node of a pipeline, in plan order (topological,
+/// removed nodes last).
+fn node_reports(
+    ws: &Workspace,
+    stores: &Stores,
+    pipeline: &RepoPath,
+    hashes: &[Option<NodeHashes>],
+    results: &HashMap<usize, NodeResult>,
+    manifest: &Manifest,
+    production: Option<&Manifest>,
+) -> anyhow::Result<Vec<NodeReport>> {
+    let plan = plan::plan_pipeline(&ws.graph, hashes, pipeline, production);
+    let ids: HashMap<String, usize> = ws
+        .graph
+        .pipeline_nodes(pipeline)
+        .into_iter()
+        .map(|id| (ws.graph.nodes[id].display_name(pipeline), id))
+        .collect();
+    let mut out = Vec::new();
+    for np in &plan.nodes {
+        let cur = manifest.node(&np.name);
+        let prod = production.and_then(|m| m.node(&np.name));
+        let id = ids.get(&np.name).copied();
+        let node = id.map(|i| &ws.graph.nodes[i]);
+        let result = id.and_then(|i| results.get(&i));
+        let status = result.map(|r| r.status);
+        let why = match (cur, np.change) {
+            (_, Change::Unchanged | Change::Removed) => Vec::new(),
+            (Some(c), _) => why::reasons(c, prod),
+            (None, _) => Vec::new(),
+        };
+        let differs = match (cur, prod) {
+            (Some(c), Some(p)) => c.output.is_some() && c.output != p.output,
+            (Some(c), None) => c.output.is_some(),
+            (None, Some(_)) => true,
+            (None, None) => false,
+        };
+        let ok = status.is_none_or(Status::ok);
+        let node_diff = if differs && ok {
+            Some(diff::node_diff(stores, &np.name, prod, cur)?)
+        } else {
+            None
+        };
+        out.push(NodeReport {
+            name: np.name.clone(),
+            change: np.change,
+            status,
+            failure: result.and_then(|r| r.failure),
+            error: result.and_then(|r| r.error.clone()),
+            rows: result.and_then(|r| r.rows),
+            columns: result.map(|r| r.columns.clone()).unwrap_or_default(),
+            output: result.and_then(|r| r.output),
+            duration_ms: result.map_or(0, |r| r.duration.as_millis() as u64),
+            file: node.map(|n| n.file.to_string()),
+            inputs: node
+                .map(|n| {
+                    n.deps
+                        .iter()
+                        .filter_map(|d| d.node)
+                        .map(|d| ws.graph.nodes[d].display_name(pipeline))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            why,
+            diff: node_diff,
+            log: result.and_then(|r| r.log),
+        });
+    }
+    Ok(out)
+}
+
+fn build_manifest(
+    ws: &Workspace,
+    git_ref: Option<String>,
+    pipeline: &RepoPath,
+    hashes: &[Option<NodeHashes>],
+    ctx: &HashContext,
+    results: &HashMap<usize, NodeResult>,
+    previous: Option<Digest>,
+) -> Manifest {
+    let mut nodes = Vec::new();
+    for id in ws.graph.pipeline_nodes(pipeline) {
+        let node = &ws.graph.nodes[id];
+        let (Some(h), Some(r)) = (hashes[id], results.get(&id)) else {
+            continue;
+        };
+        let parts: BTreeMap<String, Digest> = hash::local_key(node, ctx)
+            .map(|k| k.parts().into_iter().collect())
+            .unwrap_or_default();
+        nodes.push(ManifestNode {
+            name: node.display_name(pipeline),
+            local_hash: h.local,
+            definition_hash: h.definition,
+            task_key: r.task_key,
+            output: r.output,
+            rows: r.rows,
+            columns: r.columns.clone(),
+            status: Some(r.status),
+            failure: r.failure,
+            duration_ms: Some(r.duration.as_millis() as u64),
+            log: r.log,
+            error: r.error.clone(),
+            key: node
+                .key
+                .as_ref()
+                .map(|(k, _)| k.clone())
+                .unwrap_or_default(),
+            parts,
+            inputs: r.inputs.iter().cloned().collect(),
+        });
+    }
+    Manifest {
+        format: MANIFEST_FORMAT,
+        pipeline: pipeline.to_string(),
+        commit: ws.commit.clone(),
+        git_ref,
+        created_at: Some(crate::store::state::now_rfc3339()),
+        previous,
+        nodes,
+    }
+}
