@@ -8,6 +8,7 @@ mod graph;
 mod plan;
 mod progress;
 mod run;
+mod serve;
 mod show;
 mod why;
 mod workspace;
@@ -109,6 +110,13 @@ pub enum Command {
     /// Explain why a node was computed or taken from the cache in the last
     /// run: which part of its definition or which input changed.
     Why(why::WhyArgs),
+    /// Run the webhook daemon: take push and pull-request webhooks from
+    /// GitHub, GitLab or Gitea (or a plain git server's hooks), run the
+    /// pushed commit, and report statuses and one PR comment.
+    ///
+    /// Secrets are read from the environment variables the config names.
+    /// Example: SLUICE_WEBHOOK_SECRET=... SLUICE_FORGE_TOKEN=... sluice serve --config sluice-server.toml
+    Serve(serve::ServeArgs),
     /// Print the DAG as Graphviz dot or a Mermaid flowchart.
     ///
     /// Example: sluice graph clinics/clinic_a --format mermaid
@@ -127,5 +135,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cat(args) => cat::run(&cli.global, &args),
         Command::Diff(args) => diff::run(&cli.global, &args),
         Command::Why(args) => why::run(&cli.global, &args),
+        Command::Serve(args) => serve::run(&cli.global, &args),
     }
 }

@@ -63,6 +63,10 @@ pub struct RunReport {
     pub duration_ms: u64,
     pub outcome: Outcome,
     pub pipelines: Vec<PipelineReport>,
+    /// Why nothing ran: the repository does not check (`path:line:
+    /// message` each, as `sluice check` prints them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
     /// The sluice version that ran it.
     pub version: String,
 }

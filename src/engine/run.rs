@@ -115,6 +115,7 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
         duration_ms: 0,
         outcome: Outcome::Success,
         pipelines: Vec::new(),
+        problems: Vec::new(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
     for (p, prod) in selected.iter().zip(productions) {

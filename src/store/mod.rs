@@ -2,6 +2,7 @@
 //! SQLite state database, in one state directory (`.sluice/` by default).
 
 pub mod blob;
+pub mod queue;
 pub mod source;
 pub mod state;
 

@@ -17,8 +17,10 @@ use crate::plan::digest::Digest;
 /// Migrations in order; migration `i` takes the schema from version `i`
 /// to `i + 1` (`PRAGMA user_version`). Append only: never edit one that
 /// has shipped, since databases already past it will not run it again.
-const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../../migrations/0001_init.sql")),
+    ("0002_daemon", include_str!("../../migrations/0002_daemon.sql")),
+];
 
 /// The schema version this binary creates and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -128,7 +130,7 @@ impl StateDb {
     /// A statement that panicked cannot leave a half-done write behind
     /// (SQLite rolls back an unfinished transaction), so a lock poisoned
     /// by a panicking thread is safe to reuse.
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

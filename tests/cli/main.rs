@@ -6,6 +6,9 @@
 
 mod bench;
 mod check;
+mod daemon;
+mod fake_forge;
+mod forge;
 mod hooks;
 mod run;
 mod util;

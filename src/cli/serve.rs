@@ -1,0 +1,58 @@
+//! `sluice serve`: the webhook daemon. Reads `sluice-server.toml`, takes
+//! each repository's secrets from the environment variables it names, and
+//! runs until SIGTERM or Ctrl-C.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::GlobalArgs;
+use crate::server::config::{self, RepoConfig, Secrets};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The server configuration (see the README's "Running the daemon").
+    #[arg(long, value_name = "FILE", default_value = config::FILE_NAME)]
+    pub config: PathBuf,
+}
+
+pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let cfg = config::load(&args.config)?;
+    // The one place the daemon reads the environment: the variables the
+    // config names for secrets, and SLUICE_LOG for the log filter.
+    let secrets = config::resolve_secrets(&cfg, &|name| std::env::var(name).ok())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    init_logging();
+    let app = crate::server::App::open(cfg, secrets, global.path_env.clone(), &real_forge)
+        .context("cannot start the daemon")?;
+    crate::server::serve(app)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The forge client a repository's config asks for.
+fn real_forge(repo: &RepoConfig, secrets: &Secrets) -> Option<Arc<dyn crate::forge::Forge>> {
+    let kind = match repo.forge {
+        config::ForgeKind::Github => crate::forge::ForgeKind::Github,
+        config::ForgeKind::Gitlab => crate::forge::ForgeKind::Gitlab,
+        config::ForgeKind::Gitea => crate::forge::ForgeKind::Gitea,
+        config::ForgeKind::Git => return None,
+    };
+    let api = repo.api_url.as_deref()?;
+    let token = secrets.token.as_ref()?;
+    let token = String::from_utf8_lossy(token.expose()).into_owned();
+    Some(Arc::from(crate::forge::client(kind, api, token)))
+}
+
+/// Log lines go to stderr; `SLUICE_LOG` (e.g. `debug`) sets the level.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

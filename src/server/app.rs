@@ -1,0 +1,635 @@
+//! The daemon's state and its background work: the job workers, which
+//! fetch a mirror, read the pushed commit from git objects, run it through
+//! [`engine::run`](crate::engine::run) and queue the reports; and the outbox,
+//! which delivers statuses and comments to the forge in order, retrying
+//! with backoff.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::config::{ForgeKind, RepoConfig, Secrets, ServerConfig};
+use super::metrics::{ForgeCall, Metrics};
+use super::mirror::Mirrors;
+use crate::engine::run::{RunError, RunRequest};
+use crate::engine::{Outcome, RunReport, Settings, Source, Workspace};
+use crate::exec::CancelToken;
+use crate::forge::{CommitStatus, Forge, StatusState};
+use crate::plan::digest::Digest;
+use crate::store::Stores;
+use crate::store::blob::{BlobStore, LocalBlobStore};
+use crate::store::queue::{Job, JobKind, JobState, OutboxItem, now_ms};
+use crate::store::state::StateDb;
+
+/// How often the outbox tries a failing call before giving up: with the
+/// backoff below, about three hours of forge outage.
+const MAX_ATTEMPTS: u32 = 25;
+/// The longest wait between two tries.
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+/// Makes the forge client of a repository (the real ones in `serve`, a
+/// fake in tests); `None` for a repository with no forge API.
+pub type ForgeFactory = dyn Fn(&RepoConfig, &Secrets) -> Option<Arc<dyn Forge>>;
+
+/// One configured repository with what serving it takes.
+pub struct Repo {
+    pub config: RepoConfig,
+    pub secrets: Secrets,
+    pub forge: Option<Arc<dyn Forge>>,
+    /// Its own cache, refs and runs (pipeline names of two repositories
+    /// may be equal); blobs are shared.
+    pub state: Arc<StateDb>,
+}
+
+impl Repo {
+    /// The repository's key in jobs and the outbox: `github:acme/p`.
+    pub fn key(&self) -> String {
+        repo_key(&self.config)
+    }
+}
+
+pub fn repo_key(c: &RepoConfig) -> String {
+    format!("{}:{}", c.forge.as_str(), c.name)
+}
+
+/// A wake-up call between threads, with a timeout so that nothing can
+/// sleep through a lost notification for long.
+#[derive(Debug, Default)]
+struct Bell {
+    rung: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl Bell {
+    fn ring(&self) {
+        *self.rung.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        self.cv.notify_all();
+    }
+
+    fn wait(&self, timeout: Duration) {
+        let guard = self.rung.lock().unwrap_or_else(PoisonError::into_inner);
+        let seen = *guard;
+        let _ = self
+            .cv
+            .wait_timeout_while(guard, timeout, |n| *n == seen)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
+/// Everything the daemon's threads share.
+pub struct App {
+    pub cfg: ServerConfig,
+    pub repos: Vec<Repo>,
+    /// Jobs, deliveries and the outbox.
+    pub db: Arc<StateDb>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub metrics: Metrics,
+    mirrors: Mirrors,
+    path_env: OsString,
+    running: Mutex<HashMap<i64, CancelToken>>,
+    pub shutdown: CancelToken,
+    jobs_bell: Bell,
+    outbox_bell: Bell,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("state_dir", &self.cfg.state_dir)
+            .field("repos", &self.repos.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A forge call waiting in the outbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum Call {
+    Status { sha: String, status: CommitStatus },
+    Comment { pr: u64, sha: String, body: String },
+}
+
+impl App {
+    /// Opens the stores under `state_dir` and makes each repository's
+    /// forge client.
+    pub fn open(
+        cfg: ServerConfig,
+        secrets: Vec<Secrets>,
+        path_env: OsString,
+        forges: &ForgeFactory,
+    ) -> anyhow::Result<App> {
+        let dir = cfg.state_dir.clone();
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let db = Arc::new(StateDb::open(&dir.join("daemon.db"))?);
+        let blobs: Arc<dyn BlobStore> = Arc::new(LocalBlobStore::open(&dir.join("blobs"))?);
+        let mut repos = Vec::new();
+        for (config, secrets) in cfg.repos.iter().cloned().zip(secrets) {
+            let id = Digest::of(repo_key(&config).as_bytes()).hex();
+            let state = Arc::new(StateDb::open(
+                &dir.join("repos").join(&id[..32]).join("state.db"),
+            )?);
+            let forge = forges(&config, &secrets);
+            repos.push(Repo {
+                config,
+                secrets,
+                forge,
+                state,
+            });
+        }
+        Ok(App {
+            mirrors: Mirrors::new(&dir),
+            cfg,
+            repos,
+            db,
+            blobs,
+            metrics: Metrics::default(),
+            path_env,
+            running: Mutex::new(HashMap::new()),
+            shutdown: CancelToken::new(),
+            jobs_bell: Bell::default(),
+            outbox_bell: Bell::default(),
+        })
+    }
+
+    pub fn repo(&self, key: &str) -> Option<&Repo> {
+        self.repos.iter().find(|r| r.key() == key)
+    }
+
+    /// Indices of the repositories of one forge kind.
+    pub fn repos_of(&self, kind: ForgeKind) -> impl Iterator<Item = (usize, &Repo)> {
+        self.repos
+            .iter()
+            .enumerate()
+            .filter(move |(_, r)| r.config.forge == kind)
+    }
+
+    /// The run page of `run_id`.
+    pub fn run_url(&self, run_id: &str) -> String {
+        format!("{}/runs/{run_id}", self.cfg.public_url)
+    }
+
+    /// Tells the workers that a job is waiting.
+    pub fn wake_workers(&self) {
+        self.jobs_bell.ring();
+    }
+
+    /// Asks a running job to stop (a newer push superseded it).
+    pub fn cancel_job(&self, id: i64) {
+        if let Some(t) = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+        {
+            t.cancel();
+        }
+    }
+
+    /// Stops taking jobs and cancels the running ones (they are queued
+    /// again and resumed at the next start).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+        for t in self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            t.cancel();
+        }
+        self.jobs_bell.ring();
+        self.outbox_bell.ring();
+    }
+
+    /// Queues a status for `sha`.
+    pub fn queue_status(&self, repo: &str, job_id: i64, sha: &str, status: CommitStatus) {
+        let call = Call::Status {
+            sha: sha.to_string(),
+            status,
+        };
+        self.queue(repo, job_id, "status", &call);
+    }
+
+    fn queue(&self, repo: &str, job_id: i64, kind: &str, call: &Call) {
+        if self.repo(repo).is_none_or(|r| r.forge.is_none()) {
+            return;
+        }
+        let payload = match serde_json::to_string(call) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(job = job_id, "cannot encode a forge call: {e}");
+                return;
+            }
+        };
+        if let Err(e) = self.db.outbox_push(repo, job_id, kind, &payload) {
+            tracing::error!(job = job_id, "cannot queue a forge call: {e:#}");
+        }
+        self.outbox_bell.ring();
+    }
+
+    // -- job workers ----------------------------------------------------------
+
+    /// A worker thread: takes jobs until shutdown.
+    pub fn worker_loop(self: &Arc<Self>) {
+        while !self.shutdown.is_cancelled() {
+            match self.db.claim_job() {
+                Ok(Some(job)) => self.run_job(job),
+                Ok(None) => self.jobs_bell.wait(Duration::from_secs(1)),
+                Err(e) => {
+                    tracing::error!("cannot read the job queue: {e:#}");
+                    self.jobs_bell.wait(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn run_job(&self, job: Job) {
+        let token = CancelToken::new();
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(job.id, token.clone());
+        if self.shutdown.is_cancelled() {
+            token.cancel();
+        }
+        tracing::info!(job = job.id, run = %job.run_id, repo = %job.repo, sha = %job.sha, "job started");
+        let outcome = self.execute(&job, &token);
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&job.id);
+        let result = match outcome {
+            Ok(Some(report)) => self.finish(&job, &token, report),
+            Ok(None) => self
+                .db
+                .finish_job(job.id, JobState::Done, Some("error"), None),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::error!(job = job.id, "cannot record the end of the job: {e:#}");
+        }
+    }
+
+    /// Runs a job; `Ok(None)` when it ended before a report could be made
+    /// (the statuses saying why are queued).
+    fn execute(&self, job: &Job, cancel: &CancelToken) -> anyhow::Result<Option<RunReport>> {
+        let Some(repo) = self.repo(&job.repo) else {
+            tracing::warn!(job = job.id, "the job's repository is no longer configured");
+            return Ok(None);
+        };
+        let key = repo.key();
+        let target = Some(self.run_url(&job.run_id));
+        let fail = |state: StatusState, description: String| {
+            tracing::warn!(job = job.id, "{description}");
+            self.queue_status(
+                &key,
+                job.id,
+                &job.sha,
+                status(
+                    state,
+                    "sluice".into(),
+                    crate::forge::truncate_chars(&description, 139).to_string(),
+                    target.clone(),
+                ),
+            );
+        };
+        let mirror = match self.mirrors.fetch(
+            repo.config.forge.as_str(),
+            &repo.config.name,
+            &repo.config.clone_url,
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                fail(
+                    StatusState::Error,
+                    format!("cannot fetch the repository: {e:#}"),
+                );
+                return Ok(None);
+            }
+        };
+        let settings = Settings {
+            data_root: Some(self.cfg.data_root.clone()),
+            state_dir: None,
+            path_env: self.path_env.clone(),
+        };
+        let mut ws = match Workspace::open(&mirror, &Source::Bare(job.sha.clone()), settings) {
+            Ok(ws) => ws,
+            Err(e) => {
+                fail(
+                    StatusState::Error,
+                    format!("cannot read commit {}: {e:#}", short(&job.sha)),
+                );
+                return Ok(None);
+            }
+        };
+        let stores = Stores {
+            blobs: Arc::clone(&self.blobs),
+            state: Arc::clone(&repo.state),
+        };
+        let pipelines: Vec<String> = ws.graph.pipelines.iter().map(|p| p.to_string()).collect();
+        if ws.diagnostics.is_empty() {
+            for p in &pipelines {
+                self.queue_status(
+                    &key,
+                    job.id,
+                    &job.sha,
+                    status(
+                        StatusState::Pending,
+                        crate::report::context(p),
+                        crate::report::pending_description().to_string(),
+                        target.clone(),
+                    ),
+                );
+            }
+        }
+        let branch = job.branch.clone();
+        let promote = job.kind != JobKind::PullRequest
+            && branch.as_deref() == Some(repo.config.production_branch.as_str());
+        let req = RunRequest {
+            pipelines: Vec::new(),
+            jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            promote,
+            git_ref: Some(branch.unwrap_or_else(|| match job.pr_number {
+                Some(n) => format!("pr/{n}"),
+                None => job.git_ref.clone(),
+            })),
+            cancel: cancel.clone(),
+            observer: &self.metrics,
+        };
+        match crate::engine::run::run(&mut ws, &stores, &req) {
+            Ok(mut report) => {
+                report.run_id = Some(job.run_id.clone());
+                Ok(Some(report))
+            }
+            Err(RunError::Invalid(diags)) => {
+                let first = diags.first().map(|d| d.to_string()).unwrap_or_default();
+                fail(
+                    StatusState::Failure,
+                    format!(
+                        "{} problem{} in the pipelines: {first}",
+                        diags.len(),
+                        if diags.len() == 1 { "" } else { "s" }
+                    ),
+                );
+                let report = RunReport {
+                    run_id: Some(job.run_id.clone()),
+                    commit: Some(job.sha.clone()),
+                    git_ref: Some(job.git_ref.clone()),
+                    started_at: crate::store::state::now_rfc3339(),
+                    duration_ms: 0,
+                    outcome: Outcome::Failure,
+                    pipelines: Vec::new(),
+                    problems: diags.iter().map(|d| d.to_string()).collect(),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                };
+                self.store_report(job, &report, JobState::Done)?;
+                Ok(None)
+            }
+            Err(e) => {
+                fail(StatusState::Error, format!("the run failed: {e:#}"));
+                Ok(None)
+            }
+        }
+    }
+
+    fn store_report(&self, job: &Job, report: &RunReport, state: JobState) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec(report).context("cannot encode the report")?;
+        let digest = self.blobs.put(&bytes).context("cannot store the report")?;
+        self.db
+            .finish_job(job.id, state, Some(report.outcome.as_str()), Some(&digest))
+    }
+
+    /// Records a job's report and queues what the forge must be told.
+    fn finish(&self, job: &Job, cancel: &CancelToken, report: RunReport) -> anyhow::Result<()> {
+        if cancel.is_cancelled() {
+            let superseded = self.db.job(job.id)?.and_then(|j| j.superseded_by);
+            if superseded.is_none() {
+                // Shutdown: run it again at the next start.
+                tracing::info!(job = job.id, "job interrupted by shutdown; queued again");
+                self.db.requeue_running(Some(job.id))?;
+                return Ok(());
+            }
+            self.store_report(job, &report, JobState::Superseded)?;
+            for p in &report.pipelines {
+                self.queue_status(
+                    &job.repo,
+                    job.id,
+                    &job.sha,
+                    status(
+                        StatusState::Cancelled,
+                        crate::report::context(&p.pipeline),
+                        "superseded by a newer push".into(),
+                        Some(self.run_url(&job.run_id)),
+                    ),
+                );
+            }
+            tracing::info!(job = job.id, "job superseded");
+            return Ok(());
+        }
+        self.store_report(job, &report, JobState::Done)?;
+        let target = Some(self.run_url(&job.run_id));
+        for p in &report.pipelines {
+            let state = match p.outcome {
+                Outcome::Success => StatusState::Success,
+                Outcome::Failure => StatusState::Failure,
+                Outcome::Error => StatusState::Error,
+                Outcome::Cancelled => StatusState::Cancelled,
+            };
+            self.queue_status(
+                &job.repo,
+                job.id,
+                &job.sha,
+                status(
+                    state,
+                    crate::report::context(&p.pipeline),
+                    crate::report::status_description(p),
+                    target.clone(),
+                ),
+            );
+        }
+        if let Some(pr) = job.pr_number {
+            let max_chars = match self.repo(&job.repo).map(|r| r.config.forge) {
+                Some(ForgeKind::Gitlab) => 1_000_000,
+                _ => 65_536,
+            };
+            let body = crate::report::comment_markdown(
+                &report,
+                &crate::report::CommentOptions {
+                    run_url: target.clone(),
+                    max_chars: max_chars - 1_000,
+                },
+            );
+            let call = Call::Comment {
+                pr,
+                sha: job.sha.clone(),
+                body,
+            };
+            self.queue(&job.repo, job.id, "comment", &call);
+        }
+        tracing::info!(
+            job = job.id,
+            outcome = report.outcome.as_str(),
+            "job finished"
+        );
+        Ok(())
+    }
+
+    /// The stored report of a run, if it finished.
+    pub fn report(&self, job: &Job) -> anyhow::Result<Option<RunReport>> {
+        let Some(d) = job.report else {
+            return Ok(None);
+        };
+        let bytes = self.blobs.get(&d).context("cannot read the report")?;
+        Ok(Some(
+            serde_json::from_slice(&bytes).context("the stored report is not valid")?,
+        ))
+    }
+
+    /// A command log, for the run page when the admin allows it.
+    pub fn log(&self, digest: &Digest) -> Option<String> {
+        let bytes = self.blobs.get(digest).ok()?;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    // -- outbox ---------------------------------------------------------------
+
+    /// The outbox thread: delivers due calls until shutdown.
+    pub fn outbox_loop(self: &Arc<Self>) {
+        while !self.shutdown.is_cancelled() {
+            match self.db.outbox_next(now_ms()) {
+                Ok(Some(item)) => self.deliver(&item),
+                Ok(None) => {
+                    let wait = match self.db.outbox_next_due() {
+                        Ok(Some(at)) => {
+                            Duration::from_millis((at - now_ms()).clamp(10, 1_000) as u64)
+                        }
+                        _ => Duration::from_secs(1),
+                    };
+                    self.outbox_bell.wait(wait);
+                }
+                Err(e) => {
+                    tracing::error!("cannot read the outbox: {e:#}");
+                    self.outbox_bell.wait(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, item: &OutboxItem) {
+        let repo = self.repo(&item.repo);
+        let Some((repo, forge)) = repo.and_then(|r| Some((r, r.forge.as_ref()?))) else {
+            let _ = self.db.outbox_drop(item.id, "the repository has no forge");
+            return;
+        };
+        let call: Call = match serde_json::from_str(&item.payload) {
+            Ok(c) => c,
+            Err(_) => {
+                let _ = self.db.outbox_drop(item.id, "unreadable outbox entry");
+                return;
+            }
+        };
+        let name = &repo.config.name;
+        let result = match &call {
+            Call::Status { sha, status } => forge.set_status(name, sha, status).map(|_| None),
+            Call::Comment { pr, sha, body } => match forge.pr_head(name, *pr) {
+                Ok(head) if !head.eq_ignore_ascii_case(sha) => {
+                    tracing::info!(
+                        job = item.job_id,
+                        pr,
+                        "the PR head moved on; comment not posted"
+                    );
+                    let _ = self.db.outbox_drop(item.id, "the PR head moved on");
+                    self.metrics.forge_call(ForgeCall::Ok);
+                    return;
+                }
+                Ok(_) => {
+                    let known = self.db.comment_id(&item.repo, *pr).ok().flatten();
+                    forge
+                        .upsert_comment(name, *pr, crate::report::MARKER, body, known)
+                        .map(|id| Some((*pr, id)))
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(comment) => {
+                if let Some((pr, id)) = comment
+                    && let Err(e) = self.db.set_comment_id(&item.repo, pr, id)
+                {
+                    tracing::error!("cannot remember the comment id: {e:#}");
+                }
+                self.metrics.forge_call(ForgeCall::Ok);
+                let _ = self.db.outbox_done(item.id);
+            }
+            Err(e) if e.is_retryable() && item.attempts + 1 < MAX_ATTEMPTS => {
+                let wait = e
+                    .retry_after()
+                    .unwrap_or_else(|| backoff(item.attempts))
+                    .min(MAX_BACKOFF);
+                tracing::warn!(
+                    job = item.job_id,
+                    attempt = item.attempts + 1,
+                    "forge call failed ({e}); retrying in {} s",
+                    wait.as_secs_f64()
+                );
+                self.metrics.forge_call(ForgeCall::Retried);
+                let _ = self.db.outbox_retry(
+                    item.id,
+                    now_ms() + wait.as_millis() as i64,
+                    &e.to_string(),
+                );
+            }
+            Err(e) => {
+                tracing::error!(job = item.job_id, "forge call dropped: {e}");
+                self.metrics.forge_call(ForgeCall::Dropped);
+                let _ = self.db.outbox_drop(item.id, &e.to_string());
+            }
+        }
+    }
+}
+
+/// A commit status.
+pub fn status(
+    state: StatusState,
+    context: String,
+    description: String,
+    target_url: Option<String>,
+) -> CommitStatus {
+    CommitStatus {
+        state,
+        context,
+        description,
+        target_url,
+    }
+}
+
+/// 1 s, 2 s, 4 s… up to [`MAX_BACKOFF`].
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.min(12)).min(MAX_BACKOFF)
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..7).unwrap_or(sha)
+}
+
+/// A fresh run id: 128 random bits, so run pages cannot be guessed.
+pub fn new_run_id() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for a run id: {e}"))?;
+    let mut s = String::from("r_");
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    Ok(s)
+}
+
+/// True for a string [`new_run_id`] could have made.
+pub fn is_run_id(s: &str) -> bool {
+    s.strip_prefix("r_")
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}

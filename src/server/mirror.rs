@@ -1,0 +1,103 @@
+//! Bare mirrors of the configured repositories under `state_dir/mirrors`,
+//! fetched with the `git` program before each job. The URL comes from the
+//! server config, never from a payload; the commit is then read from git
+//! objects with no checkout.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, bail};
+
+use crate::plan::digest::Digest;
+
+/// The mirrors of one daemon. Fetches of one repository are serialised;
+/// different repositories fetch side by side.
+#[derive(Debug)]
+pub struct Mirrors {
+    dir: PathBuf,
+    locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
+}
+
+impl Mirrors {
+    pub fn new(state_dir: &Path) -> Mirrors {
+        Mirrors {
+            dir: state_dir.join("mirrors"),
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Where the mirror of `name` lives: named by a hash, so no repository
+    /// name can shape a path.
+    pub fn path(&self, forge: &str, name: &str) -> PathBuf {
+        let id = Digest::of(format!("{forge}\n{name}").as_bytes()).hex();
+        self.dir.join(format!("{}.git", &id[..32]))
+    }
+
+    /// Brings the mirror of `name` up to date with `clone_url` (cloning it
+    /// the first time) and returns its path.
+    pub fn fetch(&self, forge: &str, name: &str, clone_url: &str) -> anyhow::Result<PathBuf> {
+        let path = self.path(forge, name);
+        let lock = {
+            let mut locks = self
+                .locks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(locks.entry(path.clone()).or_default())
+        };
+        let _held = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if path.join("HEAD").is_file() {
+            git(&["fetch", "--prune", "--quiet", "origin"], Some(&path))
+                .with_context(|| format!("cannot fetch {name}"))?;
+            return Ok(path);
+        }
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        // Clone beside the final place and rename: a kill mid-clone leaves
+        // a temp dir, never a half mirror where a whole one is expected.
+        let tmp = tempfile::Builder::new()
+            .prefix(".clone-")
+            .tempdir_in(&self.dir)
+            .with_context(|| format!("cannot create a temp dir in {}", self.dir.display()))?;
+        let into = tmp.path().join("m.git");
+        let into_s = into
+            .to_str()
+            .context("the state directory's path is not UTF-8")?;
+        git(
+            &["clone", "--mirror", "--quiet", "--", clone_url, into_s],
+            None,
+        )
+        .with_context(|| format!("cannot clone {name}"))?;
+        std::fs::rename(&into, &path)
+            .with_context(|| format!("cannot move the mirror to {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// Runs git with a clean environment: no variable of the daemon's own
+/// (a `GIT_DIR` from a hook, say) can point it elsewhere, and it never
+/// prompts for credentials.
+fn git(args: &[&str], dir: Option<&Path>) -> anyhow::Result<()> {
+    let mut cmd = Command::new("git");
+    if let Some(d) = dir {
+        cmd.arg("-C").arg(d);
+    }
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("HOME", "/nonexistent")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let out = cmd.output().context("cannot run git")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first = err.lines().next().unwrap_or("").trim();
+        bail!("git {} failed: {first}", args[0]);
+    }
+    Ok(())
+}
