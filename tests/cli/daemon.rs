@@ -91,6 +91,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(origin: &Origin, forge: &FakeForgeServer, extra: &str) -> Daemon {
+        Daemon::start_as(origin, forge, extra, "github")
+    }
+
+    fn start_as(origin: &Origin, forge: &FakeForgeServer, extra: &str, kind: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let config = dir.path().join("sluice-server.toml");
@@ -98,7 +102,7 @@ impl Daemon {
             &config,
             format!(
                 "listen = \"127.0.0.1:0\"\npublic_url = \"http://sluice.test\"\nstate_dir = \"{}\"\ndata_root = \"{}\"\nworkers = 2\n{extra}\n\
-                 [[repos]]\nforge = \"github\"\nname = \"{REPO}\"\nclone_url = \"{}\"\napi_url = \"{}\"\n\
+                 [[repos]]\nforge = \"{kind}\"\nname = \"{REPO}\"\nclone_url = \"{}\"\napi_url = \"{}\"\n\
                  production_branch = \"main\"\nsecret_env = \"SLUICE_TEST_SECRET\"\ntoken_env = \"SLUICE_TEST_TOKEN\"\n",
                 state.display(),
                 origin.data.path().display(),
@@ -157,6 +161,20 @@ impl Daemon {
     fn kill9_and_restart(mut self) -> Daemon {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        let dir = self.dir.take().unwrap();
+        Daemon::spawn(dir, self.state.clone(), self.config.clone())
+    }
+
+    /// Stops the daemon with SIGTERM (it must exit 0, quickly) and starts
+    /// it again on the same state.
+    fn terminate_and_restart(mut self) -> Daemon {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        let start = std::time::Instant::now();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status:?}\n{}", self.log());
+        assert!(start.elapsed() < Duration::from_secs(10), "slow shutdown");
+        assert!(self.log().contains("queued again"), "{}", self.log());
         let dir = self.dir.take().unwrap();
         Daemon::spawn(dir, self.state.clone(), self.config.clone())
     }
@@ -267,13 +285,18 @@ fn pr_payload(file: &str, number: u64, head: &str, branch: &str, head_repo: &str
     v
 }
 
-fn statuses_for<'a>(reqs: &'a [Recorded], sha: &str) -> Vec<(String, String, String)> {
+fn statuses_for(reqs: &[Recorded], sha: &str) -> Vec<(String, String, String)> {
     reqs.iter()
         .filter(|r| r.method == "POST" && r.route().ends_with(&format!("/statuses/{sha}")))
         .map(|r| {
             let j = r.json();
             (
-                j["context"].as_str().unwrap_or("").to_string(),
+                // GitLab calls the context `name`.
+                j["context"]
+                    .as_str()
+                    .or(j["name"].as_str())
+                    .unwrap_or("")
+                    .to_string(),
                 j["state"].as_str().unwrap_or("").to_string(),
                 j["description"].as_str().unwrap_or("").to_string(),
             )
@@ -519,4 +542,435 @@ fn bad_signatures_forks_and_unknown_repositories_are_refused() {
         "{metrics}"
     );
     assert!(!d.log().contains(SECRET) && !d.log().contains(TOKEN));
+}
+
+/// Consecutive duplicates removed: a retried call is one call.
+fn dedup<T: PartialEq>(mut v: Vec<T>) -> Vec<T> {
+    v.dedup();
+    v
+}
+
+fn states_of(reqs: &[Recorded], sha: &str, context: &str) -> Vec<String> {
+    dedup(
+        statuses_for(reqs, sha)
+            .into_iter()
+            .filter(|(c, _, _)| c == context)
+            .map(|(_, s, _)| s)
+            .collect(),
+    )
+}
+
+/// A node that takes a while, so a job can be caught running.
+const SLOW: &str = "# @depend ./Patients\n# @timeout 60s\nsleep 4\ncp \"$SLUICE_INPUT_Patients\" \"$SLUICE_OUTPUT\"\n";
+
+#[test]
+fn a_newer_push_supersedes_the_running_job() {
+    let origin = Origin::new();
+    let forge = FakeForgeServer::start();
+    let d = Daemon::start(&origin, &forge, "");
+    origin.work.git(&["checkout", "-q", "-b", "feat"]);
+    origin.work.file("clinics/a/Slow.sh", SLOW);
+    let first = origin.push("feat", "slow");
+    assert_eq!(
+        d.github("push", &push_payload("feat", &first), "s-1").0,
+        202
+    );
+    // Running: its pending statuses are out.
+    assert!(
+        forge.wait_for(
+            |r| statuses_for(r, &first)
+                .iter()
+                .any(|(_, s, _)| s == "pending"),
+            WAIT
+        ),
+        "{}",
+        d.log()
+    );
+    origin.work.file(
+        "clinics/a/Slow.sh",
+        "# @depend ./Patients\ncp \"$SLUICE_INPUT_Patients\" \"$SLUICE_OUTPUT\"\n",
+    );
+    let second = origin.push("feat", "fast");
+    let started = std::time::Instant::now();
+    assert_eq!(
+        d.github("push", &push_payload("feat", &second), "s-2").0,
+        202
+    );
+    assert!(
+        forge.wait_for(|r| finals(r, &second, &CONTEXTS), WAIT),
+        "{}",
+        d.log()
+    );
+    let reqs = forge.requests();
+    let old = statuses_for(&reqs, &first);
+    assert!(
+        old.iter().any(|(c, s, desc)| c == "sluice/clinics/a"
+            && s == "error"
+            && desc.contains("superseded")),
+        "{old:?}"
+    );
+    assert_eq!(
+        states_of(&reqs, &second, "sluice/clinics/a"),
+        ["pending", "success"]
+    );
+    // The sleeping node was stopped, not waited for.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_job_killed_with_sigkill_finishes_after_restart() {
+    let origin = Origin::new();
+    let forge = FakeForgeServer::start();
+    let d = Daemon::start(&origin, &forge, "");
+    origin.work.file("clinics/a/Slow.sh", SLOW);
+    let sha = origin.push("main", "slow node");
+    assert_eq!(d.github("push", &push_payload("main", &sha), "k-1").0, 202);
+    assert!(
+        forge.wait_for(
+            |r| statuses_for(r, &sha).iter().any(|(_, s, _)| s == "pending"),
+            WAIT
+        ),
+        "{}",
+        d.log()
+    );
+    assert!(!finals(&forge.requests(), &sha, &CONTEXTS));
+    let d = d.kill9_and_restart();
+    assert!(
+        forge.wait_for(|r| finals(r, &sha, &CONTEXTS), WAIT),
+        "{}",
+        d.log()
+    );
+    let reqs = forge.requests();
+    for c in CONTEXTS {
+        assert_eq!(
+            states_of(&reqs, &sha, c).last().map(String::as_str),
+            Some("success"),
+            "{c}"
+        );
+    }
+    assert!(d.log().contains("resuming jobs"), "{}", d.log());
+}
+
+#[test]
+fn sigterm_stops_the_running_job_and_the_next_start_finishes_it() {
+    let origin = Origin::new();
+    let forge = FakeForgeServer::start();
+    let d = Daemon::start(&origin, &forge, "");
+    origin.work.file("clinics/a/Slow.sh", SLOW);
+    let sha = origin.push("main", "slow node");
+    assert_eq!(d.github("push", &push_payload("main", &sha), "t-1").0, 202);
+    assert!(
+        forge.wait_for(
+            |r| statuses_for(r, &sha).iter().any(|(_, s, _)| s == "pending"),
+            WAIT
+        ),
+        "{}",
+        d.log()
+    );
+    let d = d.terminate_and_restart();
+    assert!(
+        forge.wait_for(|r| finals(r, &sha, &CONTEXTS), WAIT),
+        "{}",
+        d.log()
+    );
+    let reqs = forge.requests();
+    for c in CONTEXTS {
+        assert_eq!(
+            states_of(&reqs, &sha, c).last().map(String::as_str),
+            Some("success"),
+            "{c}"
+        );
+    }
+}
+
+#[test]
+fn statuses_survive_a_forge_outage_in_order() {
+    let origin = Origin::new();
+    let forge = FakeForgeServer::start();
+    // Two 500s, then two 429s asking for a second's patience.
+    forge.fail_next(2, 500, &[]);
+    forge.fail_next(2, 429, &[("Retry-After", "1")]);
+    let d = Daemon::start(&origin, &forge, "");
+    let sha = origin.work.git(&["rev-parse", "HEAD"]);
+    assert_eq!(d.github("push", &push_payload("main", &sha), "o-1").0, 202);
+    assert!(
+        forge.wait_for(|r| finals(r, &sha, &CONTEXTS), WAIT),
+        "{}",
+        d.log()
+    );
+    let reqs = forge.requests();
+    for c in CONTEXTS {
+        assert_eq!(states_of(&reqs, &sha, c), ["pending", "success"], "{c}");
+    }
+    // Retry-After was honoured: the try after the last 429 came a second
+    // or more after it.
+    let posts: Vec<&Recorded> = reqs.iter().filter(|r| r.method == "POST").collect();
+    assert!(posts.len() >= 4 + 4, "{}", posts.len());
+    let (_, metrics) = d.get("/metrics");
+    assert!(
+        metrics.contains("sluice_forge_calls_total{result=\"retried\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_forge_calls_total{result=\"dropped\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn no_cell_value_reaches_the_forge_the_metrics_or_the_log() {
+    const PHI: &str = "ZZPHI4711Q";
+    let origin = Origin::new();
+    std::fs::write(
+        origin.data.path().join("patients.csv"),
+        format!("id,name,clinic\n1,{PHI},a\n2,Bob,a\n3,Cy,b\n"),
+    )
+    .unwrap();
+    origin
+        .work
+        .file(
+            "clinics/a/BadSql.sql",
+            "-- @depend ./Patients\n-- @key name\nSELECT name, CAST(name AS INTEGER) + zz_no_such_column FROM Patients;\n",
+        )
+        .file(
+            "clinics/a/Leak.py",
+            "# @depend ./Patients\nimport os, sys\nprint(open(os.environ['SLUICE_INPUT_Patients']).read())\nsys.stderr.write('bad row: ' + open(os.environ['SLUICE_INPUT_Patients']).read())\nsys.exit(3)\n",
+        )
+        .file(
+            "clinics/b/Dup.sql",
+            "-- @source data://patients.csv\n-- @key clinic\n-- @assert sql: SELECT name FROM patients WHERE name LIKE 'ZZ%'\nSELECT * FROM patients;\n",
+        );
+    let sha = origin.push("main", "failing nodes");
+    let forge = FakeForgeServer::start();
+    let d = Daemon::start(&origin, &forge, "");
+    forge.set_pr_head(5, &sha);
+    assert_eq!(
+        d.github("push", &push_payload("main", &sha), "phi-1").0,
+        202
+    );
+    let pr = pr_payload("github/pull_request.opened.1.json", 5, &sha, "main", REPO);
+    assert_eq!(d.github("pull_request", &pr, "phi-2").0, 202);
+    assert!(
+        forge.wait_for(
+            |r| finals(r, &sha, &CONTEXTS)
+                && r.iter()
+                    .any(|q| q.route().ends_with("/issues/5/comments") && q.method == "POST"),
+            WAIT
+        ),
+        "{}",
+        d.log()
+    );
+    let reqs = forge.requests();
+    let a = states_of(&reqs, &sha, "sluice/clinics/a");
+    assert_eq!(a.last().map(String::as_str), Some("failure"), "{a:?}");
+    let comment = &forge.comments()[0].1;
+    assert!(
+        comment.contains("Leak") && comment.contains("BadSql"),
+        "{comment}"
+    );
+    for r in &reqs {
+        assert!(
+            !r.body.contains(PHI) && !r.path.contains(PHI),
+            "PHI sent to the forge: {r:?}"
+        );
+    }
+    let (_, metrics) = d.get("/metrics");
+    assert!(!metrics.contains(PHI), "{metrics}");
+    let target = reqs
+        .iter()
+        .filter_map(|r| r.json()["target_url"].as_str().map(str::to_string))
+        .last()
+        .unwrap();
+    let page = target.strip_prefix("http://sluice.test").unwrap();
+    let (code, html) = d.get(page);
+    assert_eq!(code, 200);
+    assert!(html.contains("Leak"), "{html}");
+    assert!(
+        !html.contains(PHI),
+        "run page shows PHI without run_page_logs"
+    );
+    let (_, json) = d.get(&format!("{page}.json"));
+    assert!(!json.contains(PHI), "{json}");
+    assert!(!d.log().contains(PHI), "{}", d.log());
+}
+
+#[test]
+fn gitlab_merge_request_gets_statuses_and_one_note() {
+    let origin = Origin::new();
+    let forge = FakeForgeServer::start();
+    let d = Daemon::start_as(&origin, &forge, "", "gitlab");
+    // A push to main through GitLab's push hook promotes production.
+    let main_sha = origin.work.git(&["rev-parse", "HEAD"]);
+    let mut push = fixture("gitlab/push.1.json");
+    push["project"]["path_with_namespace"] = REPO.into();
+    push["ref"] = "refs/heads/main".into();
+    push["before"] = "0".repeat(40).into();
+    push["after"] = main_sha.clone().into();
+    push["checkout_sha"] = main_sha.clone().into();
+    let (code, text) = d.post(
+        "/hooks/gitlab",
+        &[
+            ("X-Gitlab-Event", "Push Hook"),
+            ("X-Gitlab-Token", SECRET),
+            ("Idempotency-Key", "push-1"),
+        ],
+        &serde_json::to_vec(&push).unwrap(),
+    );
+    assert_eq!(code, 202, "{text}");
+    assert!(
+        forge.wait_for(|r| finals(r, &main_sha, &CONTEXTS), WAIT),
+        "{}",
+        d.log()
+    );
+    origin.work.git(&["checkout", "-q", "-b", "mr"]);
+    origin.work.file(
+        "clinics/b/Patients.sql",
+        "-- @source data://patients.csv\n-- @key id\nSELECT id, name FROM patients;\n",
+    );
+    let head = origin.push("mr", "all patients in b");
+    forge.set_pr_head(3, &head);
+    let mut v = fixture("gitlab/merge_request.1.json");
+    v["project"]["path_with_namespace"] = REPO.into();
+    v["object_attributes"]["iid"] = 3.into();
+    v["object_attributes"]["last_commit"]["id"] = head.clone().into();
+    v["object_attributes"]["source_branch"] = "mr".into();
+    v["object_attributes"]["target_branch"] = "main".into();
+    let body = serde_json::to_vec(&v).unwrap();
+    let (code, _) = d.post(
+        "/hooks/gitlab",
+        &[
+            ("X-Gitlab-Event", "Merge Request Hook"),
+            ("X-Gitlab-Token", "wrong"),
+        ],
+        &body,
+    );
+    assert_eq!(code, 401);
+    let (code, text) = d.post(
+        "/hooks/gitlab",
+        &[
+            ("X-Gitlab-Event", "Merge Request Hook"),
+            ("X-Gitlab-Token", SECRET),
+            ("Idempotency-Key", "mr-1"),
+        ],
+        &body,
+    );
+    assert_eq!(code, 202, "{text}");
+    let encoded = "acme%2Fpipelines";
+    assert!(
+        forge.wait_for(
+            |r| r.iter().any(|q| q.method == "POST"
+                && q.route() == format!("/projects/{encoded}/merge_requests/3/notes")),
+            WAIT
+        ),
+        "{}",
+        d.log()
+    );
+    let reqs = forge.requests();
+    assert!(finals(&reqs, &head, &CONTEXTS));
+    let st: Vec<Value> = reqs
+        .iter()
+        .filter(|r| r.route() == format!("/projects/{encoded}/statuses/{head}"))
+        .map(|r| r.json())
+        .collect();
+    assert!(
+        st.iter()
+            .any(|j| j["name"] == "sluice/clinics/b" && j["state"] == "success"),
+        "{st:?}"
+    );
+    assert_eq!(reqs[0].header("private-token"), Some(TOKEN));
+    let note = &forge.comments()[0].1;
+    assert!(note.contains("1 → 4"), "{note}");
+}
+
+/// The run page in a real browser (Debian's `chromium`, headless): every
+/// pipeline and the failed node's error are on it. The screenshot is kept
+/// in the target directory for a person to look at.
+#[test]
+fn run_page_in_headless_chromium() {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have chromium (.ci/run installs it)"
+        );
+        eprintln!("skipped: no chromium on this machine");
+        return;
+    };
+    let origin = Origin::new();
+    origin.work.file(
+        "clinics/b/Broken.sql",
+        "-- @depend ./Patients\nSELECT id FROM Patients WHERE;\n",
+    );
+    let sha = origin.push("main", "a broken node");
+    let forge = FakeForgeServer::start();
+    let d = Daemon::start(&origin, &forge, "");
+    assert_eq!(d.github("push", &push_payload("main", &sha), "c-1").0, 202);
+    assert!(
+        forge.wait_for(|r| finals(r, &sha, &CONTEXTS), WAIT),
+        "{}",
+        d.log()
+    );
+    let target = forge
+        .requests()
+        .iter()
+        .filter_map(|r| r.json()["target_url"].as_str().map(str::to_string))
+        .last()
+        .unwrap();
+    let url = format!(
+        "{}{}",
+        d.url,
+        target.strip_prefix("http://sluice.test").unwrap()
+    );
+    let profile = tempfile::tempdir().unwrap();
+    let browser = |extra: &[&str]| {
+        let out = Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--window-size=1280,1600",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = browser(&["--dump-dom"]);
+    assert!(
+        dom.contains("clinics/a") && dom.contains("clinics/b"),
+        "{dom}"
+    );
+    assert!(dom.contains("Broken"), "{dom}");
+    assert!(
+        dom.contains("syntax error"),
+        "the failed node's error:\n{dom}"
+    );
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("run-page.png");
+    let _ = std::fs::remove_file(&shot);
+    browser(&[&format!("--screenshot={}", shot.display())]);
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
 }

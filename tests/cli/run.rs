@@ -309,6 +309,57 @@ fn a_run_killed_mid_write_leaves_no_blob_and_no_cache_entry() {
 }
 
 #[test]
+fn ctrl_c_and_sigterm_leave_no_node_process_and_no_temp_dir() {
+    for signal in [rustix::process::Signal::INT, rustix::process::Signal::TERM] {
+        let r = Repo::new();
+        let info = r.path().join("node-info");
+        r.file("clinics/a/T.csv", "id\n1\n").file(
+            "clinics/a/Slow.sh",
+            &format!(
+                "# @depend ./T\nsleep 30 &\necho \"$! $PWD\" > {}.tmp && mv {0}.tmp {0}\nwait\n",
+                info.display()
+            ),
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["--repo", r.path().to_str().unwrap(), "run", "-j", "1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while !info.exists() {
+            assert!(start.elapsed().as_secs() < 20, "the node never started");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let text = std::fs::read_to_string(&info).unwrap();
+        let (pid, dir) = text.trim().split_once(' ').unwrap();
+        let pid: i32 = pid.parse().unwrap();
+        let sluice_pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(sluice_pid, signal).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(130), "{signal:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("interrupted"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(start.elapsed().as_secs() < 10, "sluice waited for the node");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z"),
+            "{signal:?}: the node's process survived: {stat}"
+        );
+        assert!(
+            !Path::new(dir).exists(),
+            "{signal:?}: temp dir {dir} left behind"
+        );
+        // Nothing was promoted or recorded as a run.
+        r.sluice(&["diff"]).stderr_has("has not run yet");
+    }
+}
+
+#[test]
 fn a_corrupt_blob_is_detected_not_served() {
     let r = Repo::new();
     r.file("clinics/a/T.csv", "id\n1\n2\n")
