@@ -323,3 +323,152 @@ fn build_manifest(
         nodes,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::engine::{Settings, Workspace};
+    use crate::pipeline::vfs::MemVfs;
+
+    const CONFIG: &str = "[project]\nproduction_branch = \"main\"\npipelines = [\"clinics/*\"]\n";
+
+    fn workspace(files: &[(&str, &str)]) -> Workspace {
+        let mut vfs = MemVfs::new();
+        vfs.insert("sluice.toml", CONFIG);
+        for (p, t) in files {
+            vfs.insert(p, *t);
+        }
+        Workspace::from_vfs(
+            std::path::Path::new("/nonexistent"),
+            Box::new(vfs),
+            Some("c0ffee".into()),
+            Settings::default(),
+        )
+        .unwrap()
+    }
+
+    fn request(promote: bool, git_ref: &str) -> RunRequest<'static> {
+        RunRequest {
+            pipelines: Vec::new(),
+            jobs: 2,
+            promote,
+            git_ref: Some(git_ref.into()),
+            cancel: CancelToken::new(),
+            observer: &Quiet,
+        }
+    }
+
+    /// The use-case the daemon and CI call, from a VFS and in-memory stores
+    /// with no CLI around it: typed outcomes, promotion, diffs and reasons.
+    #[test]
+    fn runs_report_promote_and_diff_without_the_cli() {
+        let stores = Stores::in_memory().unwrap();
+        let mut ws = workspace(&[
+            ("clinics/a/T.csv", "id,v\n1,a\n2,b\n3,c\n"),
+            (
+                "clinics/a/U.sql",
+                "-- @depend ./T\n-- @key id\nSELECT id, v FROM T;\n",
+            ),
+            ("clinics/b/Bad.sql", "SELECT nope FROM nowhere;\n"),
+        ]);
+        let report = run(&mut ws, &stores, &request(true, "main")).unwrap();
+        assert_eq!(report.outcome, Outcome::Failure);
+        let a = &report.pipelines[0];
+        assert_eq!(
+            (a.pipeline.as_str(), a.outcome, a.promoted),
+            ("clinics/a", Outcome::Success, true)
+        );
+        let b = &report.pipelines[1];
+        assert_eq!((b.outcome, b.promoted), (Outcome::Failure, false));
+        let bad = &b.nodes[0];
+        assert_eq!(bad.status, Some(Status::Failed));
+        assert_eq!(bad.failure, Some(FailureKind::User));
+        assert!(
+            bad.error.as_deref().unwrap().contains("no such table"),
+            "{bad:?}"
+        );
+
+        // A branch that drops a row: U is affected, with a keyed diff.
+        let mut ws = workspace(&[
+            ("clinics/a/T.csv", "id,v\n1,a\n2,B\n"),
+            (
+                "clinics/a/U.sql",
+                "-- @depend ./T\n-- @key id\nSELECT id, v FROM T;\n",
+            ),
+        ]);
+        let report = run(&mut ws, &stores, &request(false, "feature")).unwrap();
+        let a = &report.pipelines[0];
+        let u = a.nodes.iter().find(|n| n.name == "U").unwrap();
+        assert_eq!(u.change, Change::Affected);
+        assert_eq!(u.status, Some(Status::Computed));
+        assert_eq!(u.inputs, ["T"]);
+        assert!(
+            u.why.iter().any(|w| w.starts_with("input T changed")),
+            "{:?}",
+            u.why
+        );
+        let d = u.diff.as_ref().unwrap();
+        assert_eq!((d.rows_before, d.rows_after), (Some(3), Some(2)));
+        let k = d.keyed.unwrap();
+        assert_eq!((k.added, k.removed, k.changed), (0, 1, 1));
+        assert!(!a.promoted);
+        // The removed pipeline's node is not reported as run.
+        assert_eq!(report.pipelines.len(), 1);
+    }
+
+    #[test]
+    fn promotion_only_from_the_production_branch() {
+        let stores = Stores::in_memory().unwrap();
+        let mut ws = workspace(&[("clinics/a/T.csv", "id\n1\n")]);
+        let err = run(&mut ws, &stores, &request(true, "feature")).unwrap_err();
+        assert!(matches!(err, RunError::NotProductionBranch { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_invalid_repository_runs_nothing() {
+        let stores = Stores::in_memory().unwrap();
+        let mut ws = workspace(&[("clinics/a/U.sql", "-- @depend ./Missing\nSELECT 1;\n")]);
+        let err = run(&mut ws, &stores, &request(false, "main")).unwrap_err();
+        let RunError::Invalid(d) = err else {
+            panic!("{err}")
+        };
+        assert!(d[0].to_string().contains("Missing"), "{}", d[0]);
+    }
+
+    #[test]
+    fn a_cancelled_run_records_and_promotes_nothing() {
+        let stores = Stores::in_memory().unwrap();
+        let mut ws = workspace(&[("clinics/a/T.csv", "id\n1\n")]);
+        let req = request(true, "main");
+        req.cancel.cancel();
+        let report = run(&mut ws, &stores, &req).unwrap();
+        assert_eq!(report.outcome, Outcome::Cancelled);
+        assert!(!report.pipelines[0].promoted);
+        assert_eq!(report.pipelines[0].manifest, None);
+        assert_eq!(stores.state.last_run("clinics/a").unwrap(), None);
+    }
+
+    #[test]
+    fn execute_adds_missing_dependencies() {
+        let stores = Stores::in_memory().unwrap();
+        let mut ws = workspace(&[
+            ("clinics/a/T.csv", "id\n1\n"),
+            ("clinics/a/U.sql", "-- @depend ./T\nSELECT id FROM T;\n"),
+        ]);
+        let (hashes, _) = ws.hashes(None);
+        let u = ws.graph.nodes.iter().position(|n| n.name == "U").unwrap();
+        let opts = RunOptions {
+            jobs: 1,
+            data_root: None,
+            path_env: "/usr/bin:/bin".into(),
+            source_digests: HashMap::new(),
+            cancel: CancelToken::new(),
+        };
+        // Only U is asked for; T is added rather than U silently not running.
+        let results = exec::execute(&ws.graph, &[u], &hashes, &stores, &opts, &Quiet);
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[&u].status, Status::Computed);
+        assert_eq!(results[&u].rows, Some(1));
+    }
+}

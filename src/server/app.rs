@@ -13,6 +13,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::config::{ForgeKind, RepoConfig, Secrets, ServerConfig};
+use super::cron::{Cron, Minute};
 use super::metrics::{ForgeCall, Metrics};
 use super::mirror::Mirrors;
 use crate::engine::run::{RunError, RunRequest};
@@ -22,7 +23,7 @@ use crate::forge::{CommitStatus, Forge, StatusState};
 use crate::plan::digest::Digest;
 use crate::store::Stores;
 use crate::store::blob::{BlobStore, LocalBlobStore};
-use crate::store::queue::{Job, JobKind, JobState, OutboxItem, now_ms};
+use crate::store::queue::{Enqueued, Job, JobKind, JobState, NewJob, OutboxItem, now_ms};
 use crate::store::state::StateDb;
 
 /// How often the outbox tries a failing call before giving up: with the
@@ -496,6 +497,89 @@ impl App {
         Some(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    // -- schedules ------------------------------------------------------------
+
+    /// The scheduler thread: at each minute a repository's `schedule`
+    /// matches, production is run again at the production branch's head
+    /// (new source data is picked up). Returns at once when no repository
+    /// has a schedule.
+    pub fn schedule_loop(self: &Arc<Self>) {
+        let crons: Vec<(usize, Cron)> = self
+            .repos
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let expr = r.config.schedule.as_deref()?;
+                match Cron::parse(expr) {
+                    Ok(c) => Some((i, c)),
+                    Err(e) => {
+                        tracing::error!(repo = %r.key(), "schedule ignored: {e}");
+                        None
+                    }
+                }
+            })
+            .collect();
+        if crons.is_empty() {
+            return;
+        }
+        let mut last_minute = None;
+        while !self.shutdown.is_cancelled() {
+            let now = now_ms() / 1000;
+            let minute = now / 60;
+            if last_minute != Some(minute) {
+                last_minute = Some(minute);
+                let t = Minute::of_unix(now);
+                for (i, cron) in &crons {
+                    if cron.matches(t)
+                        && let Err(e) = self.fire_schedule(*i, minute)
+                    {
+                        tracing::error!(repo = %self.repos[*i].key(), "scheduled run not queued: {e:#}");
+                    }
+                }
+            }
+            // Wake a little after the next minute begins (or at shutdown).
+            let to_next = 60 - now % 60;
+            self.jobs_bell
+                .wait(Duration::from_secs(to_next as u64 + 1).min(Duration::from_secs(30)));
+        }
+    }
+
+    /// Queues a production run of repository `idx` at its production
+    /// branch's head, once per `minute` (also across restarts).
+    pub fn fire_schedule(&self, idx: usize, minute: i64) -> anyhow::Result<Option<i64>> {
+        let repo = &self.repos[idx];
+        let c = &repo.config;
+        let mirror = self
+            .mirrors
+            .fetch(c.forge.as_str(), &c.name, &c.clone_url)?;
+        let git_ref = format!("refs/heads/{}", c.production_branch);
+        let sha =
+            crate::git::GitVfs::open_bare(&mirror, &git_ref, &crate::pipeline::RepoPath::root())?
+                .commit_id();
+        let job = NewJob {
+            repo: repo.key(),
+            kind: JobKind::Schedule,
+            lane: git_ref.clone(),
+            git_ref,
+            branch: Some(c.production_branch.clone()),
+            sha,
+            pr_number: None,
+            run_id: new_run_id()?,
+        };
+        let id = match self
+            .db
+            .enqueue(&job, Some((&format!("schedule:{minute}"), "schedule")))?
+        {
+            Enqueued::Duplicate => None,
+            Enqueued::Queued { job: id, .. } => {
+                tracing::info!(job = id, repo = %job.repo, sha = %job.sha, "scheduled run queued");
+                Some(id)
+            }
+        };
+        self.wake_workers();
+        Ok(id)
+    }
+
     // -- outbox ---------------------------------------------------------------
 
     /// The outbox thread: delivers due calls until shutdown.
@@ -567,10 +651,7 @@ impl App {
                 let _ = self.db.outbox_done(item.id);
             }
             Err(e) if e.is_retryable() && item.attempts + 1 < MAX_ATTEMPTS => {
-                let wait = e
-                    .retry_after()
-                    .unwrap_or_else(|| backoff(item.attempts))
-                    .min(MAX_BACKOFF);
+                let wait = wait_before_retry(&e, item.attempts);
                 tracing::warn!(
                     job = item.job_id,
                     attempt = item.attempts + 1,
@@ -608,6 +689,25 @@ pub fn status(
     }
 }
 
+/// How long to wait before trying a failed call again: what the forge
+/// asked for (`Retry-After`, or the reset of an exhausted rate limit),
+/// else exponential backoff; never longer than [`MAX_BACKOFF`].
+fn wait_before_retry(e: &crate::forge::ForgeError, attempts: u32) -> Duration {
+    if let Some(d) = e.retry_after() {
+        return d.min(MAX_BACKOFF);
+    }
+    if let crate::forge::ForgeError::Http {
+        rate_limit_remaining: Some(0),
+        rate_limit_reset: Some(reset),
+        ..
+    } = e
+    {
+        let now = (now_ms() / 1000).max(0) as u64;
+        return Duration::from_secs(reset.saturating_sub(now) + 1).min(MAX_BACKOFF);
+    }
+    backoff(attempts)
+}
+
 /// 1 s, 2 s, 4 s… up to [`MAX_BACKOFF`].
 fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.min(12)).min(MAX_BACKOFF)
@@ -632,4 +732,233 @@ pub fn new_run_id() -> anyhow::Result<String> {
 pub fn is_run_id(s: &str) -> bool {
     s.strip_prefix("r_")
         .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::forge::{FakeCall, FakeForge, ForgeError};
+    use std::process::Command;
+
+    fn git(dir: &std::path::Path, args: &[&str]) {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=T",
+                "-c",
+                "user.email=t@example.com",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .env_remove("GIT_DIR")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// An app serving one repository (pushed to a bare origin) with a fake
+    /// forge.
+    fn app(tmp: &std::path::Path, schedule: &str) -> (Arc<App>, Arc<FakeForge>) {
+        let work = tmp.join("work");
+        std::fs::create_dir_all(work.join("clinics/a")).unwrap();
+        std::fs::write(
+            work.join("sluice.toml"),
+            "[project]\nproduction_branch = \"main\"\npipelines = [\"clinics/*\"]\n",
+        )
+        .unwrap();
+        std::fs::write(work.join("clinics/a/T.csv"), "id\n1\n2\n").unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "one"]);
+        let bare = tmp.join("origin.git");
+        git(tmp, &["clone", "-q", "--bare", "work", "origin.git"]);
+        std::fs::create_dir_all(tmp.join("data")).unwrap();
+        let cfg = crate::server::config::parse(&format!(
+            "listen = \"127.0.0.1:0\"\npublic_url = \"http://s.test\"\nstate_dir = \"{}\"\ndata_root = \"{}\"\nworkers = 1\n\
+             [[repos]]\nforge = \"github\"\nname = \"acme/p\"\nclone_url = \"{}\"\napi_url = \"http://forge.test\"\n\
+             production_branch = \"main\"\nsecret_env = \"S\"\ntoken_env = \"T\"\n{schedule}",
+            tmp.join("state").display(),
+            tmp.join("data").display(),
+            bare.display()
+        ))
+        .unwrap();
+        let secrets = crate::server::config::resolve_secrets(&cfg, &|_| Some("x".into())).unwrap();
+        let fake = Arc::new(FakeForge::new());
+        let f2 = Arc::clone(&fake);
+        let factory =
+            move |_: &RepoConfig, _: &Secrets| -> Option<Arc<dyn Forge>> { Some(f2.clone()) };
+        let app = App::open(cfg, secrets, "/usr/bin:/bin".into(), &factory).unwrap();
+        (Arc::new(app), fake)
+    }
+
+    /// Delivers every queued call, as if time had passed.
+    fn drain(app: &App) {
+        while let Some(item) = app.db.outbox_next(i64::MAX).unwrap() {
+            app.deliver(&item);
+        }
+    }
+
+    #[test]
+    fn a_scheduled_run_fires_once_per_minute_and_promotes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (app, fake) = app(tmp.path(), "schedule = \"0 2 * * *\"\n");
+        let id = app.fire_schedule(0, 29_000_000).unwrap();
+        assert!(id.is_some());
+        assert_eq!(
+            app.fire_schedule(0, 29_000_000).unwrap(),
+            None,
+            "same minute: once"
+        );
+        let job = app.db.claim_job().unwrap().unwrap();
+        assert_eq!(job.kind, JobKind::Schedule);
+        app.run_job(job.clone());
+        let job = app.db.job(job.id).unwrap().unwrap();
+        assert_eq!(
+            (job.state, job.outcome.as_deref()),
+            (JobState::Done, Some("success"))
+        );
+        let report = app.report(&job).unwrap().unwrap();
+        assert!(report.pipelines[0].promoted);
+        drain(&app);
+        let last = fake
+            .last_status("acme/p", &job.sha, "sluice/clinics/a")
+            .unwrap();
+        assert_eq!(last.state, StatusState::Success);
+    }
+
+    #[test]
+    fn the_outbox_retries_then_gives_up_on_a_lasting_refusal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (app, fake) = app(tmp.path(), "");
+        let key = app.repos[0].key();
+        fake.fail_next(1, ForgeError::http(502, "bad gateway"));
+        app.queue_status(
+            &key,
+            1,
+            "abc",
+            status(StatusState::Pending, "sluice/x".into(), "d".into(), None),
+        );
+        let item = app.db.outbox_next(i64::MAX).unwrap().unwrap();
+        app.deliver(&item);
+        // Retried later, not dropped; delivered on the next try.
+        assert_eq!(app.db.outbox_pending().unwrap(), 1);
+        assert!(
+            app.db.outbox_next(now_ms()).unwrap().is_none(),
+            "waits its backoff"
+        );
+        drain(&app);
+        assert_eq!(fake.calls().len(), 1);
+        // A 422 (say, a description too long) is not retried.
+        fake.fail_next(1, ForgeError::http(422, "validation failed"));
+        app.queue_status(
+            &key,
+            1,
+            "abc",
+            status(StatusState::Success, "sluice/x".into(), "d".into(), None),
+        );
+        drain(&app);
+        assert_eq!(app.db.outbox_pending().unwrap(), 0);
+        assert_eq!(fake.calls().len(), 1);
+    }
+
+    #[test]
+    fn a_comment_is_not_posted_when_the_head_moved_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (app, fake) = app(tmp.path(), "");
+        let key = app.repos[0].key();
+        fake.set_pr_head("acme/p", 4, "newer");
+        app.queue(
+            &key,
+            1,
+            "comment",
+            &Call::Comment {
+                pr: 4,
+                sha: "older".into(),
+                body: "x".into(),
+            },
+        );
+        drain(&app);
+        assert!(fake.comments("acme/p", 4).is_empty());
+        app.queue(
+            &key,
+            1,
+            "comment",
+            &Call::Comment {
+                pr: 4,
+                sha: "newer".into(),
+                body: "one".into(),
+            },
+        );
+        app.queue(
+            &key,
+            1,
+            "comment",
+            &Call::Comment {
+                pr: 4,
+                sha: "newer".into(),
+                body: "two".into(),
+            },
+        );
+        drain(&app);
+        let comments = fake.comments("acme/p", 4);
+        assert_eq!(comments.len(), 1);
+        assert_eq!(comments[0].1, "two");
+        assert!(
+            fake.calls()
+                .iter()
+                .any(|c| matches!(c, FakeCall::Comment { .. }))
+        );
+    }
+
+    #[test]
+    fn rate_limits_and_retry_after_set_the_wait() {
+        let e = ForgeError::Http {
+            status: 403,
+            retry_after: None,
+            rate_limit_reset: Some((now_ms() / 1000) as u64 + 30),
+            rate_limit_remaining: Some(0),
+            message: String::new(),
+        };
+        let w = wait_before_retry(&e, 0);
+        assert!((29..=32).contains(&w.as_secs()), "{w:?}");
+        let e = ForgeError::Http {
+            status: 429,
+            retry_after: Some(Duration::from_secs(7)),
+            rate_limit_reset: None,
+            rate_limit_remaining: None,
+            message: String::new(),
+        };
+        assert_eq!(wait_before_retry(&e, 5), Duration::from_secs(7));
+        assert_eq!(
+            wait_before_retry(&ForgeError::Transport("x".into()), 3),
+            Duration::from_secs(8)
+        );
+        assert_eq!(
+            wait_before_retry(&ForgeError::Transport("x".into()), 30),
+            MAX_BACKOFF
+        );
+    }
+
+    #[test]
+    fn run_ids_are_random_and_checked() {
+        let a = new_run_id().unwrap();
+        assert!(is_run_id(&a));
+        assert_ne!(a, new_run_id().unwrap());
+        for bad in [
+            "",
+            "r_",
+            "r_../../x",
+            "r_0123456789abcdef0123456789abcdeg",
+            "x_0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(!is_run_id(bad), "{bad}");
+        }
+    }
 }

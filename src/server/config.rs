@@ -425,16 +425,19 @@ fn repo(text: &str, i: usize, table_line: u32, raw: RawRepo) -> Result<RepoConfi
     };
 
     let schedule = match raw.schedule {
-        Some(s) if !is_cron(s.get_ref()) => {
-            return Err(err(
-                s.span(),
-                "schedule",
-                "not a cron expression of five fields (minute hour day month weekday), \
-                 e.g. \"0 2 * * *\""
-                    .into(),
-            ));
-        }
-        Some(s) => Some(s.into_inner()),
+        Some(s) => match super::cron::Cron::parse(s.get_ref()) {
+            Ok(_) => Some(s.into_inner()),
+            Err(why) => {
+                return Err(err(
+                    s.span(),
+                    "schedule",
+                    format!(
+                        "{why}; a cron expression is five fields in UTC (minute hour day month weekday), \
+                         e.g. \"0 2 * * *\""
+                    ),
+                ));
+            }
+        },
         None => None,
     };
 
@@ -639,16 +642,6 @@ pub(crate) fn is_branch_name(name: &str) -> bool {
             .all(|seg| !seg.is_empty() && !seg.starts_with('.') && !seg.ends_with('.'))
         && !name.chars().any(|c| {
             c.is_ascii_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')
-        })
-}
-
-/// Five whitespace-separated fields of digits, names and `* , - / ?`.
-fn is_cron(expr: &str) -> bool {
-    let fields: Vec<&str> = expr.split_whitespace().collect();
-    fields.len() == 5
-        && fields.iter().all(|f| {
-            f.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | ',' | '-' | '/' | '?'))
         })
 }
 
@@ -938,7 +931,7 @@ mod tests {
             assert_eq!(e.key, "repos[0].schedule", "{bad}");
             assert_eq!(e.line, line_containing(EXAMPLE, "schedule"));
         }
-        for good in ["*/15 * * * *", "0 2 * * MON-FRI", "0 0 1,15 * ?"] {
+        for good in ["*/15 * * * *", "0 2 * * 1-5", "0 0 1,15 * *"] {
             assert!(parse(&example_with("\"0 2 * * *\"", &format!("\"{good}\""))).is_ok());
         }
     }

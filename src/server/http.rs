@@ -464,6 +464,12 @@ pub fn serve(app: App) -> anyhow::Result<()> {
                 .name("sluice-outbox".into())
                 .spawn(move || a.outbox_loop())?,
         );
+        let a = Arc::clone(&app);
+        threads.push(
+            std::thread::Builder::new()
+                .name("sluice-schedule".into())
+                .spawn(move || a.schedule_loop())?,
+        );
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

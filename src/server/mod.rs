@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod config;
+pub mod cron;
 pub mod http;
 pub mod metrics;
 pub mod mirror;

@@ -469,7 +469,7 @@ fn format_unix_seconds(secs: i64) -> String {
 /// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to the
 /// proleptic Gregorian (year, month, day). Eras are 400-year cycles, which
 /// makes the leap-year rules fall out of plain integer arithmetic.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468; // shift the epoch to 0000-03-01
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097); // day of era, [0, 146096]
