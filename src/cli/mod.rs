@@ -3,8 +3,10 @@
 
 mod cat;
 mod check;
+mod ci;
 mod diff;
 mod graph;
+mod hook;
 mod plan;
 mod progress;
 mod run;
@@ -117,6 +119,14 @@ pub enum Command {
     /// Secrets are read from the environment variables the config names.
     /// Example: SLUICE_WEBHOOK_SECRET=... SLUICE_FORGE_TOKEN=... sluice serve --config sluice-server.toml
     Serve(serve::ServeArgs),
+    /// Run inside a CI job (GitHub Actions, GitLab CI): plan against the
+    /// shared production state, run, and post the same commit statuses and
+    /// pull-request comment as the daemon.
+    Ci(ci::CiArgs),
+    /// Server-side git hooks for a plain git server: install them into a
+    /// bare repository, or run them (pre-receive checks pushed commits,
+    /// post-receive tells the daemon).
+    Hook(hook::HookArgs),
     /// Print the DAG as Graphviz dot or a Mermaid flowchart.
     ///
     /// Example: sluice graph clinics/clinic_a --format mermaid
@@ -136,5 +146,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diff(args) => diff::run(&cli.global, &args),
         Command::Why(args) => why::run(&cli.global, &args),
         Command::Serve(args) => serve::run(&cli.global, &args),
+        Command::Ci(args) => ci::run(&cli.global, &args),
+        Command::Hook(args) => hook::run(&cli.global, &args),
     }
 }

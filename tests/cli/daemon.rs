@@ -974,3 +974,39 @@ fn run_page_in_headless_chromium() {
         png.len()
     );
 }
+
+#[test]
+fn a_bad_config_or_a_missing_secret_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sluice-server.toml");
+    std::fs::write(&cfg, "listen = \"nowhere\"\n").unwrap();
+    let run = |envs: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.args(["serve", "--config", cfg.to_str().unwrap()]);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("listen"), "{err}");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\npublic_url = \"http://s.test\"\nstate_dir = \"{0}/s\"\ndata_root = \"{0}\"\nworkers = 1\n\
+             [[repos]]\nforge = \"github\"\nname = \"a/b\"\nclone_url = \"{0}\"\napi_url = \"http://f.test\"\n\
+             production_branch = \"main\"\nsecret_env = \"SLUICE_TEST_MISSING_SECRET\"\ntoken_env = \"SLUICE_TEST_TOKEN\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let (code, err) = run(&[("SLUICE_TEST_TOKEN", "t0ken-value")]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("SLUICE_TEST_MISSING_SECRET"), "{err}");
+    assert!(!err.contains("t0ken-value"), "{err}");
+}
