@@ -39,7 +39,7 @@ CREATE TABLE outbox (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     repo       TEXT NOT NULL,
     job_id     INTEGER NOT NULL,
-    kind       TEXT NOT NULL CHECK (kind IN ('status', 'comment')),
+    kind       TEXT NOT NULL CHECK (kind IN ('status', 'comment', 'note')),
     payload    TEXT NOT NULL,              -- JSON
     state      TEXT NOT NULL CHECK (state IN ('pending', 'done', 'dropped')),
     attempts   INTEGER NOT NULL DEFAULT 0,

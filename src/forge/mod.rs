@@ -11,7 +11,7 @@ mod fake;
 mod gitea;
 mod github;
 mod gitlab;
-mod http;
+pub(crate) mod http;
 
 use std::fmt;
 use std::str::FromStr;

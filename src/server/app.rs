@@ -110,8 +110,20 @@ impl std::fmt::Debug for App {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 enum Call {
-    Status { sha: String, status: CommitStatus },
-    Comment { pr: u64, sha: String, body: String },
+    Status {
+        sha: String,
+        status: CommitStatus,
+    },
+    Comment {
+        pr: u64,
+        sha: String,
+        body: String,
+    },
+    /// A git note on the commit (repositories with `forge = "git"`).
+    Note {
+        sha: String,
+        text: String,
+    },
 }
 
 impl App {
@@ -217,7 +229,11 @@ impl App {
     }
 
     fn queue(&self, repo: &str, job_id: i64, kind: &str, call: &Call) {
-        if self.repo(repo).is_none_or(|r| r.forge.is_none()) {
+        let reachable = self.repo(repo).is_some_and(|r| match call {
+            Call::Note { .. } => r.config.forge == ForgeKind::Git,
+            _ => r.forge.is_some(),
+        });
+        if !reachable {
             return;
         }
         let payload = match serde_json::to_string(call) {
@@ -453,6 +469,14 @@ impl App {
                 ),
             );
         }
+        if self.repo(&job.repo).map(|r| r.config.forge) == Some(ForgeKind::Git) {
+            let text = crate::report::plain_text(&report, target.as_deref());
+            let call = Call::Note {
+                sha: job.sha.clone(),
+                text,
+            };
+            self.queue(&job.repo, job.id, "note", &call);
+        }
         if let Some(pr) = job.pr_number {
             let max_chars = match self.repo(&job.repo).map(|r| r.config.forge) {
                 Some(ForgeKind::Gitlab) => 1_000_000,
@@ -605,11 +629,6 @@ impl App {
     }
 
     fn deliver(&self, item: &OutboxItem) {
-        let repo = self.repo(&item.repo);
-        let Some((repo, forge)) = repo.and_then(|r| Some((r, r.forge.as_ref()?))) else {
-            let _ = self.db.outbox_drop(item.id, "the repository has no forge");
-            return;
-        };
         let call: Call = match serde_json::from_str(&item.payload) {
             Ok(c) => c,
             Err(_) => {
@@ -617,9 +636,19 @@ impl App {
                 return;
             }
         };
+        if let Call::Note { sha, text } = &call {
+            self.deliver_note(item, sha, text);
+            return;
+        }
+        let repo = self.repo(&item.repo);
+        let Some((repo, forge)) = repo.and_then(|r| Some((r, r.forge.as_ref()?))) else {
+            let _ = self.db.outbox_drop(item.id, "the repository has no forge");
+            return;
+        };
         let name = &repo.config.name;
         let result = match &call {
             Call::Status { sha, status } => forge.set_status(name, sha, status).map(|_| None),
+            Call::Note { .. } => Ok(None),
             Call::Comment { pr, sha, body } => match forge.pr_head(name, *pr) {
                 Ok(head) if !head.eq_ignore_ascii_case(sha) => {
                     tracing::info!(
@@ -686,6 +715,44 @@ pub fn status(
         context,
         description,
         target_url,
+    }
+}
+
+impl App {
+    /// Writes a git note; a failure (the git server unreachable, a race on
+    /// the notes ref) is retried like a forge call.
+    fn deliver_note(&self, item: &OutboxItem, sha: &str, text: &str) {
+        let Some(repo) = self.repo(&item.repo) else {
+            let _ = self
+                .db
+                .outbox_drop(item.id, "the repository is no longer configured");
+            return;
+        };
+        let c = &repo.config;
+        match self
+            .mirrors
+            .write_note(c.forge.as_str(), &c.name, &c.clone_url, sha, text)
+        {
+            Ok(()) => {
+                self.metrics.forge_call(ForgeCall::Ok);
+                let _ = self.db.outbox_done(item.id);
+            }
+            Err(e) if item.attempts + 1 < MAX_ATTEMPTS => {
+                tracing::warn!(job = item.job_id, "git note not written ({e:#}); retrying");
+                self.metrics.forge_call(ForgeCall::Retried);
+                let wait = backoff(item.attempts);
+                let _ = self.db.outbox_retry(
+                    item.id,
+                    now_ms() + wait.as_millis() as i64,
+                    &format!("{e:#}"),
+                );
+            }
+            Err(e) => {
+                tracing::error!(job = item.job_id, "git note dropped: {e:#}");
+                self.metrics.forge_call(ForgeCall::Dropped);
+                let _ = self.db.outbox_drop(item.id, &format!("{e:#}"));
+            }
+        }
     }
 }
 

@@ -77,6 +77,60 @@ impl Mirrors {
     }
 }
 
+impl Mirrors {
+    /// Writes `text` as the `refs/notes/sluice` note of `sha` (replacing an
+    /// older one) and pushes the notes ref back to `clone_url`, where
+    /// analysts fetch it. For `forge = "git"` repositories.
+    pub fn write_note(
+        &self,
+        forge: &str,
+        name: &str,
+        clone_url: &str,
+        sha: &str,
+        text: &str,
+    ) -> anyhow::Result<()> {
+        let path = self.fetch(forge, name, clone_url)?;
+        let lock = {
+            let mut locks = self
+                .locks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(locks.entry(path.clone()).or_default())
+        };
+        let _held = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let file = tempfile::NamedTempFile::new().context("cannot write the note")?;
+        std::fs::write(file.path(), text).context("cannot write the note")?;
+        let note = file
+            .path()
+            .to_str()
+            .context("the temp dir's path is not UTF-8")?;
+        let identity = [
+            "-c",
+            "user.name=sluice",
+            "-c",
+            "user.email=sluice@localhost",
+        ];
+        let mut add: Vec<&str> = identity.to_vec();
+        add.extend(["notes", "--ref=sluice", "add", "-f", "-F", note, sha]);
+        git(&add, Some(&path)).with_context(|| format!("cannot write the note on {sha}"))?;
+        // To the URL, not the mirror's remote: a mirror's remote pushes
+        // every ref.
+        git(
+            &[
+                "push",
+                "--quiet",
+                clone_url,
+                "refs/notes/sluice:refs/notes/sluice",
+            ],
+            Some(&path),
+        )
+        .with_context(|| format!("cannot push the notes to {name}"))?;
+        Ok(())
+    }
+}
+
 /// Runs git with a clean environment: no variable of the daemon's own
 /// (a `GIT_DIR` from a hook, say) can point it elsewhere, and it never
 /// prompts for credentials.

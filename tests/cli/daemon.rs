@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::fake_forge::{FakeForgeServer, Recorded};
 use crate::util::Repo;
 
-const SECRET: &str = "hook-secret-for-tests";
+pub(crate) const SECRET: &str = "hook-secret-for-tests";
 const TOKEN: &str = "forge-token-for-tests";
 const REPO: &str = "acme/pipelines";
 
@@ -80,9 +80,9 @@ fn git(dir: &Path, args: &[&str]) {
 }
 
 /// A running `sluice serve`.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     state: PathBuf,
     config: PathBuf,
     dir: Option<tempfile::TempDir>,
@@ -114,7 +114,7 @@ impl Daemon {
         Daemon::spawn(dir, state, config)
     }
 
-    fn spawn(dir: tempfile::TempDir, state: PathBuf, config: PathBuf) -> Daemon {
+    pub(crate) fn spawn(dir: tempfile::TempDir, state: PathBuf, config: PathBuf) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["serve", "--config", config.to_str().unwrap()])
             .env("SLUICE_TEST_SECRET", SECRET)
@@ -179,7 +179,7 @@ impl Daemon {
         Daemon::spawn(dir, self.state.clone(), self.config.clone())
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 

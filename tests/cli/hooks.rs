@@ -1,19 +1,20 @@
-//! The server hooks, driven by real `git push`es to a bare repository.
+//! The server hooks, driven by real `git push`es to a bare repository with
+//! `sluice hook install`ed hooks, and the daemon reporting as git notes.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
+use crate::daemon::Daemon;
 use crate::util::Repo;
 
-fn push(work: &Repo, remote: &std::path::Path) -> (bool, String) {
+use crate::daemon::SECRET;
+
+/// Pushes HEAD to `main` of `remote`: (accepted, what the pusher saw).
+fn push(work: &Repo, remote: &Path) -> (bool, String) {
     let out = Command::new("git")
-        .args([
-            "push",
-            "-q",
-            remote.to_str().unwrap(),
-            "HEAD:refs/heads/main",
-        ])
+        .args(["push", remote.to_str().unwrap(), "HEAD:refs/heads/main"])
         .current_dir(work.path())
-        .env("SLUICE_BIN", env!("CARGO_BIN_EXE_sluice"))
         .output()
         .unwrap();
     (
@@ -22,49 +23,227 @@ fn push(work: &Repo, remote: &std::path::Path) -> (bool, String) {
     )
 }
 
-#[test]
-fn pre_receive_rejects_pipelines_that_do_not_check() {
-    let server = tempfile::tempdir().unwrap();
-    let bare = server.path().join("pipelines.git");
-    let init = Command::new("git")
-        .args(["init", "-q", "--bare", bare.to_str().unwrap()])
+fn bare_repo(dir: &Path) -> PathBuf {
+    let bare = dir.join("pipelines.git");
+    let ok = Command::new("git")
+        .args(["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()])
         .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    bare
+}
+
+fn git_in(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
         .unwrap();
-    assert!(init.success());
-    let hook = bare.join("hooks/pre-receive");
-    std::fs::copy(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks/pre-receive"),
-        &hook,
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn sluice_hook(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("hook")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The daemon serving `bare` as a plain git repository.
+fn git_daemon(bare: &Path, data: &Path) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("sluice-server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\npublic_url = \"http://sluice.test\"\nstate_dir = \"{}\"\ndata_root = \"{}\"\nworkers = 1\n\
+             [[repos]]\nforge = \"git\"\nname = \"pipelines\"\nclone_url = \"{}\"\n\
+             production_branch = \"main\"\nsecret_env = \"SLUICE_TEST_SECRET\"\n",
+            state.display(),
+            data.display(),
+            bare.display(),
+        ),
+    )
+    .unwrap();
+    Daemon::spawn(dir, state, config)
+}
+
+#[test]
+fn installed_hooks_guard_pushes_chain_the_old_hook_and_report_as_notes() {
+    let server = tempfile::tempdir().unwrap();
+    let bare = bare_repo(server.path());
+    // A hook the admin already had: it must keep running.
+    let ran = server.path().join("old-hook-ran");
+    let old_hook = format!("#!/bin/sh\ncat > /dev/null\ntouch {}\n", ran.display());
+    std::fs::write(bare.join("hooks/pre-receive"), &old_hook).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        bare.join("hooks/pre-receive"),
+        std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
 
-    let work = crate::check::two_clinics();
-    work.commit_all("good");
+    let git_dir = bare.to_str().unwrap();
+    let out = sluice_hook(&["install", "--git-dir", git_dir]);
+    assert!(out.contains("kept"), "{out}");
+    let installed = std::fs::read_to_string(bare.join("hooks/pre-receive")).unwrap();
+    let out = sluice_hook(&["install", "--git-dir", git_dir]);
+    assert!(out.contains("already installed"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(bare.join("hooks/pre-receive")).unwrap(),
+        installed,
+        "installing twice changes nothing"
+    );
+
+    // The daemon, and post-receive pointed at it.
+    let data = tempfile::tempdir().unwrap();
+    const PHI: &str = "ZZNOTEPHI93";
+    std::fs::write(
+        data.path().join("patients.csv"),
+        format!("id,name\n1,{PHI}\n2,Bob\n3,Cy\n"),
+    )
+    .unwrap();
+    let secret_file = server.path().join("secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let d = git_daemon(&bare, data.path());
+    for (k, v) in [
+        ("sluice.server", d.url.as_str()),
+        ("sluice.secretFile", secret_file.to_str().unwrap()),
+        ("sluice.repo", "pipelines"),
+    ] {
+        assert!(git_in(&bare, &["config", k, v]).0);
+    }
+
+    // A good push is accepted; the old hook ran; a note appears.
+    let work = Repo::new();
+    work.file(
+        "clinics/a/Patients.sql",
+        "-- @source data://patients.csv\n-- @key id\nSELECT id, name FROM patients;\n",
+    )
+    .file(
+        "clinics/a/Leak.py",
+        "# @depend ./Patients\nimport os, sys\nprint(open(os.environ['SLUICE_INPUT_Patients']).read())\nsys.exit(1)\n",
+    );
+    let sha = work.commit_all("good");
     let (ok, err) = push(&work, &bare);
     assert!(ok, "a valid push is accepted: {err}");
+    assert!(ran.exists(), "the hook that was there before still runs");
+    assert!(err.contains("remote: sluice: running; report at"), "{err}");
+    let start = Instant::now();
+    let note = loop {
+        let (found, text) = git_in(&bare, &["notes", "--ref=sluice", "show", &sha]);
+        if found {
+            break text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no note; daemon log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(note.contains("Patients") && note.contains("Leak"), "{note}");
+    assert!(note.contains("3"), "row counts: {note}");
+    assert!(note.contains("http://sluice.test/runs/r_"), "{note}");
+    assert!(!note.contains(PHI), "PHI in the note:\n{note}");
+    // What an analyst runs to see it.
+    work.git(&[
+        "fetch",
+        "-q",
+        bare.to_str().unwrap(),
+        "refs/notes/sluice:refs/notes/sluice",
+    ]);
+    let log = work.git(&["log", "--notes=sluice", "-1"]);
+    assert!(log.contains("Notes (sluice):"), "{log}");
 
-    work.file("clinics/a/Bad.sql", "-- @depnd ./Patient\nSELECT 1;\n");
+    // A push adding a cycle is refused, naming the file and line.
     work.file("clinics/a/Loop.sql", "-- @depend ./Loop\nSELECT 1;\n");
     work.commit_all("bad");
     let (ok, err) = push(&work, &bare);
-    assert!(!ok, "an invalid push is rejected");
+    assert!(!ok, "an invalid push is refused");
+    assert!(
+        err.contains("remote: clinics/a/Loop.sql:1: dependency cycle: Loop -> Loop"),
+        "{err}"
+    );
+    assert_eq!(git_in(&bare, &["rev-parse", "main"]).1.trim(), sha);
+
+    // With the daemon down, a push is accepted with a warning.
+    drop(d);
+    work.remove("clinics/a/Loop.sql");
+    work.file(
+        "clinics/a/Count.sql",
+        "-- @depend ./Patients\nSELECT count(*) AS n FROM Patients;\n",
+    );
+    let sha2 = work.commit_all("more");
+    let (ok, err) = push(&work, &bare);
+    assert!(ok, "{err}");
+    assert!(err.contains("did not take the push"), "{err}");
+    assert_eq!(git_in(&bare, &["rev-parse", "main"]).1.trim(), sha2);
+
+    // Deleting a branch and pushing a tag are allowed.
+    work.git(&["tag", "v1"]);
+    work.git(&[
+        "push",
+        "-q",
+        bare.to_str().unwrap(),
+        "v1",
+        "HEAD:refs/heads/tmp",
+    ]);
+    work.git(&["push", "-q", bare.to_str().unwrap(), ":refs/heads/tmp"]);
+
+    // Uninstall restores the admin's hook.
+    let out = sluice_hook(&["uninstall", "--git-dir", git_dir]);
+    assert!(out.contains("restored"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(bare.join("hooks/pre-receive")).unwrap(),
+        old_hook
+    );
+    assert!(!bare.join("hooks/post-receive").exists());
+}
+
+#[test]
+fn the_shipped_hook_scripts_call_sluice() {
+    let server = tempfile::tempdir().unwrap();
+    let bare = bare_repo(server.path());
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks/pre-receive"),
+        bare.join("hooks/pre-receive"),
+    )
+    .unwrap();
+    let work = crate::check::two_clinics();
+    work.commit_all("good");
+    let run = |w: &Repo| {
+        let out = Command::new("git")
+            .args(["push", "-q", bare.to_str().unwrap(), "HEAD:refs/heads/main"])
+            .current_dir(w.path())
+            .env("SLUICE_BIN", env!("CARGO_BIN_EXE_sluice"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run(&work);
+    assert!(ok, "{err}");
+    work.file("clinics/a/Bad.sql", "-- @depnd ./Patient\nSELECT 1;\n");
+    work.commit_all("bad");
+    let (ok, err) = run(&work);
+    assert!(!ok);
     assert!(
         err.contains("clinics/a/Bad.sql:1: unknown directive @depnd (did you mean @depend?)"),
         "{err}"
-    );
-    assert!(
-        err.contains("clinics/a/Loop.sql:1: dependency cycle: Loop -> Loop"),
-        "{err}"
-    );
-    let head = Command::new("git")
-        .args(["rev-parse", "main"])
-        .current_dir(&bare)
-        .output()
-        .unwrap();
-    let good = work.git(&["rev-parse", "HEAD~1"]);
-    assert_eq!(
-        String::from_utf8_lossy(&head.stdout).trim(),
-        good,
-        "the server kept the good commit"
     );
 }
