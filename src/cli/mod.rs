@@ -5,6 +5,7 @@ mod cat;
 mod check;
 mod ci;
 mod diff;
+mod fsck;
 mod graph;
 mod hook;
 mod plan;
@@ -119,6 +120,10 @@ pub enum Command {
     /// Secrets are read from the environment variables the config names.
     /// Example: SLUICE_WEBHOOK_SECRET=... SLUICE_FORGE_TOKEN=... sluice serve --config sluice-server.toml
     Serve(serve::ServeArgs),
+    /// Verify the state directory: every blob against its name, the state
+    /// database's integrity, cache entries and refs; `--repair` fixes what
+    /// can be fixed.
+    Fsck(fsck::FsckArgs),
     /// Run inside a CI job (GitHub Actions, GitLab CI): plan against the
     /// shared production state, run, and post the same commit statuses and
     /// pull-request comment as the daemon.
@@ -147,6 +152,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Why(args) => why::run(&cli.global, &args),
         Command::Serve(args) => serve::run(&cli.global, &args),
         Command::Ci(args) => ci::run(&cli.global, &args),
+        Command::Fsck(args) => fsck::run(&cli.global, &args),
         Command::Hook(args) => hook::run(&cli.global, &args),
     }
 }

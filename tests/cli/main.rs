@@ -11,4 +11,7 @@ mod fake_forge;
 mod forge;
 mod hooks;
 mod run;
+mod trust_exec;
+mod trust_pipeline;
+mod trust_store;
 mod util;
