@@ -2,12 +2,21 @@
 """Generate a deterministic synthetic sluice repository for benchmarks.
 
     gen_repo.py --nodes N --out DIR [--rows R] [--seed S] [--edit K|middle]
+                [--pipelines P [--edit-pipeline J]]
 
 Writes, under DIR:
 
     sluice.toml                 [project] pipelines = ["pipelines/*"], [data] root = "data"
     pipelines/main/n_00000.sql  N SQL nodes in a layered DAG
     data/src_<i>.csv            a handful of CSV sources, R rows each (id, grp, val)
+
+With --pipelines P, instead of pipelines/main: P pipelines
+pipelines/p_000 ... pipelines/p_<P-1> of N nodes each (P * N in all), over
+the same sources. Each has its own DAG (its own seeded random.Random), and
+its layer-0 nodes add a constant column `pipeline` (its number), so no node
+of one pipeline shares a task key with a node of another. --edit K then
+edits node K of pipeline --edit-pipeline J (default 0). Without
+--pipelines the output is exactly what it always was.
 
 The DAG has about sqrt(N) layers of about sqrt(N) nodes. Layer-0 nodes read
 one CSV source each (`-- @source data://src_<i>.csv`); every node in layer
@@ -90,6 +99,7 @@ def node_sql(
     source: str | None,
     key: bool,
     inc: int,
+    tag: int | None = None,
 ) -> str:
     """One node file: directive block, then a small SELECT keeping id, grp, val."""
     head = []
@@ -99,7 +109,9 @@ def node_sql(
         head.append(f"-- @depend ./{d}")
     if key:
         head.append("-- @key id")
-    if source is not None:
+    if source is not None and tag is not None:
+        body = f"SELECT id, grp, val + {inc} AS val, {tag} AS pipeline\nFROM {source}\nORDER BY id;"
+    elif source is not None:
         body = f"SELECT id, grp, val + {inc} AS val\nFROM {source}\nORDER BY id;"
     elif len(deps) == 1:
         body = f"SELECT id, grp, val + {inc} AS val\nFROM {deps[0]}\nORDER BY id;"
@@ -125,12 +137,26 @@ def node_sql(
     return "\n".join(head) + "\n" + body + "\n"
 
 
-def generate(n: int, rows: int, seed: int, edit: int | None) -> dict[str, str]:
-    """The whole tree as {repo-relative path: text}."""
+def pipeline_name(k: int, pipelines: int) -> str:
+    """The directory of pipeline k of P under pipelines/ (with --pipelines)."""
+    return f"p_{k:0{max(3, len(str(pipelines - 1)))}d}"
+
+
+def generate(
+    n: int,
+    rows: int,
+    seed: int,
+    edit: int | None,
+    pipelines: int | None = None,
+    edit_pipeline: int = 0,
+) -> dict[str, str]:
+    """The whole tree as {repo-relative path: text}. `pipelines`: P
+    pipelines of n nodes each (None: the one pipelines/main)."""
     if n < 1:
         raise ValueError("--nodes must be at least 1")
+    if pipelines is not None and pipelines < 1:
+        raise ValueError("--pipelines must be at least 1")
     rng = random.Random(seed)
-    width = max(5, len(str(n - 1)))
     bounds = layer_bounds(n)
     sources = source_count(bounds[0][1] - bounds[0][0])
 
@@ -138,6 +164,37 @@ def generate(n: int, rows: int, seed: int, edit: int | None) -> dict[str, str]:
     for name, text in gen_sources(rng, sources, rows).items():
         files[f"data/{name}"] = text
 
+    if pipelines is None:
+        files.update(gen_pipeline(rng, n, sources, PIPELINE, edit))
+    else:
+        for k in range(pipelines):
+            files.update(pipeline_files(n, seed, k, pipelines,
+                                        edit if k == edit_pipeline else None))
+    return files
+
+
+def pipeline_files(
+    n: int, seed: int, k: int, pipelines: int, edit: int | None
+) -> dict[str, str]:
+    """The node files of pipeline k of P alone (as generate() writes them)."""
+    bounds = layer_bounds(n)
+    sources = source_count(bounds[0][1] - bounds[0][0])
+    rng = random.Random(f"sluice-bench:{seed}:pipeline:{k}")
+    return gen_pipeline(rng, n, sources, pipeline_name(k, pipelines), edit, tag=k)
+
+
+def gen_pipeline(
+    rng: random.Random,
+    n: int,
+    sources: int,
+    pipeline: str,
+    edit: int | None,
+    tag: int | None = None,
+) -> dict[str, str]:
+    """The n node files of one pipeline, drawing from rng."""
+    files = {}
+    width = max(5, len(str(n - 1)))
+    bounds = layer_bounds(n)
     for k, (start, end) in enumerate(bounds):
         for i in range(start, end):
             # Draw the same random numbers whatever --edit says.
@@ -158,8 +215,8 @@ def generate(n: int, rows: int, seed: int, edit: int | None) -> dict[str, str]:
                         picked.append(j)
                 deps = [node_name(j, width) for j in picked]
             inc = 2 if edit == i else 1
-            text = node_sql(rng, deps, source, key, inc)
-            files[f"pipelines/{PIPELINE}/{node_name(i, width)}.sql"] = text
+            text = node_sql(rng, deps, source, key, inc, tag)
+            files[f"pipelines/{pipeline}/{node_name(i, width)}.sql"] = text
     return files
 
 
@@ -182,10 +239,14 @@ def write_tree(out: str, files: dict[str, str]) -> tuple[int, int, int]:
             f.write(data)
         os.replace(tmp, path)
         written += 1
-    for sub, prefix, ext in (
-        (f"pipelines/{PIPELINE}", "n_", ".sql"),
-        ("data", "src_", ".csv"),
-    ):
+    # pipelines/main, and the pipelines/p_<k> of --pipelines (including
+    # those of an earlier run with a bigger P).
+    dirs = [f"pipelines/{PIPELINE}"]
+    pdir = os.path.join(out, "pipelines")
+    if os.path.isdir(pdir):
+        dirs += [f"pipelines/{d}" for d in sorted(os.listdir(pdir))
+                 if d.startswith("p_") and d[2:].isdigit()]
+    for sub, prefix, ext in [(d, "n_", ".sql") for d in dirs] + [("data", "src_", ".csv")]:
         d = os.path.join(out, *sub.split("/"))
         if not os.path.isdir(d):
             continue
@@ -195,6 +256,9 @@ def write_tree(out: str, files: dict[str, str]) -> tuple[int, int, int]:
                 if rel not in files:
                     os.remove(os.path.join(d, name))
                     removed += 1
+        if sub != f"pipelines/{PIPELINE}" and sub.startswith("pipelines/p_") \
+                and not os.listdir(d):
+            os.rmdir(d)  # a pipeline of an earlier, bigger --pipelines
     return written, kept, removed
 
 
@@ -211,6 +275,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="K",
         help="change node K (an index, or 'middle' = N//2): '+ 2' instead of '+ 1'",
     )
+    ap.add_argument(
+        "--pipelines",
+        type=int,
+        metavar="P",
+        help="P pipelines pipelines/p_000 ... of N nodes each, instead of pipelines/main",
+    )
+    ap.add_argument(
+        "--edit-pipeline",
+        type=int,
+        default=0,
+        metavar="J",
+        help="with --pipelines: the pipeline --edit applies to (0)",
+    )
     ap.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     args = ap.parse_args(argv)
 
@@ -218,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--nodes must be at least 1")
     if args.rows < 1:
         ap.error("--rows must be at least 1")
+    if args.pipelines is not None and args.pipelines < 1:
+        ap.error("--pipelines must be at least 1")
+    if args.pipelines is None and args.edit_pipeline != 0:
+        ap.error("--edit-pipeline needs --pipelines")
+    if args.pipelines is not None and not 0 <= args.edit_pipeline < args.pipelines:
+        ap.error(f"--edit-pipeline {args.edit_pipeline} is out of range 0..{args.pipelines - 1}")
     edit = None
     if args.edit is not None:
         if args.edit == "middle":
@@ -230,19 +313,24 @@ def main(argv: list[str] | None = None) -> int:
             if not 0 <= edit < args.nodes:
                 ap.error(f"--edit {edit} is out of range 0..{args.nodes - 1}")
 
-    files = generate(args.nodes, args.rows, args.seed, edit)
+    files = generate(args.nodes, args.rows, args.seed, edit, args.pipelines, args.edit_pipeline)
     written, kept, removed = write_tree(args.out, files)
     if not args.quiet:
         layers = len(layer_bounds(args.nodes))
         sources = sum(1 for p in files if p.startswith("data/"))
+        nodes = f"{args.nodes} nodes"
+        if args.pipelines is not None:
+            nodes = f"{args.pipelines} pipelines x {args.nodes} nodes"
         msg = (
-            f"{args.out}: {args.nodes} nodes in {layers} layers, "
+            f"{args.out}: {nodes} in {layers} layers, "
             f"{sources} sources x {args.rows} rows; "
             f"{written} written, {kept} unchanged, {removed} removed"
         )
         if edit is not None:
             width = max(5, len(str(args.nodes - 1)))
             msg += f"; edited {node_name(edit, width)}"
+            if args.pipelines is not None:
+                msg += f" of {pipeline_name(args.edit_pipeline, args.pipelines)}"
         print(msg)
     return 0
 

@@ -22,6 +22,21 @@ pub struct RepoConfig {
     pub pipelines: Vec<String>,
     /// The data root relative to the repository, if configured.
     pub data_root: Option<String>,
+    /// `[limits]`: what one node may take.
+    pub limits: Limits,
+    /// `[sandbox] required`: refuse to run command actions where the
+    /// kernel cannot confine them (no Landlock).
+    pub sandbox_required: bool,
+}
+
+/// `[limits]` in `sluice.toml`; unset fields take the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// `timeout = "2h"`: the `@timeout` of a node that sets none, in seconds.
+    pub timeout_secs: Option<u64>,
+    /// `max_output_mb = 10240`: the largest table a node may write, in MB
+    /// (10^6 bytes) of canonical CSV.
+    pub max_output_mb: Option<u64>,
 }
 
 /// A problem in `sluice.toml`, with the 1-based line when known.
@@ -36,6 +51,21 @@ pub struct ConfigError {
 struct RawConfig {
     project: Option<RawProject>,
     data: Option<RawData>,
+    limits: Option<RawLimits>,
+    sandbox: Option<RawSandbox>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    timeout: Option<String>,
+    max_output_mb: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSandbox {
+    required: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -101,11 +131,41 @@ pub fn parse(text: &str) -> Result<RepoConfig, ConfigError> {
             });
         }
     }
+    let mut limits = Limits::default();
+    if let Some(l) = raw.limits {
+        if let Some(t) = l.timeout {
+            limits.timeout_secs = Some(crate::pipeline::directive::parse_duration(&t).map_err(
+                |e| ConfigError {
+                    line: line_of(text, "timeout"),
+                    message: format!("[limits] timeout: {}", e.replace("@timeout", "it")),
+                },
+            )?);
+        }
+        if let Some(mb) = l.max_output_mb {
+            if mb == 0 {
+                return Err(ConfigError {
+                    line: line_of(text, "max_output_mb"),
+                    message: "[limits] max_output_mb must be at least 1".into(),
+                });
+            }
+            limits.max_output_mb = Some(mb);
+        }
+    }
+    let sandbox_required = raw.sandbox.and_then(|s| s.required).unwrap_or(false);
     Ok(RepoConfig {
         production_branch,
         pipelines,
         data_root,
+        limits,
+        sandbox_required,
     })
+}
+
+/// The 1-based line of the first line starting with `key`, else 1.
+fn line_of(text: &str, key: &str) -> u32 {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(key))
+        .map_or(1, |i| i as u32 + 1)
 }
 
 #[cfg(test)]
@@ -118,6 +178,24 @@ mod tests {
         assert_eq!(c.production_branch, "main");
         assert_eq!(c.pipelines, vec!["clinics/*"]);
         assert_eq!(c.data_root.as_deref(), Some("data"));
+        assert_eq!(c.limits, Limits::default());
+        assert!(!c.sandbox_required);
+    }
+
+    #[test]
+    fn limits_and_sandbox() {
+        let c = parse(&format!(
+            "{EXAMPLE}\n[limits]\ntimeout = \"30m\"\nmax_output_mb = 5\n\n[sandbox]\nrequired = true\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.timeout_secs, Some(1800));
+        assert_eq!(c.limits.max_output_mb, Some(5));
+        assert!(c.sandbox_required);
+        let e = parse(&format!("{EXAMPLE}\n[limits]\ntimeout = \"soon\"\n")).unwrap_err();
+        assert!(e.message.contains("[limits] timeout"), "{}", e.message);
+        assert_eq!(e.line, 9);
+        let e = parse(&format!("{EXAMPLE}\n[limits]\nmax_output_mb = 0\n")).unwrap_err();
+        assert!(e.message.contains("at least 1"), "{}", e.message);
     }
 
     #[test]

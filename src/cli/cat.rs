@@ -2,7 +2,7 @@
 //! This prints cell values, so it is for the analyst's own terminal; no
 //! forge-facing path ever calls it.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -58,10 +58,39 @@ pub fn run(global: &GlobalArgs, args: &CatArgs) -> anyhow::Result<ExitCode> {
             node.status.map_or("did not run", |s| s.as_str())
         );
     };
-    let bytes = stores
+    // Streamed, in constant memory, and verified on the way: a damaged
+    // table stops with an error at its end (what was printed went to this
+    // terminal only).
+    let mut reader = stores
         .blobs
-        .get(&output)
+        .reader(&output)
         .with_context(|| format!("cannot read the output of {pipeline}/{name}"))?;
-    std::io::stdout().lock().write_all(&bytes)?;
+    let mut stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    copy_verified(&mut reader, &mut stdout)
+        .with_context(|| format!("cannot read the output of {pipeline}/{name}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Copies a verifying blob reader to `out` in fixed-size chunks; returns
+/// the byte count. A read error (a blob found damaged at its end) comes
+/// after everything before it was flushed.
+pub fn copy_verified(reader: &mut dyn Read, out: &mut dyn Write) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // Whatever was written so far is flushed, then the error.
+                let _ = out.flush();
+                return Err(e);
+            }
+        };
+        out.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+    out.flush()?;
+    Ok(total)
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::plan::diff::NodeDiff;
 
 use super::GlobalArgs;
-use crate::engine::manifests::{last_run_manifest, production_manifest};
+use crate::engine::manifests::{load_manifest, production};
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
@@ -43,10 +43,25 @@ pub fn run(global: &GlobalArgs, args: &DiffArgs) -> anyhow::Result<ExitCode> {
     let selected = ws.select_pipelines(&args.pipelines)?;
     let mut out = DiffOutput { diffs: Vec::new() };
     for p in &selected {
-        let Some((_, last)) = last_run_manifest(&stores, p)? else {
+        let Some(last_run) = stores.state.last_run(p.as_str())? else {
             anyhow::bail!("pipeline {p} has not run yet; run `sluice run {p}` first");
         };
-        let prod = production_manifest(&stores, p)?;
+        // One lost manifest must not hide every other pipeline's diff.
+        let last = match load_manifest(&stores, &last_run.manifest) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!(
+                    "sluice: warning: the last run of {p} cannot be shown ({e:#}); run \
+                     `sluice run {p}` again, and `sluice fsck --repair` to check the store"
+                );
+                continue;
+            }
+        };
+        let prod = production(&stores, p)?;
+        if let Some(w) = &prod.warning {
+            eprintln!("sluice: warning: {w}");
+        }
+        let prod = prod.manifest;
         let nodes =
             crate::engine::diff::pipeline_diff(&stores, &last, prod.as_ref().map(|(_, m)| m))?;
         out.diffs.push(PipelineDiff {

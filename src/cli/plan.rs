@@ -7,7 +7,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::GlobalArgs;
-use crate::engine::manifests::production_manifest;
+use crate::engine::manifests::production;
 use crate::plan::{self, Change, PipelinePlan};
 
 #[derive(Debug, Args)]
@@ -36,7 +36,13 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<ExitCode> {
     let mut plans = Vec::new();
     for p in &selected {
         let production = match &stores {
-            Some(s) => production_manifest(s, p)?.map(|(_, m)| m),
+            Some(s) => {
+                let prod = production(s, p)?;
+                if let Some(w) = prod.warning {
+                    eprintln!("sluice: warning: {w}");
+                }
+                prod.manifest.map(|(_, m)| m)
+            }
             None => None,
         };
         plans.push(plan::plan_pipeline(

@@ -71,6 +71,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     let stores = ws.open_stores()?;
     let selected = ws.select_pipelines(&args.pipelines)?;
+    warn_unreadable_production(&stores, &selected)?;
     // Production follows the production branch: promoting from another
     // branch (an experiment) is refused.
     let git_ref = match &global.at {
@@ -134,6 +135,20 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Says which production manifests cannot be read: the commands go on as
+/// if those pipelines had none.
+pub fn warn_unreadable_production(
+    stores: &Stores,
+    pipelines: &[crate::pipeline::RepoPath],
+) -> anyhow::Result<()> {
+    for p in pipelines {
+        if let Some(w) = crate::engine::manifests::production(stores, p)?.warning {
+            eprintln!("sluice: warning: {w}");
+        }
+    }
+    Ok(())
 }
 
 fn pipeline_run(p: &PipelineReport) -> PipelineRun {

@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::GlobalArgs;
 use super::cat::split_node_arg;
-use crate::engine::manifests::{last_run_manifest, production_manifest};
+use crate::engine::manifests::{last_run_manifest, production};
 
 #[derive(Debug, Args)]
 pub struct WhyArgs {
@@ -37,7 +37,11 @@ pub fn run(global: &GlobalArgs, args: &WhyArgs) -> anyhow::Result<ExitCode> {
     if let Some(k) = cur.task_key {
         writeln!(out, "  task key {k}")?;
     }
-    let prod = production_manifest(&stores, &pipeline)?;
+    let prod = production(&stores, &pipeline)?;
+    if let Some(w) = &prod.warning {
+        eprintln!("sluice: warning: {w}");
+    }
+    let prod = prod.manifest;
     let prod_node = prod.as_ref().and_then(|(_, m)| m.node(&name));
     let reasons = crate::engine::why::reasons(cur, prod_node);
     let lead = match status {

@@ -22,15 +22,13 @@ pub fn load_manifest(stores: &Stores, digest: &Digest) -> anyhow::Result<Manifes
     serde_json::from_slice(&bytes).with_context(|| format!("manifest {digest} is not valid"))
 }
 
-/// The production manifest of a pipeline, if one was promoted.
+/// The production manifest of a pipeline, if one was promoted and can be
+/// read (see [`production`] for why it may not be).
 pub fn production_manifest(
     stores: &Stores,
     pipeline: &RepoPath,
 ) -> anyhow::Result<Option<(Digest, Manifest)>> {
-    match stores.state.ref_get(&production_ref(pipeline))? {
-        Some(d) => Ok(Some((d, load_manifest(stores, &d)?))),
-        None => Ok(None),
-    }
+    Ok(production(stores, pipeline)?.manifest)
 }
 
 /// The manifest of the last recorded run of a pipeline.
@@ -41,5 +39,44 @@ pub fn last_run_manifest(
     match stores.state.last_run(pipeline.as_str())? {
         Some(run) => Ok(Some((run.manifest, load_manifest(stores, &run.manifest)?))),
         None => Ok(None),
+    }
+}
+
+/// A pipeline's production as far as it can be read.
+#[derive(Debug, Clone, Default)]
+pub struct Production {
+    /// What `production/<pipeline>` names, readable or not: a promotion
+    /// moves the ref from this value.
+    pub head: Option<Digest>,
+    /// The manifest it names, when it could be read.
+    pub manifest: Option<(Digest, Manifest)>,
+    /// Why the manifest could not be read: the caller goes on as if the
+    /// pipeline had no production, and shows this.
+    pub warning: Option<String>,
+}
+
+/// The production of a pipeline, tolerating a missing or damaged manifest
+/// blob: one lost blob must not block every command. A damaged state
+/// database is still an error.
+pub fn production(stores: &Stores, pipeline: &RepoPath) -> anyhow::Result<Production> {
+    let name = production_ref(pipeline);
+    let Some(head) = stores.state.ref_get(&name)? else {
+        return Ok(Production::default());
+    };
+    match load_manifest(stores, &head) {
+        Ok(m) => Ok(Production {
+            head: Some(head),
+            manifest: Some((head, m)),
+            warning: None,
+        }),
+        Err(e) => Ok(Production {
+            head: Some(head),
+            manifest: None,
+            warning: Some(format!(
+                "{name} names manifest {head}, which cannot be read ({e:#}); going on as if \
+                 {pipeline} had no production (a `run --promote` starts a new one). Run \
+                 `sluice fsck --repair` to rebuild the ref from the manifest chain"
+            )),
+        }),
     }
 }

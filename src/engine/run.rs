@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use super::manifests::{production_manifest, production_ref};
+use super::manifests::{Production, production, production_ref};
 use super::outcome::{NodeReport, Outcome, PipelineReport, RunReport};
 use super::workspace::Workspace;
 use super::{diff, why};
@@ -89,7 +89,9 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
     let mut wanted = Vec::new();
     let mut seen = HashSet::new();
     for p in &selected {
-        productions.push(production_manifest(stores, p)?);
+        // A production manifest that cannot be read counts as none: the
+        // run goes on, and a promotion starts a new chain from it.
+        productions.push(production(stores, p)?);
         for id in ws.graph.pipeline_nodes(p) {
             // A node two pipelines share (a `/dir/NAME` dependency) runs once.
             if seen.insert(id) {
@@ -104,7 +106,15 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
         source_digests: ctx.sources.clone(),
         cancel: req.cancel.clone(),
     };
-    let results = exec::execute(&ws.graph, &wanted, &hashes, stores, &opts, req.observer);
+    let results = exec::execute_with(
+        &ws.graph,
+        &wanted,
+        &hashes,
+        stores,
+        &opts,
+        &exec::ExecSettings::for_repo(ws.config.as_ref()),
+        req.observer,
+    );
     let cancelled = req.cancel.is_cancelled();
 
     let mut report = RunReport {
@@ -118,7 +128,12 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
         problems: Vec::new(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    for (p, prod) in selected.iter().zip(productions) {
+    for (p, production) in selected.iter().zip(productions) {
+        let Production {
+            head,
+            manifest: prod,
+            ..
+        } = production;
         let manifest = build_manifest(
             ws,
             req.git_ref.clone(),
@@ -156,14 +171,23 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
                 .record_run(p.as_str(), &digest, ws.commit.as_deref(), failed)?;
             pipeline.manifest = Some(digest);
             if req.promote && !failed {
-                let expected = prod.as_ref().map(|(d, _)| d);
-                pipeline.promoted =
-                    stores
-                        .state
-                        .ref_compare_and_set(&production_ref(p), expected, &digest)?;
-                if !pipeline.promoted {
-                    pipeline.error =
-                        Some(format!("production/{p} moved during the run; not promoted"));
+                let damaged = damaged_outputs(stores, &manifest);
+                if !damaged.is_empty() {
+                    pipeline.error = Some(format!(
+                        "production/{p} not promoted: {}; their cache entries were dropped, so \
+                         the next run recomputes them",
+                        damaged.join("; ")
+                    ));
+                } else {
+                    pipeline.promoted = stores.state.ref_compare_and_set(
+                        &production_ref(p),
+                        head.as_ref(),
+                        &digest,
+                    )?;
+                    if !pipeline.promoted {
+                        pipeline.error =
+                            Some(format!("production/{p} moved during the run; not promoted"));
+                    }
                 }
             }
         }
@@ -176,6 +200,35 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
     }
     report.duration_ms = clock.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Hashes the bytes of every output a manifest names, so that production
+/// never moves to a damaged table (a cached output is otherwise trusted
+/// by its address alone). Each damaged one is described by node and blob,
+/// and its cache entries are dropped so the next run recomputes it.
+fn damaged_outputs(stores: &Stores, manifest: &Manifest) -> Vec<String> {
+    let mut checked: HashMap<Digest, bool> = HashMap::new();
+    let mut damaged = Vec::new();
+    for node in &manifest.nodes {
+        let Some(output) = node.output else { continue };
+        let ok =
+            *checked
+                .entry(output)
+                .or_insert_with(|| match stores.blobs.open_verified(&output) {
+                    Ok(_) => true,
+                    Err(_) => {
+                        let _ = stores.state.cache_forget_output(&output);
+                        false
+                    }
+                });
+        if !ok {
+            damaged.push(format!(
+                "the output of {} (blob {output}) is damaged or missing",
+                node.name
+            ));
+        }
+    }
+    damaged
 }
 
 fn pipeline_outcome(p: &PipelineReport, cancelled: bool) -> Outcome {
@@ -241,7 +294,12 @@ fn node_reports(
         };
         let ok = status.is_none_or(Status::ok);
         let node_diff = if differs && ok {
-            Some(diff::node_diff(stores, &np.name, prod, cur)?)
+            // A table that cannot be read (damaged, or lost) costs the
+            // keyed counts, not the run.
+            Some(
+                diff::node_diff(stores, &np.name, prod, cur)
+                    .unwrap_or_else(|_| crate::plan::diff::compare_nodes(&np.name, prod, cur)),
+            )
         } else {
             None
         };
@@ -415,6 +473,65 @@ mod tests {
         assert!(!a.promoted);
         // The removed pipeline's node is not reported as run.
         assert_eq!(report.pipelines.len(), 1);
+    }
+
+    #[test]
+    fn promotion_hashes_every_output_and_refuses_a_damaged_one() {
+        use crate::store::blob::MemBlobStore;
+        let blobs = std::sync::Arc::new(MemBlobStore::new());
+        let stores = Stores {
+            blobs: blobs.clone(),
+            state: std::sync::Arc::new(crate::store::state::StateDb::open_in_memory().unwrap()),
+        };
+        let files = [
+            ("clinics/a/T.csv", "id\n1\n2\n"),
+            ("clinics/a/U.sql", "-- @depend ./T\nSELECT id FROM T;\n"),
+        ];
+        let report = run(&mut workspace(&files), &stores, &request(false, "main")).unwrap();
+        let u = report.pipelines[0]
+            .nodes
+            .iter()
+            .find(|n| n.name == "U")
+            .and_then(|n| n.output)
+            .unwrap();
+        blobs.tamper(&u, b"id\n1\n3\n".to_vec());
+
+        let report = run(&mut workspace(&files), &stores, &request(true, "main")).unwrap();
+        let p = &report.pipelines[0];
+        assert!(!p.promoted);
+        assert_eq!(report.outcome, Outcome::Error);
+        let err = p.error.as_deref().unwrap();
+        assert!(
+            err.contains("output of U") && err.contains(&u.to_string()),
+            "{err}"
+        );
+        assert_eq!(stores.state.ref_get("production/clinics/a").unwrap(), None);
+
+        // The cache forgot it: the next run recomputes U (repairing the
+        // blob) and promotes.
+        blobs.tamper(&u, Vec::new());
+        let report = run(&mut workspace(&files), &stores, &request(true, "main")).unwrap();
+        let p = &report.pipelines[0];
+        assert!(p.promoted, "{:?}", p.error);
+        let u_node = p.nodes.iter().find(|n| n.name == "U").unwrap();
+        assert_eq!(u_node.status, Some(Status::Computed));
+    }
+
+    #[test]
+    fn a_lost_production_manifest_counts_as_none_and_promotion_moves_past_it() {
+        let stores = Stores::in_memory().unwrap();
+        let lost = Digest::of(b"a manifest that is gone");
+        stores.state.ref_set("production/clinics/a", &lost).unwrap();
+        let files = [("clinics/a/T.csv", "id\n1\n")];
+        let report = run(&mut workspace(&files), &stores, &request(true, "main")).unwrap();
+        let p = &report.pipelines[0];
+        assert_eq!(p.production, None);
+        assert!(p.promoted, "{:?}", p.error);
+        assert_eq!(p.nodes[0].change, Change::New);
+        let head = stores.state.ref_get("production/clinics/a").unwrap();
+        assert_eq!(head, p.manifest);
+        let m = crate::engine::manifests::load_manifest(&stores, &head.unwrap()).unwrap();
+        assert_eq!(m.previous, None, "the chain starts again");
     }
 
     #[test]

@@ -39,6 +39,24 @@ pub struct CommandSpec<'a> {
     pub timeout: Duration,
     /// Checked while the command runs: when set, its group is killed.
     pub cancel: &'a super::CancelToken,
+    /// Where its temp dir goes (`<state>/tmp`); `None`: the system's.
+    pub temp_root: Option<&'a Path>,
+    /// The largest `$SLUICE_OUTPUT` it may write, in bytes.
+    pub max_output: u64,
+    /// Run it through the Landlock launcher; `None`: unconfined.
+    pub sandbox: Option<SandboxSpec<'a>>,
+}
+
+/// How to confine a command (see [`super::sandbox`]).
+#[derive(Debug, Clone)]
+pub struct SandboxSpec<'a> {
+    /// The sluice binary, started as `sluice __sandbox-exec`.
+    pub launcher: &'a Path,
+    /// Places that must stay unreadable even through `PATH` (the data
+    /// root, the state dir): only the inputs inside them are handed in.
+    pub private: Vec<PathBuf>,
+    /// Refuse to run when the kernel does not enforce the rules.
+    pub required: bool,
 }
 
 /// What came of a command; the temp directory lives as long as this.
@@ -85,12 +103,23 @@ fn argv(template: &str, script: &Path) -> Result<Vec<String>, String> {
 
 /// Runs one command action to completion or timeout.
 pub fn run(spec: &CommandSpec) -> std::io::Result<CommandOutcome> {
+    use std::os::unix::fs::PermissionsExt;
+    become_subreaper();
     // Private to this user: the script, its inputs' paths, its output and
-    // its log may all hold PHI.
-    let dir = tempfile::Builder::new()
-        .prefix("sluice-node-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .tempdir()?;
+    // its log may all hold PHI. The pid in the name lets a later run sweep
+    // it when this process dies without removing it.
+    let mut builder = tempfile::Builder::new();
+    let prefix = format!("{TEMP_PREFIX}{}-", std::process::id());
+    builder
+        .prefix(&prefix)
+        .permissions(std::fs::Permissions::from_mode(0o700));
+    let dir = match spec.temp_root {
+        Some(root) => {
+            private_dir(root)?;
+            builder.tempdir_in(root)?
+        }
+        None => builder.tempdir()?,
+    };
     let script = dir.path().join(match spec.extension {
         Some(ext) => format!("node.{ext}"),
         None => "node".to_string(),
@@ -111,9 +140,27 @@ pub fn run(spec: &CommandSpec) -> std::io::Result<CommandOutcome> {
     };
 
     let log = File::create(&log_path)?;
-    let mut cmd = Command::new(&args[0]);
-    cmd.args(&args[1..])
-        .current_dir(dir.path())
+    let mut cmd = match &spec.sandbox {
+        Some(sb) => {
+            let inputs: Vec<PathBuf> = spec.inputs.iter().map(|(_, p)| p.clone()).collect();
+            let rules =
+                super::sandbox::Rules::for_node(&inputs, dir.path(), spec.path_env, &sb.private);
+            let mut c = Command::new(sb.launcher);
+            c.args(super::sandbox::launcher_args(
+                std::process::id(),
+                &rules,
+                sb.required,
+                &args,
+            ));
+            c
+        }
+        None => {
+            let mut c = Command::new(&args[0]);
+            c.args(&args[1..]);
+            c
+        }
+    };
+    cmd.current_dir(dir.path())
         .env_clear()
         .env("PATH", spec.path_env)
         .env("LANG", "C.UTF-8")
@@ -131,58 +178,58 @@ pub fn run(spec: &CommandSpec) -> std::io::Result<CommandOutcome> {
     for (k, v) in &spec.params {
         cmd.env(env_name("SLUICE_PARAM_", k), v);
     }
-    let result = match cmd.spawn() {
+    let token = output.as_os_str().to_os_string();
+    // Registered under the lock, so `kill_leftovers` never takes it for an
+    // orphan of another node.
+    let spawned_child = {
+        let mut ours = lock(spawned());
+        let c = cmd.spawn();
+        if let Ok(c) = &c {
+            ours.insert(c.id() as i32);
+        }
+        c
+    };
+    let result = match spawned_child {
         Err(e) => Err(format!("cannot start `{}`: {e}", args[0])),
         Ok(mut child) => {
-            let pgid = rustix::process::Pid::from_raw(child.id() as i32);
-            // Whatever it left running in its group goes too; the group may
-            // already be gone, which is fine.
-            let kill = || {
-                if let Some(p) = pgid {
-                    let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+            let pid = child.id() as i32;
+            let waited = watch(&mut child, spec, &output);
+            // Whatever it left running goes too: its process group, every
+            // process below it (even one that left the group with
+            // `setsid`), and whatever was re-parented to sluice from it.
+            kill_leftovers(pid, &token);
+            let waited = match waited {
+                Ok(w) => w,
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    lock(spawned()).remove(&pid);
+                    return Err(e);
                 }
             };
-            let deadline = std::time::Instant::now() + spec.timeout;
-            let waited = loop {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    break None;
-                }
-                if let Some(status) = child.wait_timeout(left.min(CANCEL_POLL))? {
-                    break Some(status);
-                }
-                if spec.cancel.is_cancelled() {
-                    kill();
-                    child.wait()?;
-                    let log = read_capped(&log_path)?;
-                    return Ok(CommandOutcome {
-                        dir,
-                        output,
-                        log,
-                        result: Err(super::CANCELLED.into()),
-                    });
-                }
-            };
+            let status = child.wait();
+            lock(spawned()).remove(&pid);
+            let status = status?;
             match waited {
-                Some(status) => {
-                    kill();
+                Watched::Exited => {
                     if status.success() {
                         Ok(())
                     } else {
                         Err(match status.code() {
+                            Some(125) if spec.sandbox.is_some() => {
+                                "the sandbox launcher refused to run it (see the log)".to_string()
+                            }
                             Some(c) => format!("`{}` exited with status {c}", args[0]),
                             None => format!("`{}` was killed by a signal", args[0]),
                         })
                     }
                 }
-                None => {
-                    kill();
-                    child.wait()?;
-                    Err(format!(
-                        "timed out after {}s (@timeout)",
-                        spec.timeout.as_secs()
-                    ))
-                }
+                Watched::TimedOut => Err(format!(
+                    "timed out after {}s (@timeout, or [limits] timeout in sluice.toml)",
+                    spec.timeout.as_secs()
+                )),
+                Watched::Cancelled => Err(super::CANCELLED.into()),
+                Watched::TooLarge(n) => Err(output_too_large(n)),
             }
         }
     };
@@ -193,6 +240,271 @@ pub fn run(spec: &CommandSpec) -> std::io::Result<CommandOutcome> {
         log,
         result,
     })
+}
+
+/// How a watched command ended.
+enum Watched {
+    Exited,
+    TimedOut,
+    Cancelled,
+    /// Its output grew past the cap (this many bytes).
+    TooLarge(u64),
+}
+
+/// Waits for the command, its deadline, the run's cancellation or its
+/// output passing the cap, whichever comes first; kills its group on all
+/// but the first.
+fn watch(
+    child: &mut std::process::Child,
+    spec: &CommandSpec,
+    output: &Path,
+) -> std::io::Result<Watched> {
+    let pgid = rustix::process::Pid::from_raw(child.id() as i32);
+    let kill = || {
+        if let Some(p) = pgid {
+            let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+        }
+    };
+    let deadline = std::time::Instant::now() + spec.timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            kill();
+            return Ok(Watched::TimedOut);
+        }
+        if child.wait_timeout(left.min(CANCEL_POLL))?.is_some() {
+            return Ok(Watched::Exited);
+        }
+        if spec.cancel.is_cancelled() {
+            kill();
+            return Ok(Watched::Cancelled);
+        }
+        let size = std::fs::metadata(output).map_or(0, |m| m.len());
+        if size > spec.max_output {
+            kill();
+            return Ok(Watched::TooLarge(size));
+        }
+    }
+}
+
+/// The error of a node whose table passed `[limits] max_output_mb`.
+pub fn output_too_large(bytes: u64) -> String {
+    format!(
+        "the table grew past the output limit ({} MB written; raise [limits] max_output_mb in \
+         sluice.toml if it is meant to be this large)",
+        bytes / 1_000_000
+    )
+}
+
+/// The name prefix of node temp dirs: `node-<pid>-<random>`.
+const TEMP_PREFIX: &str = "node-";
+
+/// Creates `dir` if needed and makes it private (0700).
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Removes the node temp dirs under `root` left by sluice processes that
+/// are gone (killed before they could remove them): they may hold PHI.
+/// Returns how many went.
+pub fn sweep_stale_temp_dirs(root: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    let me = std::process::id();
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMP_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if std::fs::remove_dir_all(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The command processes this process started and has not yet waited
+/// for: every other child of ours is an orphan re-parented to us.
+fn spawned() -> &'static std::sync::Mutex<std::collections::HashSet<i32>> {
+    static SPAWNED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<i32>>> =
+        std::sync::OnceLock::new();
+    SPAWNED.get_or_init(Default::default)
+}
+
+/// Makes this process the child subreaper of what it starts: a node's
+/// grandchild whose parent exits (a double fork, `setsid ... &`) is
+/// re-parented to sluice rather than to init, so it can still be found
+/// and killed.
+fn become_subreaper() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
+    });
+}
+
+/// One line of `/proc/<pid>/stat`: (pid, ppid, state).
+fn proc_table() -> Vec<(i32, i32, char)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut f = after.split_whitespace();
+        let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let Some(ppid) = f.next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        out.push((pid, ppid, state));
+    }
+    out
+}
+
+/// Whether `/proc/<pid>/environ` holds `token` (the node's output path).
+fn environ_has(pid: i32, token: &std::ffi::OsStr) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let t = token.as_bytes();
+    !t.is_empty() && env.windows(t.len()).any(|w| w == t)
+}
+
+/// Kills what a node left: its process group, every descendant of `root`,
+/// and the orphans re-parented to sluice that carry the node's
+/// environment (`token`). Then reaps those that became our zombies (by
+/// pid: a child some other code waits for is never taken from it).
+fn kill_leftovers(root: i32, token: &std::ffi::OsStr) {
+    use rustix::process::{Pid, Signal, WaitOptions, kill_process, kill_process_group, waitpid};
+    let me = std::process::id() as i32;
+    let mut killed: Vec<i32> = Vec::new();
+    // A few rounds: killing a parent re-parents its children to us.
+    for _ in 0..3 {
+        let table = proc_table();
+        let mut doomed = vec![root];
+        let ours = lock(spawned()).clone();
+        for &(pid, ppid, state) in &table {
+            if ppid == me && !ours.contains(&pid) && state != 'Z' && environ_has(pid, token) {
+                doomed.push(pid);
+            }
+        }
+        let mut i = 0;
+        while i < doomed.len() {
+            let p = doomed[i];
+            for &(pid, ppid, _) in &table {
+                if ppid == p && !doomed.contains(&pid) {
+                    doomed.push(pid);
+                }
+            }
+            i += 1;
+        }
+        if let Some(p) = Pid::from_raw(root) {
+            let _ = kill_process_group(p, Signal::KILL);
+        }
+        let mut any = false;
+        for &pid in &doomed[1..] {
+            if let Some(p) = Pid::from_raw(pid)
+                && kill_process(p, Signal::KILL).is_ok()
+            {
+                any = true;
+                if !killed.contains(&pid) {
+                    killed.push(pid);
+                }
+            }
+        }
+        if !any {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Those re-parented to us are our zombies now; the others are reaped
+    // by their own parents (or init).
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    while !killed.is_empty() && std::time::Instant::now() < deadline {
+        let table = proc_table();
+        killed.retain(|&pid| {
+            match table.iter().find(|&&(p, _, _)| p == pid) {
+                None => false,
+                Some(&(_, ppid, state)) if ppid == me && state == 'Z' => {
+                    let _ = waitpid(Pid::from_raw(pid), WaitOptions::NOHANG);
+                    false
+                }
+                // Alive still, or a zombie of a parent that is dying too.
+                Some(&(_, ppid, _)) => ppid == me || ppid != 1,
+            }
+        });
+        if !killed.is_empty() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// For the sandbox launcher: kills `root`, everything below it, and every
+/// other child of this process (orphans of the program re-parented to the
+/// launcher, its subreaper), then reaps them.
+pub(crate) fn kill_tree(root: i32) {
+    use rustix::process::{Pid, Signal, WaitOptions, kill_process, waitpid};
+    let me = std::process::id() as i32;
+    for _ in 0..5 {
+        let table = proc_table();
+        let mut doomed = vec![root];
+        doomed.extend(
+            table
+                .iter()
+                .filter(|&&(pid, ppid, _)| ppid == me && pid != root)
+                .map(|&(pid, _, _)| pid),
+        );
+        let mut i = 0;
+        while i < doomed.len() {
+            let p = doomed[i];
+            for &(pid, ppid, _) in &table {
+                if ppid == p && !doomed.contains(&pid) {
+                    doomed.push(pid);
+                }
+            }
+            i += 1;
+        }
+        let mut any = false;
+        for &(pid, _, state) in &table {
+            if pid != me
+                && state != 'Z'
+                && doomed.contains(&pid)
+                && let Some(p) = Pid::from_raw(pid)
+            {
+                any |= kill_process(p, Signal::KILL).is_ok();
+            }
+        }
+        while let Ok(Some(_)) = waitpid(None, WaitOptions::NOHANG) {}
+        if !any {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The program a command template runs (its first word).
@@ -278,6 +590,9 @@ mod tests {
             path_env: std::ffi::OsStr::new("/usr/local/bin:/usr/bin:/bin"),
             timeout: Duration::from_secs(10),
             cancel: Box::leak(Box::new(crate::exec::CancelToken::new())),
+            temp_root: None,
+            max_output: u64::MAX,
+            sandbox: None,
         }
     }
 
@@ -336,6 +651,58 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o700, "the node's directory is private");
+    }
+
+    #[test]
+    fn temp_dirs_go_under_the_root_and_stale_ones_are_swept() {
+        let root = tempfile::tempdir().unwrap();
+        let tmp = root.path().join("tmp");
+        let mut s = spec("echo a > \"$SLUICE_OUTPUT\"");
+        s.temp_root = Some(&tmp);
+        let out = run(&s).unwrap();
+        assert!(out.dir.path().starts_with(&tmp));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&tmp).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // pid 999999999 is above the kernel's pid_max: never alive.
+        let dead = tmp.join("node-999999999-abc");
+        std::fs::create_dir_all(dead.join("sub")).unwrap();
+        let other = tmp.join("unrelated");
+        std::fs::create_dir_all(&other).unwrap();
+        assert_eq!(sweep_stale_temp_dirs(&tmp), 1);
+        assert!(!dead.exists());
+        assert!(other.exists());
+        assert!(out.dir.path().exists(), "a live process's dir stays");
+    }
+
+    #[test]
+    fn a_grandchild_that_left_the_group_is_killed_at_timeout() {
+        let marker = format!("33.{}", std::process::id());
+        let body = format!("setsid sleep {marker} &\nsleep 30\n");
+        let mut s = spec(&body);
+        s.timeout = Duration::from_millis(300);
+        let out = run(&s).unwrap();
+        assert!(out.result.unwrap_err().contains("timed out"));
+        std::thread::sleep(Duration::from_millis(100));
+        let alive: Vec<i32> = proc_table()
+            .into_iter()
+            .filter(|&(pid, _, state)| {
+                state != 'Z'
+                    && std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker))
+            })
+            .map(|(pid, _, _)| pid)
+            .collect();
+        for &p in &alive {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(p).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+        }
+        assert!(
+            alive.is_empty(),
+            "the setsid grandchild survived: {alive:?}"
+        );
     }
 
     #[test]

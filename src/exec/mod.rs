@@ -1,9 +1,11 @@
 //! Runs nodes: the built-in SQLite action in-process, command actions in
-//! a sandbox-ish temp dir, on a worker pool in topological order, with the
-//! content-addressed cache in front (DESIGN §2–3).
+//! a private temp dir under Landlock (`sandbox`), on a worker pool in
+//! topological order, with the content-addressed cache in front
+//! (DESIGN §2–3).
 
 pub mod checks;
 pub mod command;
+pub mod sandbox;
 pub mod sqlite;
 pub mod table;
 
@@ -108,6 +110,52 @@ pub struct RunOptions {
     pub cancel: CancelToken,
 }
 
+/// The default `[limits] max_output_mb`: 10,240 MB of canonical CSV.
+pub const DEFAULT_MAX_OUTPUT_MB: u64 = 10_240;
+
+/// What `sluice.toml` sets for execution: limits and the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSettings {
+    /// The `@timeout` of a node that sets none (SQL and commands alike).
+    pub default_timeout: Duration,
+    /// The largest table a node may write, in bytes of canonical CSV.
+    pub max_output_bytes: u64,
+    /// Command actions run only under Landlock; where it is unavailable
+    /// they fail instead of running unconfined.
+    pub sandbox_required: bool,
+    /// Where command nodes get their temp dirs; `None`: `<state>/tmp`
+    /// beside the state database, or the system's for in-memory stores.
+    pub temp_root: Option<PathBuf>,
+}
+
+impl Default for ExecSettings {
+    fn default() -> Self {
+        ExecSettings {
+            default_timeout: command::DEFAULT_TIMEOUT,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_MB * 1_000_000,
+            sandbox_required: false,
+            temp_root: None,
+        }
+    }
+}
+
+impl ExecSettings {
+    /// The settings of a repository's `sluice.toml` (defaults without one).
+    pub fn for_repo(config: Option<&crate::config::RepoConfig>) -> Self {
+        let mut s = ExecSettings::default();
+        if let Some(c) = config {
+            if let Some(t) = c.limits.timeout_secs {
+                s.default_timeout = Duration::from_secs(t);
+            }
+            if let Some(mb) = c.limits.max_output_mb {
+                s.max_output_bytes = mb.saturating_mul(1_000_000);
+            }
+            s.sandbox_required = c.sandbox_required;
+        }
+        s
+    }
+}
+
 /// Told about each node as it finishes (progress, logs).
 pub trait Observer: Sync {
     fn finished(&self, node: &Node, result: &NodeResult, done: usize, total: usize);
@@ -138,6 +186,40 @@ pub fn execute(
     opts: &RunOptions,
     observer: &dyn Observer,
 ) -> HashMap<NodeId, NodeResult> {
+    execute_with(
+        graph,
+        wanted,
+        hashes,
+        stores,
+        opts,
+        &ExecSettings::default(),
+        observer,
+    )
+}
+
+/// [`execute`] with a repository's limits and sandbox settings.
+pub fn execute_with(
+    graph: &Graph,
+    wanted: &[NodeId],
+    hashes: &[Option<NodeHashes>],
+    stores: &Stores,
+    opts: &RunOptions,
+    settings: &ExecSettings,
+    observer: &dyn Observer,
+) -> HashMap<NodeId, NodeResult> {
+    let mut settings = settings.clone();
+    if settings.temp_root.is_none() {
+        settings.temp_root = stores
+            .state
+            .path()
+            .and_then(Path::parent)
+            .map(|state| state.join("tmp"));
+    }
+    if let Some(root) = &settings.temp_root {
+        // Temp dirs of sluice processes killed before they could clean up.
+        command::sweep_stale_temp_dirs(root);
+    }
+    let settings = &settings;
     let wanted = closure(graph, wanted);
     let mut sched = Schedule::new(graph, &wanted, observer);
     let (job_tx, job_rx) = mpsc::channel::<(NodeId, Vec<(String, Digest)>)>();
@@ -160,7 +242,7 @@ pub fn execute(
                         // A bug in one node's execution must not hang the
                         // run: a panic becomes that node's failure.
                         Some(h) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            run_node(node, &h, inputs, stores, opts)
+                            run_node(node, &h, inputs, stores, opts, settings)
                         }))
                         .unwrap_or_else(|_| {
                             NodeResult::failed(
@@ -296,6 +378,7 @@ fn run_node(
     inputs: Vec<(String, Digest)>,
     stores: &Stores,
     opts: &RunOptions,
+    settings: &ExecSettings,
 ) -> NodeResult {
     let start = Instant::now();
     let mut keyed: Vec<(&str, Digest)> = inputs.iter().map(|(t, d)| (t.as_str(), *d)).collect();
@@ -314,7 +397,8 @@ fn run_node(
     };
     match stores.state.cache_get(&task_key) {
         // A hit costs a lookup and a stat; the bytes are verified when a
-        // node reads them (see `verified_path`).
+        // node reads them (hashed while a SQL node loads them, or before a
+        // command gets their path).
         Ok(Some(entry)) if stores.blobs.contains(&entry.output) => {
             result.status = Status::Cached;
             result.output = Some(entry.output);
@@ -331,7 +415,7 @@ fn run_node(
             return result;
         }
     }
-    let computed = compute(node, &result.inputs, stores, opts);
+    let computed = compute(node, &result.inputs, stores, opts, settings);
     result.duration = start.elapsed();
     if opts.cancel.is_cancelled() && computed.table.is_err() {
         // Killed by the cancellation, not by its own fault.
@@ -378,23 +462,25 @@ fn compute(
     inputs: &[(String, Digest)],
     stores: &Stores,
     opts: &RunOptions,
+    settings: &ExecSettings,
 ) -> Computed {
     let mut log = None;
     let user = |e: String| (FailureKind::User, e);
     let infra = |e: String| (FailureKind::Infra, e);
+    // Never serve a damaged blob again: the nodes that produced it
+    // recompute (and so repair it) on the next run.
+    let damaged = |table: &str, digest: &Digest, e: String| {
+        let _ = stores.state.cache_forget_output(digest);
+        infra(format!(
+            "input {table}: {e}; it will be recomputed on the next run"
+        ))
+    };
+    let timeout = node
+        .timeout
+        .as_ref()
+        .map(|(s, _)| Duration::from_secs(*s))
+        .unwrap_or(settings.default_timeout);
     let table = (|| -> Result<(Digest, sqlite::TableStats), (FailureKind, String)> {
-        let mut input_paths: Vec<(String, PathBuf)> = Vec::new();
-        for (table, digest) in inputs {
-            let path = verified_path(stores, digest).map_err(|e| {
-                // Never serve it again: the nodes that produced it recompute
-                // (and so repair it) on the next run.
-                let _ = stores.state.cache_forget_output(digest);
-                infra(format!(
-                    "input {table}: {e}; it will be recomputed on the next run"
-                ))
-            })?;
-            input_paths.push((table.clone(), path));
-        }
         let mut source_paths: Vec<(String, PathBuf)> = Vec::new();
         for s in &node.sources {
             let root = opts.data_root.as_ref().ok_or_else(|| {
@@ -404,16 +490,41 @@ fn compute(
             check_source(stores, opts, &s.path, &path).map_err(user)?;
             source_paths.push((s.table.clone(), path));
         }
-        let mut writer = stores.blobs.writer().map_err(|e| infra(e.to_string()))?;
+        let writer = stores.blobs.writer().map_err(|e| infra(e.to_string()))?;
+        let mut writer = CappedWriter {
+            inner: writer,
+            written: 0,
+            cap: settings.max_output_bytes,
+            over: false,
+        };
+        let too_large =
+            |w: &CappedWriter| w.over.then(|| user(command::output_too_large(w.written)));
         let stats = match &node.action.action {
             Action::Engine(_) => {
-                // Upstream tables are canonical CSV and read byte for byte;
-                // sources are external CSV (or SQLite files to attach).
+                // Upstream tables are canonical CSV, read byte for byte and
+                // hashed in the same pass; sources are external CSV (or
+                // SQLite files to attach).
+                let mut input_paths: Vec<(&str, PathBuf, Option<Digest>)> = Vec::new();
+                for (table, digest) in inputs {
+                    match stores.blobs.local_path(digest) {
+                        Some(p) => input_paths.push((table, p, Some(*digest))),
+                        None => {
+                            let p = stores
+                                .blobs
+                                .open_verified(digest)
+                                .map_err(|e| damaged(table, digest, e.to_string()))?;
+                            input_paths.push((table, p, None));
+                        }
+                    }
+                }
                 let mut sql_inputs = Vec::new();
-                for (table, path) in &input_paths {
+                for (table, path, digest) in &input_paths {
                     sql_inputs.push(sqlite::SqlInput {
                         table,
-                        csv: sqlite::InputData::Canonical(path),
+                        csv: match digest {
+                            Some(d) => sqlite::InputData::Blob(path, *d),
+                            None => sqlite::InputData::Canonical(path),
+                        },
                     });
                 }
                 for (table, path) in &source_paths {
@@ -424,12 +535,61 @@ fn compute(
                     };
                     sql_inputs.push(sqlite::SqlInput { table, csv: data });
                 }
-                sqlite::run_sql(&node.body, &sql_inputs, &mut writer)
-                    .map_err(|e| user(e.to_string()))?
+                let limits = sqlite::SqlLimits {
+                    timeout,
+                    cancel: Some(opts.cancel.clone()),
+                };
+                let ran = sqlite::run_sql(&node.body, &sql_inputs, &mut writer, &limits);
+                if let Some(e) = too_large(&writer) {
+                    return Err(e);
+                }
+                ran.map_err(|e| match e.corrupt_input() {
+                    Some(d) => {
+                        let _ = stores.state.cache_forget_output(&d);
+                        infra(e.message().to_string())
+                    }
+                    // SQLite may quote a cell value in its message.
+                    None => user(redact(e.message(), &node.body)),
+                })?
             }
             Action::Command(template) => {
-                let mut all = input_paths.clone();
+                // A command gets paths: each blob is verified (streamed
+                // through SHA-256) before it is handed over.
+                let mut all: Vec<(String, PathBuf)> = Vec::new();
+                for (table, digest) in inputs {
+                    let p = stores
+                        .blobs
+                        .open_verified(digest)
+                        .map_err(|e| damaged(table, digest, e.to_string()))?;
+                    all.push((table.clone(), p));
+                }
                 all.extend(source_paths.iter().cloned());
+                let sandbox = match sandbox::availability() {
+                    sandbox::Availability::Enforced { launcher, .. } => {
+                        Some(command::SandboxSpec {
+                            launcher,
+                            private: opts
+                                .data_root
+                                .iter()
+                                .cloned()
+                                .chain(
+                                    settings
+                                        .temp_root
+                                        .iter()
+                                        .filter_map(|t| t.parent().map(Path::to_path_buf)),
+                                )
+                                .collect(),
+                            required: settings.sandbox_required,
+                        })
+                    }
+                    sandbox::Availability::Unavailable(why) if settings.sandbox_required => {
+                        return Err(infra(format!(
+                            "[sandbox] required = true, but command actions cannot be \
+                             sandboxed here: {why}"
+                        )));
+                    }
+                    sandbox::Availability::Unavailable(_) => None,
+                };
                 let spec = command::CommandSpec {
                     template,
                     body: &node.body,
@@ -441,12 +601,11 @@ fn compute(
                         .map(|(k, v)| (k.clone(), v.value.clone()))
                         .collect(),
                     path_env: &opts.path_env,
-                    timeout: node
-                        .timeout
-                        .as_ref()
-                        .map(|(s, _)| Duration::from_secs(*s))
-                        .unwrap_or(command::DEFAULT_TIMEOUT),
+                    timeout,
                     cancel: &opts.cancel,
+                    temp_root: settings.temp_root.as_deref(),
+                    max_output: settings.max_output_bytes,
+                    sandbox,
                 };
                 let out = command::run(&spec)
                     .map_err(|e| infra(format!("cannot run the command: {e}")))?;
@@ -457,18 +616,26 @@ fn compute(
                 let file = std::fs::File::open(&out.output).map_err(|_| {
                     user("the command succeeded but wrote no table to $SLUICE_OUTPUT".into())
                 })?;
-                table::canonicalize(std::io::BufReader::new(file), &mut writer)
-                    .map_err(|e| user(format!("output is not valid CSV: {e}")))?
+                let done = table::canonicalize(std::io::BufReader::new(file), &mut writer);
+                if let Some(e) = too_large(&writer) {
+                    return Err(e);
+                }
+                done.map_err(|e| user(format!("output is not valid CSV: {e}")))?
             }
-            Action::Static => table::canonicalize(node.body.as_bytes(), &mut writer)
-                .map_err(|e| user(format!("not valid CSV: {e}")))?,
+            Action::Static => {
+                let done = table::canonicalize(node.body.as_bytes(), &mut writer);
+                if let Some(e) = too_large(&writer) {
+                    return Err(e);
+                }
+                done.map_err(|e| user(format!("not valid CSV: {e}")))?
+            }
         };
         writer.flush().map_err(|e| infra(e.to_string()))?;
         // And unchanged while the node read them.
         for (s, (_, path)) in node.sources.iter().zip(&source_paths) {
             check_source(stores, opts, &s.path, path).map_err(user)?;
         }
-        let digest = writer.finish().map_err(|e| infra(e.to_string()))?;
+        let digest = writer.inner.finish().map_err(|e| infra(e.to_string()))?;
         let key = node.key.as_ref().map(|(k, _)| k.as_slice());
         let asserts: Vec<_> = node.asserts.iter().map(|(a, _)| a.clone()).collect();
         if key.is_some() || !asserts.is_empty() {
@@ -481,32 +648,81 @@ fn compute(
                     .open_verified(&digest)
                     .map_err(|e| infra(e.to_string()))?,
             };
-            checks::check_table(&path, &node.name, key, &asserts)
-                .map_err(|fails| user(format!("data test failed: {}", fails.join("; "))))?;
+            checks::check_table(&path, &node.name, key, &asserts).map_err(|fails| {
+                // Assertions are SQL too: keep only what the node itself says.
+                let own = format!("{}\n{:?}", node.body, asserts);
+                user(redact(
+                    &format!("data test failed: {}", fails.join("; ")),
+                    &own,
+                ))
+            })?;
         }
         Ok((digest, stats))
     })();
     Computed { table, log }
 }
 
-/// A blob's local path, checked against its digest. The check goes
-/// through the (path, size, mtime, inode) memo, so an intact blob is
-/// hashed once however many nodes read it; a damaged one is never used.
-fn verified_path(stores: &Stores, digest: &Digest) -> Result<PathBuf, String> {
-    match stores.blobs.local_path(digest) {
-        Some(p) => match crate::store::source::source_digest(&stores.state, &p) {
-            Ok(d) if d == *digest => Ok(p),
-            Ok(_) => Err(format!(
-                "blob {digest} at {} is corrupt (its bytes no longer match their digest)",
-                p.display()
-            )),
-            Err(e) => Err(format!("blob {digest}: {e}")),
-        },
-        None => stores
-            .blobs
-            .open_verified(digest)
-            .map_err(|e| e.to_string()),
+/// The blob writer, counting bytes as the canonical writer writes them,
+/// refusing to grow past the output limit.
+struct CappedWriter {
+    inner: Box<dyn crate::store::blob::BlobWriter>,
+    written: u64,
+    cap: u64,
+    over: bool,
+}
+
+impl Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written.saturating_add(buf.len() as u64) > self.cap {
+            self.over = true;
+            self.written = self.written.saturating_add(buf.len() as u64);
+            return Err(std::io::Error::other(
+                "the table is larger than the output limit",
+            ));
+        }
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
     }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Error text that may leave this machine (reports, manifests, comments)
+/// keeps a quoted fragment only when the node's own text (`own`) holds it:
+/// SQLite quotes cell values in some messages (`bad JSON path: '...'`),
+/// and those are PHI. Every other fragment in '…' or "…" becomes '…'.
+pub fn redact(message: &str, own: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find(['\'', '"']) {
+        let quote = if rest[i..].starts_with('"') {
+            '"'
+        } else {
+            '\''
+        };
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (fragment, tail, closed) = match after.find(quote) {
+            Some(j) => (&after[..j], &after[j + 1..], true),
+            None => (after, "", false),
+        };
+        out.push(quote);
+        if fragment.is_empty() || own.contains(fragment) {
+            out.push_str(fragment);
+            if closed {
+                out.push(quote);
+            }
+        } else {
+            out.push('…');
+            out.push(quote);
+        }
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Fails when a source's bytes are no longer those the plan hashed (a
@@ -554,4 +770,38 @@ fn is_sqlite_file(path: &Path) -> bool {
         path.extension().and_then(|e| e.to_str()),
         Some("sqlite" | "sqlite3" | "db")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_keeps_only_the_nodes_own_fragments() {
+        let body = "SELECT json_extract('{}', 'own path') FROM \"T\"";
+        assert_eq!(
+            redact("SQL error: bad JSON path: 'MRN-123'", body),
+            "SQL error: bad JSON path: '…'"
+        );
+        assert_eq!(
+            redact("bad JSON path: 'own path' near \"T\"", body),
+            "bad JSON path: 'own path' near \"T\""
+        );
+        assert_eq!(redact("unclosed 'MRN-9", body), "unclosed '…'");
+        assert_eq!(redact("empty '' stays", body), "empty '' stays");
+        assert_eq!(redact("no quotes: 12", body), "no quotes: 12");
+    }
+
+    #[test]
+    fn settings_follow_the_repository_config() {
+        let cfg = crate::config::parse(
+            "[project]\npipelines = [\"c/*\"]\n[limits]\ntimeout = \"2m\"\nmax_output_mb = 3\n[sandbox]\nrequired = true\n",
+        )
+        .unwrap();
+        let s = ExecSettings::for_repo(Some(&cfg));
+        assert_eq!(s.default_timeout, Duration::from_secs(120));
+        assert_eq!(s.max_output_bytes, 3_000_000);
+        assert!(s.sandbox_required);
+        assert_eq!(ExecSettings::for_repo(None), ExecSettings::default());
+    }
 }

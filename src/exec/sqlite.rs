@@ -15,9 +15,15 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::plan::digest::Digest;
 
 use rusqlite::fallible_iterator::FallibleIterator;
 use rusqlite::{Batch, Connection, Statement, types};
@@ -41,6 +47,10 @@ pub enum InputData<'a> {
     /// The canonical CSV of an upstream node (a blob of the store): read
     /// byte for byte, so that a text value holding `\r` keeps it.
     Canonical(&'a Path),
+    /// A [`InputData::Canonical`] blob whose bytes are checked against its
+    /// digest in the same pass that loads them: a blob damaged on disk
+    /// fails the node (see [`ExecError::corrupt_input`]).
+    Blob(&'a Path, Digest),
     /// An SQLite database source (`@source data://x.sqlite` / `.db`),
     /// attached read-only as the schema named `table` (the file stem), so
     /// its tables are `x.name`.
@@ -61,12 +71,14 @@ pub struct SqlInput<'a> {
 #[error("{message}")]
 pub struct ExecError {
     message: String,
+    corrupt: Option<Digest>,
 }
 
 impl ExecError {
     pub fn new(message: impl Into<String>) -> Self {
         ExecError {
             message: message.into(),
+            corrupt: None,
         }
     }
 
@@ -74,9 +86,80 @@ impl ExecError {
         &self.message
     }
 
+    /// The input blob whose bytes did not match their digest, if that is
+    /// why the node failed: the machinery's failure, not the analyst's.
+    pub fn corrupt_input(&self) -> Option<Digest> {
+        self.corrupt
+    }
+
     /// The same error with `what: ` in front.
     fn context(self, what: &str) -> Self {
-        ExecError::new(format!("{what}: {}", self.message))
+        ExecError {
+            message: format!("{what}: {}", self.message),
+            corrupt: self.corrupt,
+        }
+    }
+}
+
+/// What bounds a SQL node besides its body: a deadline (`@timeout`, or the
+/// default) and the run's cancellation, both checked by SQLite's progress
+/// handler every few thousand virtual-machine steps.
+#[derive(Debug, Clone)]
+pub struct SqlLimits {
+    pub timeout: Duration,
+    pub cancel: Option<super::CancelToken>,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        SqlLimits {
+            timeout: super::command::DEFAULT_TIMEOUT,
+            cancel: None,
+        }
+    }
+}
+
+/// How many SQLite VM steps pass between two checks of the limits.
+const PROGRESS_STEPS: std::ffi::c_int = 10_000;
+
+const STOP_NONE: u8 = 0;
+const STOP_TIMEOUT: u8 = 1;
+const STOP_CANCEL: u8 = 2;
+
+/// Installs the progress handler; the returned cell says why SQLite was
+/// interrupted, if it was.
+fn install_limits(conn: &mut Connection, limits: &SqlLimits) -> Result<Arc<AtomicU8>, ExecError> {
+    let why = Arc::new(AtomicU8::new(STOP_NONE));
+    let deadline = Instant::now().checked_add(limits.timeout);
+    let cancel = limits.cancel.clone();
+    let flag = Arc::clone(&why);
+    conn.progress_handler(
+        PROGRESS_STEPS,
+        Some(move || {
+            if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+                flag.store(STOP_CANCEL, Ordering::SeqCst);
+                return true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                flag.store(STOP_TIMEOUT, Ordering::SeqCst);
+                return true;
+            }
+            false
+        }),
+    )?;
+    Ok(why)
+}
+
+/// Replaces what SQLite says when the progress handler stopped it
+/// ("interrupted") with the reason.
+fn explain_stop(e: ExecError, why: &AtomicU8, limits: &SqlLimits) -> ExecError {
+    match why.load(Ordering::SeqCst) {
+        STOP_TIMEOUT => ExecError::new(format!(
+            "timed out after {}s (@timeout, or [limits] timeout in sluice.toml)",
+            limits.timeout.as_secs()
+        )),
+        STOP_CANCEL => ExecError::new(super::CANCELLED),
+        _ => e,
     }
 }
 
@@ -104,8 +187,19 @@ pub fn run_sql(
     body: &str,
     inputs: &[SqlInput<'_>],
     out: &mut dyn Write,
+    limits: &SqlLimits,
 ) -> Result<TableStats, ExecError> {
     let mut conn = open_memory()?;
+    let why = install_limits(&mut conn, limits)?;
+    run_sql_on(conn, body, inputs, out).map_err(|e| explain_stop(e, &why, limits))
+}
+
+fn run_sql_on(
+    mut conn: Connection,
+    body: &str,
+    inputs: &[SqlInput<'_>],
+    out: &mut dyn Write,
+) -> Result<TableStats, ExecError> {
     // ATTACH cannot run inside a transaction: attach first.
     for input in inputs {
         if let InputData::Attach(path) = input.csv {
@@ -117,32 +211,108 @@ pub fn run_sql(
     // once instead of committing after every row.
     conn.execute_batch("BEGIN")?;
     for input in inputs {
-        let (path, mode) = match input.csv {
-            InputData::Csv(p) => (p, ReadMode::External),
-            InputData::Canonical(p) => (p, ReadMode::Exact),
+        let loaded = match input.csv {
+            InputData::Csv(p) => load_file(&conn, input.table, p, ReadMode::External),
+            InputData::Canonical(p) => load_file(&conn, input.table, p, ReadMode::Exact),
+            InputData::Blob(p, digest) => load_blob(&conn, input.table, p, &digest),
             InputData::Attach(_) => continue,
         };
-        load_file(&conn, input.table, path, mode)
-            .map_err(|e| e.context(&format!("input {}", input.table)))?;
+        loaded.map_err(|e| e.context(&format!("input {}", input.table)))?;
     }
     conn.execute_batch("COMMIT")?;
-    confine(&mut conn)?;
-    run_body(&conn, body, out)
+    let denied = confine(&mut conn)?;
+    run_body(&conn, body, out).map_err(|e| match lock(&denied).take() {
+        Some(what) => ExecError::new(format!(
+            "{what} is not allowed in a node: a node may read its inputs and build \
+             tables in memory, but not attach files or change SQLite's settings \
+             (read-only PRAGMAs such as table_info(T) are allowed)"
+        )),
+        None => e,
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// PRAGMAs that only read, with any argument (a table or index name, or a
+/// row limit): they cannot change anything.
+const PRAGMAS_WITH_ARGUMENT: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "foreign_key_check",
+    "integrity_check",
+    "quick_check",
+];
+
+/// PRAGMAs that only read when given no value (`PRAGMA encoding`, not
+/// `PRAGMA encoding = 'UTF-16'`).
+const PRAGMAS_WITHOUT_VALUE: &[&str] = &[
+    "table_list",
+    "function_list",
+    "pragma_list",
+    "collation_list",
+    "database_list",
+    "module_list",
+    "compile_options",
+    "encoding",
+    "user_version",
+    "schema_version",
+    "application_id",
+    "page_count",
+    "page_size",
+    "freelist_count",
+    "data_version",
+];
+
+/// Whether a node may run `PRAGMA name` (`= value` or `(value)`). Every
+/// PRAGMA that sets something is refused: some (`hard_heap_limit`,
+/// `soft_heap_limit`, `temp_store_directory`) are process-wide and would
+/// reach every other node of every run.
+pub fn pragma_allowed(name: &str, value: Option<&str>) -> bool {
+    let name = name.to_ascii_lowercase();
+    PRAGMAS_WITH_ARGUMENT.contains(&name.as_str())
+        || (value.is_none() && PRAGMAS_WITHOUT_VALUE.contains(&name.as_str()))
 }
 
 /// From here on the body runs: it may read its inputs and build tables in
-/// memory, but not reach other files. ATTACH (also what `VACUUM INTO` does
-/// underneath) and DETACH are denied, so no file outside the data root is
-/// read and no PHI is copied out.
-pub(crate) fn confine(conn: &mut Connection) -> Result<(), ExecError> {
+/// memory, but not reach other files or change the process. ATTACH (also
+/// what `VACUUM INTO` does underneath) and DETACH are denied, so no file
+/// outside the data root is read and no PHI is copied out; so is every
+/// PRAGMA but the read-only ones ([`pragma_allowed`]). The returned cell
+/// names what was denied, for the error message.
+pub(crate) fn confine(conn: &mut Connection) -> Result<Arc<Mutex<Option<String>>>, ExecError> {
     use rusqlite::hooks::{AuthAction, Authorization};
-    conn.authorizer(Some(|ctx: rusqlite::hooks::AuthContext<'_>| {
-        match ctx.action {
-            AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
-            _ => Authorization::Allow,
+    let denied = Arc::new(Mutex::new(None::<String>));
+    let record = Arc::clone(&denied);
+    conn.authorizer(Some(move |ctx: rusqlite::hooks::AuthContext<'_>| {
+        let what = match ctx.action {
+            AuthAction::Attach { .. } => Some("ATTACH".to_string()),
+            AuthAction::Detach { .. } => Some("DETACH".to_string()),
+            AuthAction::Pragma {
+                pragma_name,
+                pragma_value,
+            } if !pragma_allowed(pragma_name, pragma_value) => {
+                Some(format!("PRAGMA {}", pragma_name.to_ascii_lowercase()))
+            }
+            _ => None,
+        };
+        match what {
+            Some(w) => {
+                let mut slot = lock(&record);
+                if slot.is_none() {
+                    *slot = Some(w);
+                }
+                Authorization::Deny
+            }
+            None => Authorization::Allow,
         }
     }))?;
-    Ok(())
+    Ok(denied)
 }
 
 /// An in-memory database for one bulk load and one query.
@@ -190,6 +360,100 @@ pub(crate) fn load_csv<R: BufRead + Send>(
     input: R,
     mode: ReadMode,
 ) -> Result<TableStats, ExecError> {
+    load_csv_returning(conn, table, input, mode).map(|(stats, _)| stats)
+}
+
+/// Loads an upstream blob, hashing its bytes in the same pass, and fails
+/// when they do not match `digest`. A parse error in a damaged blob is
+/// reported as the damage, not as the parse error.
+fn load_blob(
+    conn: &Connection,
+    table: &str,
+    path: &Path,
+    digest: &Digest,
+) -> Result<TableStats, ExecError> {
+    let corrupt = || ExecError {
+        message: format!(
+            "blob {digest} at {} is corrupt (its bytes no longer match their digest); \
+             it will be recomputed on the next run",
+            path.display()
+        ),
+        corrupt: Some(*digest),
+    };
+    let file = File::open(path)
+        .map_err(|e| ExecError::new(format!("cannot open {}: {e}", path.display())))?;
+    let input = HashingReader {
+        inner: BufReader::with_capacity(256 * 1024, file),
+        hasher: Sha256::new(),
+    };
+    match load_csv_returning(conn, table, input, ReadMode::Exact) {
+        Ok((stats, rest)) => {
+            let actual = match rest {
+                Some(mut rest) => {
+                    // Normally nothing is left; hash whatever is.
+                    std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| {
+                        ExecError::new(format!("cannot read {}: {e}", path.display()))
+                    })?;
+                    Digest(rest.hasher.finalize().into())
+                }
+                None => rehash(path)?,
+            };
+            if actual != *digest {
+                return Err(corrupt());
+            }
+            Ok(stats)
+        }
+        Err(e) => {
+            if rehash(path)? != *digest {
+                return Err(corrupt());
+            }
+            Err(e)
+        }
+    }
+}
+
+fn rehash(path: &Path) -> Result<Digest, ExecError> {
+    File::open(path)
+        .and_then(crate::store::blob::digest_reader)
+        .map(|(d, _)| d)
+        .map_err(|e| ExecError::new(format!("cannot read {}: {e}", path.display())))
+}
+
+/// A `BufRead` that hashes every byte its consumer takes.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: BufRead> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for HashingReader<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amt: usize) {
+        // The buffer is still filled: this returns it without reading.
+        if let Ok(buf) = self.inner.fill_buf() {
+            self.hasher.update(&buf[..amt.min(buf.len())]);
+        }
+        self.inner.consume(amt);
+    }
+}
+
+/// [`load_csv`], handing back the input when it was read to its end.
+fn load_csv_returning<R: BufRead + Send>(
+    conn: &Connection,
+    table: &str,
+    input: R,
+    mode: ReadMode,
+) -> Result<(TableStats, Option<R>), ExecError> {
     let mut reader = TableReader::new(input, mode)?;
     let columns = reader.columns().to_vec();
     let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
@@ -206,8 +470,8 @@ pub(crate) fn load_csv<R: BufRead + Send>(
     let width = columns.len();
     let (full_tx, full_rx) = mpsc::sync_channel::<Result<Chunk, TableError>>(2);
     let (empty_tx, empty_rx) = mpsc::channel::<Chunk>();
-    let rows = std::thread::scope(|scope| -> Result<u64, ExecError> {
-        scope.spawn(move || {
+    let (rows, rest) = std::thread::scope(|scope| -> Result<(u64, Option<R>), ExecError> {
+        let parser = scope.spawn(move || -> Option<R> {
             // Ends when the input ends, on a CSV error, or when the
             // receiver is gone (an insert failed).
             let mut chunk = Chunk::default();
@@ -217,7 +481,7 @@ pub(crate) fn load_csv<R: BufRead + Send>(
                     Ok(None) => break,
                     Err(e) => {
                         let _ = full_tx.send(Err(e));
-                        return;
+                        return None;
                     }
                 };
                 for v in rec.values() {
@@ -230,13 +494,14 @@ pub(crate) fn load_csv<R: BufRead + Send>(
                         .send(Ok(std::mem::replace(&mut chunk, next)))
                         .is_err()
                     {
-                        return;
+                        return None;
                     }
                 }
             }
             if chunk.rows > 0 {
                 let _ = full_tx.send(Ok(chunk));
             }
+            Some(reader.into_inner())
         });
         let mut rows = 0u64;
         for chunk in full_rx {
@@ -260,9 +525,10 @@ pub(crate) fn load_csv<R: BufRead + Send>(
             // The parser may be done already; then the chunk is just dropped.
             let _ = empty_tx.send(chunk);
         }
-        Ok(rows)
+        let rest = parser.join().ok().flatten();
+        Ok((rows, rest))
     })?;
-    Ok(TableStats { rows, columns })
+    Ok((TableStats { rows, columns }, rest))
 }
 
 const CHUNK_ROWS: usize = 4096;
@@ -459,7 +725,7 @@ mod tests {
             })
             .collect();
         let mut out = Vec::new();
-        let stats = run_sql(body, &sql_inputs, &mut out)?;
+        let stats = run_sql(body, &sql_inputs, &mut out, &SqlLimits::default())?;
         let text = String::from_utf8(out).unwrap();
         let mut back = TableReader::new(text.as_bytes(), ReadMode::Exact).unwrap();
         let mut rows = 0;
@@ -501,6 +767,93 @@ mod tests {
         );
         assert!(!copy.exists(), "no copy of the inputs was written");
         assert_eq!(run("SELECT 1 AS x", &[]).unwrap(), "x\n1\n");
+    }
+
+    #[test]
+    fn only_read_only_pragmas_run() {
+        let e = run("PRAGMA hard_heap_limit=1; SELECT 1 AS x", &[]).unwrap_err();
+        assert!(
+            e.message()
+                .starts_with("PRAGMA hard_heap_limit is not allowed"),
+            "{e}"
+        );
+        // The table-valued form cannot set a value at all.
+        assert!(run("SELECT * FROM pragma_hard_heap_limit(1)", &[]).is_err());
+        for body in [
+            "PRAGMA temp_store_directory = '/tmp'; SELECT 1 AS x",
+            "PRAGMA encoding = 'UTF-16'; SELECT 1 AS x",
+        ] {
+            let e = run(body, &[]).unwrap_err();
+            assert!(e.message().contains("is not allowed"), "{body}: {e}");
+        }
+        let out = run("PRAGMA table_info(p)", &[("p", "id,v\n1,2\n")]).unwrap();
+        assert!(
+            out.starts_with("cid,name,type,notnull,dflt_value,pk\n0,id,"),
+            "{out}"
+        );
+        let out = run(
+            "SELECT name FROM pragma_table_info('p') ORDER BY cid",
+            &[("p", "id,v\n1,2\n")],
+        )
+        .unwrap();
+        assert_eq!(out, "name\nid\nv\n");
+        assert!(pragma_allowed("TABLE_INFO", Some("t")));
+        assert!(pragma_allowed("encoding", None));
+        assert!(!pragma_allowed("encoding", Some("UTF-16")));
+        assert!(!pragma_allowed("soft_heap_limit", None));
+    }
+
+    #[test]
+    fn limits_stop_an_endless_query() {
+        let endless = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) \
+                       SELECT count(*) AS c FROM r";
+        let limits = SqlLimits {
+            timeout: std::time::Duration::from_millis(200),
+            cancel: None,
+        };
+        let start = Instant::now();
+        let e = run_sql(endless, &[], &mut Vec::new(), &limits).unwrap_err();
+        assert!(e.message().starts_with("timed out after"), "{e}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        let token = super::super::CancelToken::new();
+        let limits = SqlLimits {
+            timeout: std::time::Duration::from_secs(60),
+            cancel: Some(token.clone()),
+        };
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            token.cancel();
+        });
+        let e = run_sql(endless, &[], &mut Vec::new(), &limits).unwrap_err();
+        t.join().unwrap();
+        assert_eq!(e.message(), super::super::CANCELLED);
+    }
+
+    #[test]
+    fn a_damaged_blob_fails_its_load() {
+        let dir = tempdir();
+        let p = dir.join("blob.csv");
+        std::fs::write(&p, "id\n1\n2\n").unwrap();
+        let digest = Digest::of(b"id\n1\n2\n");
+        let load = |path: &Path| {
+            run_sql(
+                "SELECT sum(id) AS s FROM t",
+                &[SqlInput {
+                    table: "t",
+                    csv: InputData::Blob(path, digest),
+                }],
+                &mut Vec::new(),
+                &SqlLimits::default(),
+            )
+        };
+        assert!(load(&p).is_ok());
+        // Same size, one digit changed; and one that no longer parses.
+        for damaged in ["id\n1\n3\n", "id\n\"1\n2\n"] {
+            std::fs::write(&p, damaged).unwrap();
+            let e = load(&p).unwrap_err();
+            assert_eq!(e.corrupt_input(), Some(digest), "{damaged:?}");
+            assert!(e.message().contains("corrupt"), "{e}");
+        }
     }
 
     #[test]
@@ -624,6 +977,7 @@ mod tests {
                 csv: InputData::Csv(&p),
             }],
             &mut out,
+            &SqlLimits::default(),
         )
         .unwrap();
         assert_eq!(
@@ -661,13 +1015,19 @@ mod tests {
         run_sql(
             "SELECT p.mrn, v.n FROM ehr.patients p JOIN visits v ON v.patient_id = p.id ORDER BY p.id",
             &inputs,
-            &mut out,
+            &mut out, &SqlLimits::default(),
         )
         .unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "mrn,n\n007,3\n42,5\n");
         // Read-only: the source cannot be changed by a node.
         let mut out = Vec::new();
-        let e = run_sql("DELETE FROM ehr.patients; SELECT 1 AS x", &inputs, &mut out).unwrap_err();
+        let e = run_sql(
+            "DELETE FROM ehr.patients; SELECT 1 AS x",
+            &inputs,
+            &mut out,
+            &SqlLimits::default(),
+        )
+        .unwrap_err();
         assert!(e.message().contains("readonly"), "{e}");
         // A file that is not a database fails at attach time, naming the source.
         let bad = dir.join("bad.db");
@@ -682,6 +1042,7 @@ mod tests {
                 csv: InputData::Attach(&bad),
             }],
             &mut Vec::new(),
+            &SqlLimits::default(),
         )
         .unwrap_err();
         assert!(e.message().starts_with("source bad: SQL error:"), "{e}");
@@ -744,6 +1105,7 @@ mod tests {
                     csv: InputData::Csv(&csv),
                 }],
                 &mut out,
+                &SqlLimits::default(),
             )
             .unwrap();
             out.flush().unwrap();
@@ -773,6 +1135,7 @@ mod tests {
                 csv: InputData::Csv(&csv),
             }],
             &mut Vec::new(),
+            &SqlLimits::default(),
         )
         .unwrap();
         eprintln!("load only {:.3}s", t.elapsed().as_secs_f64());
@@ -796,6 +1159,7 @@ mod tests {
                 csv: InputData::Csv(&csv),
             }],
             &mut out,
+            &SqlLimits::default(),
         )
         .unwrap();
         out.flush().unwrap();

@@ -591,6 +591,11 @@ impl<R: BufRead> TableReader<R> {
         &self.columns
     }
 
+    /// The input, positioned after what was read.
+    pub fn into_inner(self) -> R {
+        self.csv.input
+    }
+
     /// The next row; `None` at the end.
     pub fn next_row(&mut self) -> Result<Option<Record<'_>>, TableError> {
         let expected = self.columns.len();

@@ -312,10 +312,10 @@ fn reason(status: u16, headers: &HeaderMap, body: &[u8]) -> String {
                 .unwrap_or("no reason given")
                 .to_string()
         });
-    if (300..400).contains(&status) {
-        if let Some(location) = header(headers, &["location"]) {
-            text = format!("{text} (moved to {location})");
-        }
+    if (300..400).contains(&status)
+        && let Some(location) = header(headers, &["location"])
+    {
+        text = format!("{text} (moved to {location})");
     }
     text
 }

@@ -32,6 +32,8 @@ pub struct GitVfs {
     root_tree: ObjectId,
     prefix: RepoPath,
     trees: RefCell<HashMap<ObjectId, Rc<Listing>>>,
+    /// Git's warning when the revision's name matched several refs.
+    ambiguity: Option<String>,
 }
 
 /// One decoded tree, keyed by entry name so that lookups are logarithmic and
@@ -113,8 +115,22 @@ impl GitVfs {
             .unwrap_or_else(|| repo.git_dir())
             .display()
             .to_string();
+        // A name that is both a tag and a branch (say) is read as git reads
+        // it, with git's warning kept for the caller to show.
+        let (spec, ambiguity) = match ambiguous_name(&repo, rev) {
+            Some((chosen, all)) => {
+                let name = leading_name(rev);
+                let spec = format!("{chosen}{}", &rev[name.len()..]);
+                let warning = format!(
+                    "warning: refname '{name}' is ambiguous ({}); reading {chosen}, as git does",
+                    all.join(", ")
+                );
+                (spec, Some(warning))
+            }
+            None => (rev.to_string(), None),
+        };
         let (commit, top_tree) = {
-            let id = repo.rev_parse_single(rev).map_err(|e| {
+            let id = repo.rev_parse_single(spec.as_str()).map_err(|e| {
                 with_cause(e, format!("cannot resolve revision `{rev}` in {location}"))
             })?;
             let commit = id
@@ -134,6 +150,7 @@ impl GitVfs {
             root_tree: top_tree,
             prefix: RepoPath::root(),
             trees: RefCell::new(HashMap::new()),
+            ambiguity,
         };
         // Walk down to the prefix without following symlinks: it names a real
         // directory of the work tree, so it must be a real tree in the commit.
@@ -157,6 +174,15 @@ impl GitVfs {
     /// The full hex id of the commit being served.
     pub fn commit_id(&self) -> String {
         self.commit.to_string()
+    }
+
+    /// Git's warning when the revision named several refs (`main` both a
+    /// branch and a tag): `warning: refname 'main' is ambiguous …`. Like
+    /// git, the first of `refs/NAME`, `refs/tags/NAME`, `refs/heads/NAME`,
+    /// `refs/remotes/NAME`, `refs/remotes/NAME/HEAD` was read. This layer
+    /// does not print: the front end shows the warning.
+    pub fn ambiguity(&self) -> Option<String> {
+        self.ambiguity.clone()
     }
 
     /// Where the served view sits inside the commit's tree.
@@ -387,6 +413,60 @@ impl Vfs for GitVfs {
     }
 }
 
+/// The ref name a revision starts with: `main` in `main~2` or `main^{tree}`.
+fn leading_name(rev: &str) -> &str {
+    let end = rev
+        .char_indices()
+        .find(|&(i, c)| matches!(c, '~' | '^' | ':') || rev[i..].starts_with("@{"))
+        .map_or(rev.len(), |(i, _)| i);
+    &rev[..end]
+}
+
+/// The exact ref `full` (no search through `refs/tags/`, `refs/heads/` …),
+/// peeled to the object it names.
+fn find_exact(repo: &gix::Repository, full: &str) -> Option<ObjectId> {
+    let mut r = repo.try_find_reference(full).ok()??;
+    if r.name().as_bstr() != full {
+        return None;
+    }
+    r.peel_to_id().ok().map(gix::Id::detach)
+}
+
+/// When the name `rev` starts with matches more than one ref in git's
+/// order, the one git reads and all that matched.
+fn ambiguous_name(repo: &gix::Repository, rev: &str) -> Option<(String, Vec<String>)> {
+    let name = leading_name(rev);
+    let is_hex = name.len() == 40 && name.bytes().all(|b| b.is_ascii_hexdigit());
+    if name.is_empty() || name.starts_with("refs/") || name == "HEAD" || name == "@" || is_hex {
+        return None;
+    }
+    let found: Vec<String> = [
+        format!("refs/{name}"),
+        format!("refs/tags/{name}"),
+        format!("refs/heads/{name}"),
+        format!("refs/remotes/{name}"),
+        format!("refs/remotes/{name}/HEAD"),
+    ]
+    .into_iter()
+    .filter(|full| find_exact(repo, full).is_some())
+    .collect();
+    if found.len() < 2 {
+        return None;
+    }
+    Some((found[0].clone(), found))
+}
+
+/// The commit at the tip of branch `name`: `refs/heads/<name>` only, never
+/// a tag or remote ref of the same name (promotion must not be fooled by
+/// a tag `main`). `None` when `repo_dir` is not in a repository or the
+/// branch does not exist or is not a commit.
+pub fn resolve_branch(repo_dir: &Path, name: &str) -> Option<String> {
+    let repo = gix::discover(repo_dir).ok()?;
+    let id = find_exact(&repo, &format!("refs/heads/{name}"))?;
+    let commit = repo.find_object(id).ok()?.peel_to_commit().ok()?;
+    Some(commit.id.to_string())
+}
+
 /// The branch checked out in the work tree containing `dir` (`main`, not
 /// `refs/heads/main`); `None` when `dir` is not in a git repository or
 /// HEAD is detached.
@@ -547,6 +627,40 @@ mod tests {
         git(&root, &["tag", "-a", "-m", "release", "r1", "HEAD~1"]);
         let v = GitVfs::open(&root, "r1").unwrap();
         assert_eq!(v.commit_id(), git(&root, &["rev-parse", "HEAD~1"]));
+    }
+
+    #[test]
+    fn a_name_both_branch_and_tag_reads_the_tag_with_a_warning() {
+        let (_tmp, root) = two_commits();
+        // `v1` is a tag on the first commit; a branch `v1` on the second.
+        git(&root, &["branch", "v1", "main"]);
+        let first = git(&root, &["rev-parse", "main~1"]);
+        let second = git(&root, &["rev-parse", "main"]);
+        assert_eq!(git(&root, &["rev-parse", "v1"]), first, "git reads the tag");
+        let v = GitVfs::open(&root, "v1").unwrap();
+        assert_eq!(v.commit_id(), first);
+        assert_eq!(
+            v.ambiguity().as_deref(),
+            Some(
+                "warning: refname 'v1' is ambiguous (refs/tags/v1, refs/heads/v1); reading refs/tags/v1, as git does"
+            )
+        );
+        let v = GitVfs::open(&root, "v1^{commit}").unwrap();
+        assert_eq!(v.commit_id(), first);
+        assert!(v.ambiguity().is_some());
+        for rev in ["main", "HEAD", "refs/heads/v1", &second[..]] {
+            let v = GitVfs::open(&root, rev).unwrap();
+            assert!(v.ambiguity().is_none(), "{rev}");
+        }
+        assert_eq!(resolve_branch(&root, "v1"), Some(second.clone()));
+        assert_eq!(resolve_branch(&root, "main"), Some(second));
+        // A tag alone is not a branch.
+        git(&root, &["tag", "only-tag", "main~1"]);
+        assert_eq!(resolve_branch(&root, "only-tag"), None);
+        assert_eq!(resolve_branch(&root, "heads/main"), None);
+        assert_eq!(leading_name("main~2"), "main");
+        assert_eq!(leading_name("main@{1}"), "main");
+        assert_eq!(leading_name("a/b^{tree}"), "a/b");
     }
 
     #[test]

@@ -15,6 +15,13 @@ use super::path::RepoPath;
 use super::template;
 use super::vfs::{EntryKind, Layered, Vfs, VfsError};
 
+/// How deep `@include` chains of files and chains of mounts may go. A
+/// chain is followed on every `check`, `plan` and push (the pre-receive
+/// hook), so its cost must stay bounded whatever a branch commits; past
+/// this depth the chain is refused with a diagnostic at the `@include`
+/// that goes one level too far.
+pub const MAX_INCLUDE_DEPTH: usize = 64;
+
 /// Resolves the given pipeline directories (and every directory they reach
 /// through `@depend /dir/NAME`) into a graph.
 pub fn compile(vfs: &dyn Vfs, pipelines: &[RepoPath]) -> (Graph, Vec<Diagnostic>) {
@@ -126,12 +133,50 @@ type Settings = BTreeMap<String, ParamValue>;
 #[derive(Debug, Clone)]
 struct NsEntry {
     file: RepoPath,
-    /// Mount files the node came through, outermost first.
-    via: Vec<RepoPath>,
-    /// Parameter settings of the mount files, innermost first; the last
-    /// (outermost) wins.
-    layers: Vec<Rc<Settings>>,
+    /// The mount files the node came through, outermost first, each with
+    /// the settings of the directory holding it.
+    via: Option<Rc<Via>>,
+    /// The settings of the directory that defines the node: the innermost
+    /// layer of parameters.
+    own: Rc<Settings>,
     overrides: Option<RepoPath>,
+}
+
+/// One mount level of a [`NsEntry`]: a persistent list, so mounting a
+/// namespace one level further up adds one cell per entry and shares the
+/// rest, instead of copying every entry's whole chain at every level
+/// (which made deep mount chains cubic).
+#[derive(Debug)]
+struct Via {
+    mount: RepoPath,
+    settings: Rc<Settings>,
+    next: Option<Rc<Via>>,
+}
+
+impl NsEntry {
+    /// The mount files, outermost first.
+    fn via_files(&self) -> Vec<RepoPath> {
+        let mut out = Vec::new();
+        let mut cell = self.via.as_deref();
+        while let Some(v) = cell {
+            out.push(v.mount.clone());
+            cell = v.next.as_deref();
+        }
+        out
+    }
+
+    /// The parameter settings, innermost first: the last (outermost) wins.
+    fn layers(&self) -> Vec<Rc<Settings>> {
+        let mut out = Vec::new();
+        let mut cell = self.via.as_deref();
+        while let Some(v) = cell {
+            out.push(v.settings.clone());
+            cell = v.next.as_deref();
+        }
+        out.push(self.own.clone());
+        out.reverse();
+        out
+    }
 }
 
 #[derive(Debug)]
@@ -297,6 +342,17 @@ impl<'a> Compiler<'a> {
                             file,
                             d.line,
                             format!("include cycle: {}", chain.join(" -> ")),
+                        );
+                        continue;
+                    }
+                    if self.template_stack.len() > MAX_INCLUDE_DEPTH {
+                        self.diags.push(
+                            file,
+                            d.line,
+                            format!(
+                                "include chain deeper than {MAX_INCLUDE_DEPTH} files ({}); include fewer levels",
+                                chain_summary(&self.template_stack, &target)
+                            ),
                         );
                         continue;
                     }
@@ -481,6 +537,17 @@ impl<'a> Compiler<'a> {
         let mut conflicts: BTreeMap<String, Vec<(RepoPath, Origin)>> = BTreeMap::new();
         for (mount_file, targets) in mounts {
             for (target, origin) in targets {
+                if self.ns_stack.len() > MAX_INCLUDE_DEPTH {
+                    self.diags.push(
+                        &origin.file,
+                        origin.line,
+                        format!(
+                            "mount chain deeper than {MAX_INCLUDE_DEPTH} directories ({}); mount fewer levels",
+                            chain_summary(&self.ns_stack, &target)
+                        ),
+                    );
+                    continue;
+                }
                 if let Some(i) = self.ns_stack.iter().position(|p| p == &target) {
                     let mut chain: Vec<String> =
                         self.ns_stack[i..].iter().map(|p| p.to_string()).collect();
@@ -501,14 +568,14 @@ impl<'a> Compiler<'a> {
                     continue;
                 };
                 for (name, e) in &sub.entries {
-                    let mut via = vec![mount_file.clone()];
-                    via.extend(e.via.iter().cloned());
-                    let mut layers = e.layers.clone();
-                    layers.push(settings.clone());
                     let new = NsEntry {
                         file: e.file.clone(),
-                        via,
-                        layers,
+                        via: Some(Rc::new(Via {
+                            mount: mount_file.clone(),
+                            settings: settings.clone(),
+                            next: e.via.clone(),
+                        })),
+                        own: e.own.clone(),
                         overrides: None,
                     };
                     match mounted.get(name) {
@@ -554,8 +621,8 @@ impl<'a> Compiler<'a> {
                 name,
                 NsEntry {
                     file,
-                    via: Vec::new(),
-                    layers: vec![settings.clone()],
+                    via: None,
+                    own: settings.clone(),
                     overrides,
                 },
             );
@@ -575,7 +642,7 @@ impl<'a> Compiler<'a> {
             dir: dir.clone(),
             name: name.clone(),
             file: entry.file.clone(),
-            via: entry.via.clone(),
+            via: entry.via_files(),
             overrides: entry.overrides.clone(),
             includes: Vec::new(),
             action: ResolvedAction {
@@ -593,7 +660,7 @@ impl<'a> Compiler<'a> {
             timeout: None,
         };
         // Problems that hold only in this pipeline say which one.
-        let context = if entry.via.is_empty() {
+        let context = if entry.via.is_none() {
             String::new()
         } else {
             format!(" (in pipeline {dir})")
@@ -622,7 +689,7 @@ impl<'a> Compiler<'a> {
         // innermost first, so the outermost setting wins.
         let mut params: BTreeMap<String, ParamValue> = t.params.clone();
         let mut overlay: BTreeMap<String, ParamValue> = BTreeMap::new();
-        for layer in &entry.layers {
+        for layer in &entry.layers() {
             for (k, v) in layer.iter() {
                 overlay.insert(k.clone(), v.clone());
             }
@@ -873,6 +940,19 @@ impl<'a> Compiler<'a> {
         }
         self.graph.order = order;
     }
+}
+
+/// A chain too deep to print whole: its first two and last two links.
+fn chain_summary(stack: &[RepoPath], next: &RepoPath) -> String {
+    let mut all: Vec<String> = stack.iter().map(|p| p.to_string()).collect();
+    all.push(next.to_string());
+    if all.len() > 5 {
+        let tail = all.split_off(all.len() - 2);
+        all.truncate(2);
+        all.push(format!("… {} more …", stack.len() + 1 - 4));
+        all.extend(tail);
+    }
+    all.join(" -> ")
 }
 
 fn directive_name(kind: &DirectiveKind) -> &'static str {

@@ -465,3 +465,98 @@ fn file_names_with_control_characters_are_refused() {
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(e[0].starts_with("p:1: file name \"B\\n.sql\""), "{e:?}");
 }
+
+/// `p/A.sql` inheriting through `lib/f1.sql` … `lib/f{depth}.sql`, the
+/// last holding the body.
+fn include_chain(depth: usize) -> MemVfs {
+    let mut v = MemVfs::new();
+    v.insert("p/A.sql", "-- @include /lib/f1.sql\n");
+    for i in 1..depth {
+        v.insert(
+            &format!("lib/f{i}.sql"),
+            format!("-- @param level{i}=x\n-- @include ./f{}.sql\n", i + 1),
+        );
+    }
+    v.insert(&format!("lib/f{depth}.sql"), "SELECT 1 AS deepest;\n");
+    v
+}
+
+/// `p` mounting `g0`, each `gI` holding node `NI` and mounting `gI+1`, down
+/// to `g{depth-1}`.
+fn mount_chain(depth: usize) -> MemVfs {
+    let mut v = MemVfs::new();
+    v.insert("p/m.sql", "-- @include /lib/g0\n-- @param who=outer\n");
+    for i in 0..depth {
+        v.insert(
+            &format!("lib/g{i}/N{i}.sql"),
+            format!("-- @param who=node\nSELECT '{{{{who}}}}' AS n{i};\n"),
+        );
+        if i + 1 < depth {
+            v.insert(
+                &format!("lib/g{i}/m.sql"),
+                format!("-- @include /lib/g{}\n-- @param who=g{i}\n", i + 1),
+            );
+        }
+    }
+    v
+}
+
+fn compile_p(v: &MemVfs) -> (Graph, Vec<String>) {
+    let (g, d) = compile(v, &[RepoPath::parse("p").unwrap()]);
+    (g, d.iter().map(|d| d.to_string()).collect())
+}
+
+#[test]
+fn include_chain_deeper_than_the_limit_is_refused_quickly() {
+    let v = include_chain(7000);
+    let start = std::time::Instant::now();
+    let (_, errs) = compile_p(&v);
+    assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    // The chain is cut, so A also has no body: a second, expected problem.
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    // p/A.sql is level 0, so lib/f64.sql is the 64th include and the
+    // include on its line 2 the 65th.
+    assert!(
+        errs[0].starts_with("lib/f64.sql:2: include chain deeper than 64 files (p/A.sql -> lib/f1.sql -> … 62 more … -> lib/f64.sql -> lib/f65.sql)"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn include_chain_at_the_limit_resolves() {
+    let v = include_chain(64);
+    let (g, errs) = compile_p(&v);
+    assert!(errs.is_empty(), "{errs:#?}");
+    let a = node(&g, "p", "A");
+    assert_eq!(a.body, "SELECT 1 AS deepest;\n");
+    assert_eq!(a.includes.len(), 64);
+    assert_eq!(a.params.len(), 63);
+}
+
+#[test]
+fn mount_chain_deeper_than_the_limit_is_refused_quickly() {
+    let v = mount_chain(2000);
+    let start = std::time::Instant::now();
+    let (_, errs) = compile_p(&v);
+    assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("lib/g63/m.sql:1: mount chain deeper than 64 directories (p -> lib/g0 -> … 62 more … -> lib/g63 -> lib/g64)"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn mount_chain_at_the_limit_resolves_with_params_and_via() {
+    let v = mount_chain(64);
+    let (g, errs) = compile_p(&v);
+    assert!(errs.is_empty(), "{errs:#?}");
+    assert_eq!(g.nodes.len(), 64);
+    let deepest = node(&g, "p", "N63");
+    assert_eq!(deepest.via.len(), 64);
+    assert_eq!(deepest.via[0].as_str(), "p/m.sql");
+    assert_eq!(deepest.via[63].as_str(), "lib/g62/m.sql");
+    // The outermost setting wins over every level and the node default.
+    assert_eq!(deepest.body, "SELECT 'outer' AS n63;\n");
+    assert_eq!(deepest.params["who"].origin.file.as_str(), "p/m.sql");
+}

@@ -131,19 +131,34 @@ impl Mirrors {
     }
 }
 
-/// Runs git with a clean environment: no variable of the daemon's own
-/// (a `GIT_DIR` from a hook, say) can point it elsewhere, and it never
-/// prompts for credentials.
+/// Variables git sets for hooks (and a caller may have set) that would
+/// point a git command at another repository or object store.
+const GIT_LOCATION_VARS: [&str; 9] = [
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_QUARANTINE_PATH",
+    "GIT_NAMESPACE",
+    "GIT_COMMON_DIR",
+    "GIT_CEILING_DIRECTORIES",
+];
+
+/// Runs git on the mirror. The daemon's own `HOME` and `SSH_AUTH_SOCK` are
+/// kept (an SSH `clone_url` needs the deploy key); variables that would
+/// point git at another repository are dropped, and git never prompts for
+/// credentials.
 fn git(args: &[&str], dir: Option<&Path>) -> anyhow::Result<()> {
     let mut cmd = Command::new("git");
     if let Some(d) = dir {
         cmd.arg("-C").arg(d);
     }
+    for v in GIT_LOCATION_VARS {
+        cmd.env_remove(v);
+    }
     cmd.args(args)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("GIT_TERMINAL_PROMPT", "0")
-        .env("HOME", "/nonexistent")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -18,8 +18,11 @@ use sha2::{Digest as _, Sha256};
 use crate::plan::digest::Digest;
 
 /// Temp files untouched for this long may belong to a crashed writer; they
-/// are removed at `open` unless a live writer still holds their lock.
-const STALE_TEMP_AGE: Duration = Duration::from_secs(60 * 60);
+/// are removed at `open` unless a live writer still holds their lock. The
+/// lock is what protects a live writer (however long it is idle); the age
+/// only covers the instant between creating a temp file and locking it,
+/// and file systems without locks, where nothing is removed.
+pub(crate) const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
 
 /// The buffer used to stream blobs through SHA-256: large enough that the
 /// per-read overhead disappears next to the hashing itself.
@@ -67,6 +70,13 @@ pub trait BlobStore: Send + Sync {
     /// path a reader or a child process may open. For the local store this
     /// is the blob's own file: open it read-only and never write to it.
     fn open_verified(&self, digest: &Digest) -> Result<PathBuf, BlobError>;
+    /// A reader of the blob's bytes that verifies them as they stream
+    /// past, in constant memory: the read that reaches the end fails with
+    /// [`io::ErrorKind::InvalidData`] if they do not hash to the name, so
+    /// a consumer must treat what it already got as unverified until then.
+    fn reader(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, BlobError> {
+        Ok(Box::new(io::Cursor::new(self.get(digest)?)))
+    }
     /// Whether the blob is present (not verified: a read will check it).
     fn contains(&self, digest: &Digest) -> bool;
     /// The blob's local file, unverified, when the store has one: the
@@ -102,6 +112,54 @@ pub fn digest_reader(mut reader: impl Read) -> io::Result<(Digest, u64)> {
     Ok((Digest(hasher.finalize().into()), total))
 }
 
+/// Hashes what passes through it; at the end of the stream it fails
+/// unless the bytes hash to the expected digest.
+pub struct VerifyingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    expected: Digest,
+    /// Where the bytes come from, for the error.
+    origin: PathBuf,
+    done: bool,
+}
+
+impl<R: Read> VerifyingReader<R> {
+    pub fn new(inner: R, expected: Digest, origin: PathBuf) -> VerifyingReader<R> {
+        VerifyingReader {
+            inner,
+            hasher: Sha256::new(),
+            expected,
+            origin,
+            done: false,
+        }
+    }
+}
+
+impl<R: Read> Read for VerifyingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.hasher.update(&buf[..n]);
+            return Ok(n);
+        }
+        self.done = true;
+        let actual = Digest(std::mem::take(&mut self.hasher).finalize().into());
+        if actual != self.expected {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                BlobError::Corrupt {
+                    digest: self.expected,
+                    path: self.origin.clone(),
+                },
+            ));
+        }
+        Ok(0)
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The local store
 
@@ -114,8 +172,8 @@ pub fn digest_reader(mut reader: impl Read) -> io::Result<(Digest, u64)> {
 ///
 /// Two levels of two hex digits keep directories small (65 536 leaves)
 /// even with millions of blobs. `tmp/` sits under the same root so the
-/// final rename never crosses a file system. Files are created mode 0600
-/// (tempfile's default) and kept so: blobs may hold PHI.
+/// final rename never crosses a file system. Blobs may hold PHI: files
+/// are 0400 once complete (0600 while written), directories 0700.
 #[derive(Debug, Clone)]
 pub struct LocalBlobStore {
     root: PathBuf,
@@ -128,9 +186,8 @@ impl LocalBlobStore {
         let store = LocalBlobStore {
             root: root.to_path_buf(),
         };
-        for dir in [store.objects_dir(), store.tmp_dir()] {
-            fs::create_dir_all(&dir)
-                .map_err(BlobError::io(format!("cannot create {}", dir.display())))?;
+        for dir in [store.root.clone(), store.objects_dir(), store.tmp_dir()] {
+            private_dir(&dir)?;
         }
         store.remove_stale_temps();
         Ok(store)
@@ -157,28 +214,15 @@ impl LocalBlobStore {
         self.root.join("tmp")
     }
 
-    /// Best effort: a temp file is stale when nobody has written to it for
-    /// an hour *and* no live writer holds its lock. The lock matters
-    /// because a long query may leave its writer idle for longer than any
-    /// age threshold; a crashed process's lock is released by the kernel.
+    /// Best effort: removes the temp files of writers that are gone (see
+    /// [`is_orphan_temp`]).
     fn remove_stale_temps(&self) {
         let Ok(entries) = fs::read_dir(self.tmp_dir()) else {
             return;
         };
-        let now = SystemTime::now();
         for entry in entries.flatten() {
             let path = entry.path();
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > STALE_TEMP_AGE));
-            if !old {
-                continue;
-            }
-            let Ok(file) = File::open(&path) else {
-                continue;
-            };
-            if file.try_lock().is_ok() {
+            if is_orphan_temp(&path) {
                 let _ = fs::remove_file(&path);
             }
         }
@@ -229,7 +273,9 @@ impl BlobStore for LocalBlobStore {
     fn writer(&self) -> Result<Box<dyn BlobWriter>, BlobError> {
         let dir = self.tmp_dir();
         let tmp = tempfile::Builder::new()
-            .prefix("blob-")
+            // The pid tells a later open that a crashed writer's file is
+            // garbage at once (see `is_orphan_temp`).
+            .prefix(&format!("blob-{}-", std::process::id()))
             .suffix(".tmp")
             .tempfile_in(&dir)
             .map_err(BlobError::io(format!(
@@ -266,6 +312,16 @@ impl BlobStore for LocalBlobStore {
 
     fn open_verified(&self, digest: &Digest) -> Result<PathBuf, BlobError> {
         self.verify_file(digest)
+    }
+
+    fn reader(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, BlobError> {
+        let path = self.blob_path(digest);
+        let file = open_blob(&path, digest)?;
+        Ok(Box::new(VerifyingReader::new(
+            io::BufReader::with_capacity(HASH_BUF, file),
+            *digest,
+            path,
+        )))
     }
 
     fn contains(&self, digest: &Digest) -> bool {
@@ -315,9 +371,10 @@ impl BlobWriter for LocalBlobWriter {
         tmp.as_file()
             .sync_all()
             .map_err(BlobError::io(format!("cannot sync blob {digest}")))?;
-        // Read-only: command actions get blob paths as their inputs.
+        // Read-only (command actions get blob paths as their inputs) and
+        // private to the owner: blobs may hold PHI.
         tmp.as_file()
-            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))
+            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(BLOB_MODE))
             .map_err(BlobError::io(format!("cannot protect blob {digest}")))?;
         let dir = target
             .parent()
@@ -352,7 +409,11 @@ fn create_dir_durable(dir: &Path, base: &Path) -> Result<(), BlobError> {
         }
     }
     for d in missing.into_iter().rev() {
-        match fs::create_dir(d) {
+        let made = {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new().mode(DIR_MODE).create(d)
+        };
+        match made {
             Ok(()) => {}
             // Another writer made it first; that is fine.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -361,6 +422,62 @@ fn create_dir_durable(dir: &Path, base: &Path) -> Result<(), BlobError> {
         if let Some(parent) = d.parent() {
             sync_dir(parent)?;
         }
+    }
+    Ok(())
+}
+
+/// Whether a temp file belongs to a writer that is gone: no live writer
+/// holds its lock, and either the process named in it (`blob-<pid>-…`)
+/// no longer exists or nobody has written to it for a minute. The lock
+/// protects a live writer however long it is idle; the age (or a live
+/// pid) covers the instant between creating a temp file and locking it.
+/// Where the file system cannot lock, nothing is an orphan.
+pub fn is_orphan_temp(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    if !meta.is_file() {
+        return false;
+    }
+    let old = meta.modified().is_ok_and(|t| {
+        SystemTime::now()
+            .duration_since(t)
+            .is_ok_and(|age| age > STALE_TEMP_AGE)
+    });
+    let writer_gone = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("blob-"))
+        .and_then(|n| n.split_once('-'))
+        .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        .is_some_and(|pid| {
+            Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists()
+        });
+    (old || writer_gone) && file.try_lock().is_ok()
+}
+
+/// The mode of a complete blob file.
+pub const BLOB_MODE: u32 = 0o400;
+/// The mode of every directory of the store.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` mode 0700, or tightens it to 0700 if it is looser.
+fn private_dir(dir: &Path) -> Result<(), BlobError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(BlobError::io(format!("cannot create {}", dir.display())))?;
+    let meta =
+        fs::metadata(dir).map_err(BlobError::io(format!("cannot read {}", dir.display())))?;
+    if meta.permissions().mode() & 0o7777 != DIR_MODE {
+        fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE)).map_err(BlobError::io(
+            format!("cannot make {} private", dir.display()),
+        ))?;
     }
     Ok(())
 }
@@ -445,9 +562,7 @@ impl MemBlobStore {
 impl BlobStore for MemBlobStore {
     fn put(&self, bytes: &[u8]) -> Result<Digest, BlobError> {
         let digest = Digest::of(bytes);
-        self.map()
-            .entry(digest)
-            .or_insert_with(|| Arc::new(bytes.to_vec()));
+        store_repairing(&mut self.map(), digest, || bytes.to_vec());
         Ok(digest)
     }
 
@@ -491,6 +606,17 @@ impl BlobStore for MemBlobStore {
     }
 }
 
+/// Stores the bytes unless intact ones are there already; replaces
+/// damaged ones, as the local store's rename does.
+fn store_repairing(map: &mut BlobMap, digest: Digest, bytes: impl FnOnce() -> Vec<u8>) {
+    let intact = map
+        .get(&digest)
+        .is_some_and(|b| Digest::of(b.as_slice()) == digest);
+    if !intact {
+        map.insert(digest, Arc::new(bytes()));
+    }
+}
+
 fn lock_map(blobs: &Mutex<BlobMap>) -> MutexGuard<'_, BlobMap> {
     blobs.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -516,9 +642,7 @@ impl BlobWriter for MemBlobWriter {
     fn finish(self: Box<Self>) -> Result<Digest, BlobError> {
         let MemBlobWriter { blobs, bytes } = *self;
         let digest = Digest::of(&bytes);
-        lock_map(&blobs)
-            .entry(digest)
-            .or_insert_with(|| Arc::new(bytes));
+        store_repairing(&mut lock_map(&blobs), digest, || bytes);
         Ok(digest)
     }
 }
@@ -696,9 +820,15 @@ mod tests {
 
         let fresh = tmp.join("blob-fresh.tmp");
         fs::write(&fresh, b"just started").unwrap();
+        // A writer that is gone (no such pid) left this a moment ago.
+        let dead = tmp.join("blob-999999999-abc.tmp");
+        fs::write(&dead, b"killed mid-write").unwrap();
+        assert!(is_orphan_temp(&dead));
+        assert!(!is_orphan_temp(&fresh));
 
         LocalBlobStore::open(store.root()).unwrap();
         assert!(!stale.exists());
+        assert!(!dead.exists());
         assert!(live_path.exists());
         assert!(fresh.exists());
         let d = live.finish().unwrap();
@@ -718,6 +848,79 @@ mod tests {
         store.open_verified(&d).unwrap();
         let (again, len) = digest_reader(&big[..]).unwrap();
         assert_eq!((again, len), (d, big.len() as u64));
+    }
+
+    #[test]
+    fn the_reader_streams_verified_bytes_and_fails_at_the_end_on_damage() {
+        let (_dir, store) = local();
+        let big: Vec<u8> = (0..2 * HASH_BUF + 5).map(|i| (i % 241) as u8).collect();
+        let d = store.put(&big).unwrap();
+        // Read in small pieces: never more than the caller's buffer at once.
+        let mut r = store.reader(&d).unwrap();
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        loop {
+            let n = r.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            assert!(n <= buf.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, big);
+
+        let path = store.blob_path(&d);
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        let mut r = store.reader(&d).unwrap();
+        let mut sink = Vec::new();
+        let err = io::copy(&mut r, &mut sink).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains(&d.to_string()), "{err}");
+        assert!(err.to_string().contains("corrupt"), "{err}");
+        assert!(matches!(
+            store.reader(&Digest::of(b"absent")),
+            Err(BlobError::Missing(_))
+        ));
+        // The in-memory store verifies before it serves.
+        let mem = MemBlobStore::new();
+        let m = mem.put(b"ok").unwrap();
+        let mut out = Vec::new();
+        mem.reader(&m).unwrap().read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"ok");
+        mem.tamper(&m, b"no".to_vec());
+        assert!(matches!(mem.reader(&m), Err(BlobError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn blobs_are_owner_read_only_in_private_directories() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, store) = local();
+        let d = store.put(b"phi").unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&store.blob_path(&d)), BLOB_MODE);
+        for dir in [
+            store.root().to_path_buf(),
+            store.root().join("sha256"),
+            store.root().join("tmp"),
+            store.blob_path(&d).parent().unwrap().to_path_buf(),
+            store
+                .blob_path(&d)
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .to_path_buf(),
+        ] {
+            assert_eq!(mode(&dir), DIR_MODE, "{}", dir.display());
+        }
+        // A looser existing root is tightened at open.
+        fs::set_permissions(store.root(), fs::Permissions::from_mode(0o755)).unwrap();
+        LocalBlobStore::open(store.root()).unwrap();
+        assert_eq!(mode(store.root()), DIR_MODE);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! SQLite state database, in one state directory (`.sluice/` by default).
 
 pub mod blob;
+pub mod fsck;
 pub mod queue;
 pub mod source;
 pub mod state;
@@ -23,6 +24,46 @@ pub fn state_dir(repo_root: &Path, env_override: Option<&Path>) -> PathBuf {
     }
 }
 
+/// Creates `dir` (and its missing parents) private to its owner, mode 0700,
+/// or tightens it to 0700 when it exists with a looser mode: the state
+/// holds PHI. Returns a warning when it had to tighten an existing one.
+pub fn secure_dir(dir: &Path) -> anyhow::Result<Option<String>> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::metadata(dir) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o077 == 0 {
+                return Ok(None);
+            }
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))?;
+            Ok(Some(format!(
+                "the state directory {} was mode {mode:04o}, readable by other local users; \
+                 it is now 0700",
+                dir.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            // `mode` is filtered by the umask; make sure of the result.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))?;
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    }
+}
+
+/// A warning about the stores, for whoever watches stderr (the terminal,
+/// or the daemon's journal) and the daemon's log.
+pub(crate) fn warn(message: &str) {
+    eprintln!("sluice: warning: {message}");
+}
+
 /// The blob store and the state database, shared by the workers of a run.
 #[derive(Clone)]
 pub struct Stores {
@@ -42,7 +83,9 @@ impl Stores {
     /// Opens (creating on first use) the stores in `dir`: blobs under
     /// `dir/blobs`, the database at `dir/state.db`.
     pub fn open(dir: &Path) -> anyhow::Result<Stores> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        if let Some(warning) = secure_dir(dir)? {
+            warn(&warning);
+        }
         // The default state dir sits inside the analyst's repository and
         // holds PHI: a `git add .` must never pick it up.
         let ignore = dir.join(".gitignore");

@@ -19,7 +19,10 @@ use crate::plan::digest::Digest;
 /// has shipped, since databases already past it will not run it again.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../../migrations/0001_init.sql")),
-    ("0002_daemon", include_str!("../../migrations/0002_daemon.sql")),
+    (
+        "0002_daemon",
+        include_str!("../../migrations/0002_daemon.sql"),
+    ),
 ];
 
 /// The schema version this binary creates and understands.
@@ -36,6 +39,17 @@ pub struct CacheEntry {
     pub columns: Vec<String>,
     pub log: Option<Digest>,
     pub duration_ms: u64,
+}
+
+/// The blobs one cache entry names, for `fsck`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheBlobs {
+    /// As stored.
+    pub task_key: String,
+    /// `None`: the stored text is not a digest.
+    pub output: Option<Digest>,
+    /// `Some(None)`: a log is named but the text is not a digest.
+    pub log: Option<Option<Digest>>,
 }
 
 /// One recorded run of a pipeline.
@@ -64,6 +78,180 @@ pub struct SourceStat {
 pub struct StateDb {
     conn: Mutex<Connection>,
     path: Option<PathBuf>,
+    /// Where the production refs are mirrored as files (`<dir>/refs`,
+    /// beside the database), so that they survive the database's loss.
+    refs_dir: Option<PathBuf>,
+}
+
+/// The first 16 bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// The prefix of the refs mirrored as files.
+const PRODUCTION_PREFIX: &str = "production/";
+
+/// What to tell an operator whose state database is damaged.
+pub const REPAIR_HINT: &str = "run `sluice fsck --repair`, which moves the damaged file aside and \
+     rebuilds the production refs from the ref files and the manifest chain";
+
+/// Why an existing state database file cannot be opened as it is, if it
+/// cannot: empty (and not a brand-new store) or not SQLite.
+pub fn damaged_db_reason(path: &Path) -> Option<String> {
+    use std::io::Read as _;
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() {
+        return Some("is not a regular file".into());
+    }
+    if meta.len() == 0 {
+        // A crash between creating the file and writing its header leaves
+        // it empty too; only a store that never held anything is new.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let used = !ref_files(&dir.join("refs")).is_empty()
+            || std::fs::read_dir(dir.join("blobs/sha256"))
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false);
+        return used.then(|| "is empty (0 bytes)".into());
+    }
+    let mut header = [0u8; 16];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut header));
+    match read {
+        Ok(()) if &header == SQLITE_HEADER => None,
+        Ok(()) => Some("is not a SQLite database".into()),
+        Err(e) => Some(format!("cannot be read ({e})")),
+    }
+}
+
+/// Whether an error from SQLite means the file itself is damaged.
+fn is_damage(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+        )
+    })
+}
+
+/// The file mirroring a production ref: `<refs>/production/<pipeline>`,
+/// with `/` in the pipeline written `%2F` (and `%` as `%25`) so that every
+/// ref is one file and no pipeline's file is another's directory.
+pub fn ref_file_path(refs_dir: &Path, name: &str) -> Option<PathBuf> {
+    let pipeline = name.strip_prefix(PRODUCTION_PREFIX)?;
+    if pipeline.is_empty() {
+        return None;
+    }
+    let encoded = pipeline.replace('%', "%25").replace('/', "%2F");
+    Some(refs_dir.join("production").join(encoded))
+}
+
+/// The production refs mirrored under `refs_dir`: name -> what the file
+/// holds (a digest, or the reason it cannot be read). Temp files of an
+/// interrupted write are not refs.
+pub fn ref_files(refs_dir: &Path) -> std::collections::BTreeMap<String, Result<Digest, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(refs_dir.join("production")) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(encoded) = file_name.to_str() else {
+            continue;
+        };
+        if encoded.starts_with('.') {
+            continue;
+        }
+        let pipeline = encoded.replace("%2F", "/").replace("%25", "%");
+        let value = std::fs::read_to_string(entry.path())
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                t.trim()
+                    .parse::<Digest>()
+                    .map_err(|_| format!("does not hold a digest: {:?}", t.trim()))
+            });
+        out.insert(format!("{PRODUCTION_PREFIX}{pipeline}"), value);
+    }
+    out
+}
+
+/// Temp files of interrupted ref-file writes.
+pub fn ref_temp_files(refs_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(refs_dir.join("production")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(".tmp"))
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Removes the temp files of ref-file writes that a crash interrupted
+/// (untouched for a minute: a live write takes milliseconds, under the
+/// database's write lock).
+fn remove_stale_ref_temps(refs_dir: &Path) {
+    let now = SystemTime::now();
+    for path in ref_temp_files(refs_dir) {
+        let stale = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| {
+                now.duration_since(t)
+                    .is_ok_and(|age| age > Duration::from_secs(60))
+            });
+        if stale {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// Writes a ref file atomically: a temp file, fsynced, renamed over the
+/// old one, and the directory synced, so the file always holds a whole
+/// digest, old or new.
+pub fn write_ref_file(refs_dir: &Path, name: &str, manifest: &Digest) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let Some(path) = ref_file_path(refs_dir, name) else {
+        return Ok(());
+    };
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| refs_dir.to_path_buf());
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
+    writeln!(tmp, "{manifest}")
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write the ref file of {name}"))?;
+    tmp.persist(&path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))?;
+    Ok(())
+}
+
+/// Removes a ref file, if there is one.
+pub fn remove_ref_file(refs_dir: &Path, name: &str) -> anyhow::Result<()> {
+    let Some(path) = ref_file_path(refs_dir, name) else {
+        return Ok(());
+    };
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
 }
 
 impl std::fmt::Debug for StateDb {
@@ -75,24 +263,57 @@ impl std::fmt::Debug for StateDb {
 impl StateDb {
     /// Opens (creating it and its directory if needed) the database at
     /// `path` and brings its schema up to date.
+    ///
+    /// An existing file that is empty or not a database is refused, never
+    /// silently replaced by a new one: that would lose the production
+    /// refs. `sluice fsck --repair` moves it aside and rebuilds them.
     pub fn open(path: &Path) -> anyhow::Result<StateDb> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(Path::to_path_buf);
+        if let Some(dir) = &dir
+            && let Some(warning) = super::secure_dir(dir)?
+        {
+            super::warn(&warning);
         }
-        let conn = Connection::open(path)
-            .with_context(|| format!("cannot open the state database {}", path.display()))?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        let mode =
-            switch_to_wal(&conn).with_context(|| format!("state database {}", path.display()))?;
-        if !mode.eq_ignore_ascii_case("wal") {
+        if let Some(reason) = damaged_db_reason(path) {
             bail!(
-                "the state database {} cannot use WAL (journal mode is `{mode}`); \
-                 is the state directory on a network file system? Use a local --state-dir",
+                "the state database {} {reason}; it was not replaced, so that nothing more is \
+                 lost: {REPAIR_HINT}",
                 path.display()
             );
         }
-        Self::init(conn, Some(path.to_path_buf()))
+        let opened = (|| -> anyhow::Result<StateDb> {
+            let conn = Connection::open(path)
+                .with_context(|| format!("cannot open the state database {}", path.display()))?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            let mode = switch_to_wal(&conn)
+                .with_context(|| format!("state database {}", path.display()))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                bail!(
+                    "the state database {} cannot use WAL (journal mode is `{mode}`); \
+                     is the state directory on a network file system? Use a local --state-dir",
+                    path.display()
+                );
+            }
+            let mut db = Self::init(conn, Some(path.to_path_buf()))?;
+            db.refs_dir = dir.as_ref().map(|d| d.join("refs"));
+            if let Some(refs) = &db.refs_dir {
+                remove_stale_ref_temps(refs);
+            }
+            Ok(db)
+        })();
+        opened.map_err(|e| {
+            if is_damage(&e) {
+                e.context(format!(
+                    "the state database {} is damaged: {REPAIR_HINT}",
+                    path.display()
+                ))
+            } else {
+                e
+            }
+        })
     }
 
     /// A private in-memory database, for tests.
@@ -114,7 +335,25 @@ impl StateDb {
         Ok(StateDb {
             conn: Mutex::new(conn),
             path,
+            refs_dir: None,
         })
+    }
+
+    /// Where the production refs are mirrored as files, if anywhere.
+    pub fn refs_dir(&self) -> Option<&Path> {
+        self.refs_dir.as_deref()
+    }
+
+    /// `PRAGMA integrity_check`: empty when the database is sound, else
+    /// SQLite's description of each problem.
+    pub fn integrity_check(&self) -> anyhow::Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<_>>()
+            .context("cannot check the state database")?;
+        Ok(rows.into_iter().filter(|r| r != "ok").collect())
     }
 
     /// The file, or `None` for an in-memory database.
@@ -180,6 +419,41 @@ impl StateDb {
             .context("cannot update the action cache")
     }
 
+    /// Every cache entry's task key, output and log blob, as stored (a
+    /// field that does not parse as a digest is `None`).
+    pub fn cache_blobs(&self) -> anyhow::Result<Vec<CacheBlobs>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT task_key, output, log FROM action_cache ORDER BY task_key")
+            .context("cannot read the action cache")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })
+            .context("cannot read the action cache")?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (task_key, output, log) = row.context("cannot read the action cache")?;
+            out.push(CacheBlobs {
+                output: output.parse().ok(),
+                log: log.map(|l| l.parse().ok()),
+                task_key,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Drops the entry stored under this task key (as stored, parsed or not).
+    pub fn cache_forget_task(&self, task_key: &str) -> anyhow::Result<usize> {
+        self.conn()
+            .execute("DELETE FROM action_cache WHERE task_key = ?1", [task_key])
+            .context("cannot update the action cache")
+    }
+
     /// Inserts or replaces the entry for `task_key`.
     pub fn cache_put(&self, task_key: &Digest, entry: &CacheEntry) -> anyhow::Result<()> {
         let columns = serde_json::to_string(&entry.columns)?;
@@ -218,17 +492,62 @@ impl StateDb {
             .transpose()
     }
 
+    /// Every ref, by name; a value that does not parse is `None`.
+    pub fn ref_list(&self) -> anyhow::Result<Vec<(String, Option<Digest>)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT name, manifest FROM refs ORDER BY name")
+            .context("cannot read the refs")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .context("cannot read the refs")?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, manifest) = row.context("cannot read the refs")?;
+            out.push((name, manifest.parse().ok()));
+        }
+        Ok(out)
+    }
+
+    /// Deletes a ref (and its file).
+    pub fn ref_delete(&self, name: &str) -> anyhow::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM refs WHERE name = ?1", [name])
+            .with_context(|| format!("cannot delete ref {name}"))?;
+        if let Some(dir) = &self.refs_dir {
+            remove_ref_file(dir, name)?;
+        }
+        tx.commit()
+            .with_context(|| format!("cannot delete ref {name}"))?;
+        Ok(())
+    }
+
     /// Points `name` at `manifest` unconditionally.
     pub fn ref_set(&self, name: &str, manifest: &Digest) -> anyhow::Result<()> {
-        self.conn()
-            .execute(
-                "INSERT INTO refs (name, manifest, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name) DO UPDATE
-                 SET manifest = excluded.manifest, updated_at = excluded.updated_at",
-                params![name, manifest.to_string(), now_rfc3339()],
-            )
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO refs (name, manifest, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE
+             SET manifest = excluded.manifest, updated_at = excluded.updated_at",
+            params![name, manifest.to_string(), now_rfc3339()],
+        )
+        .with_context(|| format!("cannot set ref {name}"))?;
+        self.mirror_ref(name, manifest)?;
+        tx.commit()
             .with_context(|| format!("cannot set ref {name}"))?;
         Ok(())
+    }
+
+    /// Writes the ref's file while the caller holds the write lock, so
+    /// files are written in the order the database moves (a file is never
+    /// overwritten by a slower process's older value).
+    fn mirror_ref(&self, name: &str, manifest: &Digest) -> anyhow::Result<()> {
+        match &self.refs_dir {
+            Some(dir) => write_ref_file(dir, name, manifest),
+            None => Ok(()),
+        }
     }
 
     /// Points `name` at `new` only if it currently points at `expected`
@@ -241,20 +560,26 @@ impl StateDb {
         expected: Option<&Digest>,
         new: &Digest,
     ) -> anyhow::Result<bool> {
-        let conn = self.conn();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let changed = match expected {
-            None => conn.execute(
+            None => tx.execute(
                 "INSERT INTO refs (name, manifest, updated_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (name) DO NOTHING",
                 params![name, new.to_string(), now_rfc3339()],
             ),
-            Some(old) => conn.execute(
+            Some(old) => tx.execute(
                 "UPDATE refs SET manifest = ?2, updated_at = ?3
                  WHERE name = ?1 AND manifest = ?4",
                 params![name, new.to_string(), now_rfc3339(), old.to_string()],
             ),
         }
         .with_context(|| format!("cannot update ref {name}"))?;
+        if changed == 1 {
+            self.mirror_ref(name, new)?;
+        }
+        tx.commit()
+            .with_context(|| format!("cannot update ref {name}"))?;
         Ok(changed == 1)
     }
 
@@ -602,6 +927,82 @@ mod tests {
         db.ref_set(r, &d("m3")).unwrap();
         assert_eq!(db.ref_get(r).unwrap(), Some(d("m3")));
         assert_eq!(db.ref_get("production/other").unwrap(), None);
+    }
+
+    #[test]
+    fn production_refs_are_mirrored_in_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state.db")).unwrap();
+        let refs = dir.path().join("refs");
+        let r = "production/clinics/a";
+        assert!(db.ref_compare_and_set(r, None, &d("m1")).unwrap());
+        let file = refs.join("production/clinics%2Fa");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            format!("{}\n", d("m1"))
+        );
+        // A lost race leaves the file alone; a won one moves it.
+        assert!(!db.ref_compare_and_set(r, Some(&d("x")), &d("m2")).unwrap());
+        assert!(db.ref_compare_and_set(r, Some(&d("m1")), &d("m2")).unwrap());
+        db.ref_set("production/b%c", &d("m3")).unwrap();
+        db.ref_set("other", &d("m4")).unwrap();
+        let files = ref_files(&refs);
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!(files[r], Ok(d("m2")));
+        assert_eq!(files["production/b%c"], Ok(d("m3")));
+        assert!(ref_temp_files(&refs).is_empty());
+        db.ref_delete(r).unwrap();
+        assert!(!file.exists());
+        assert_eq!(db.ref_get(r).unwrap(), None);
+        assert_eq!(db.ref_list().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_empty_or_foreign_database_is_refused_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        // A brand-new store's empty file (a crash before the header) is fine.
+        std::fs::write(&path, b"").unwrap();
+        drop(StateDb::open(&path).unwrap());
+        let db = StateDb::open(&path).unwrap();
+        db.ref_set("production/p", &d("m1")).unwrap();
+        drop(db);
+
+        std::fs::write(&path, b"").unwrap();
+        let err = format!("{:#}", StateDb::open(&path).unwrap_err());
+        assert!(err.contains("is empty"), "{err}");
+        assert!(err.contains("sluice fsck --repair"), "{err}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "left as it was");
+
+        std::fs::write(&path, vec![b'x'; 4096]).unwrap();
+        let err = format!("{:#}", StateDb::open(&path).unwrap_err());
+        assert!(err.contains("not a SQLite database"), "{err}");
+        assert!(err.contains("sluice fsck --repair"), "{err}");
+    }
+
+    #[test]
+    fn cache_blobs_lists_and_forgets_entries() {
+        let db = StateDb::open_in_memory().unwrap();
+        let entry = CacheEntry {
+            output: d("out"),
+            rows: 1,
+            columns: vec![],
+            log: Some(d("log")),
+            duration_ms: 1,
+        };
+        db.cache_put(&d("k"), &entry).unwrap();
+        let all = db.cache_blobs().unwrap();
+        assert_eq!(
+            all,
+            vec![CacheBlobs {
+                task_key: d("k").to_string(),
+                output: Some(d("out")),
+                log: Some(Some(d("log"))),
+            }]
+        );
+        assert_eq!(db.cache_forget_task(&d("k").to_string()).unwrap(), 1);
+        assert!(db.cache_blobs().unwrap().is_empty());
+        assert!(db.integrity_check().unwrap().is_empty());
     }
 
     #[test]

@@ -451,7 +451,7 @@ fn push_then_pull_request_statuses_and_one_comment_edited_in_place() {
         .iter()
         .filter(|r| r.route().ends_with(&format!("/statuses/{head2}")))
         .filter_map(|r| r.json()["target_url"].as_str().map(str::to_string))
-        .last()
+        .next_back()
         .unwrap();
     let path = target.strip_prefix("http://sluice.test").unwrap();
     let (code, html) = d.get(path);
@@ -783,7 +783,7 @@ fn no_cell_value_reaches_the_forge_the_metrics_or_the_log() {
     let target = reqs
         .iter()
         .filter_map(|r| r.json()["target_url"].as_str().map(str::to_string))
-        .last()
+        .next_back()
         .unwrap();
     let page = target.strip_prefix("http://sluice.test").unwrap();
     let (code, html) = d.get(page);
@@ -925,7 +925,7 @@ fn run_page_in_headless_chromium() {
         .requests()
         .iter()
         .filter_map(|r| r.json()["target_url"].as_str().map(str::to_string))
-        .last()
+        .next_back()
         .unwrap();
     let url = format!(
         "{}{}",

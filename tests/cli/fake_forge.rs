@@ -87,7 +87,9 @@ struct State {
     last_id: u64,
     heads: HashMap<u64, String>,
     page_cap: Option<usize>,
-    open: Vec<TcpStream>,
+    /// Open connections, so dropping the server can end them.
+    open: HashMap<u64, TcpStream>,
+    last_conn: u64,
 }
 
 #[derive(Default)]
@@ -120,11 +122,21 @@ impl FakeForgeServer {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
-                if let Ok(clone) = stream.try_clone() {
-                    accepting.lock().open.push(clone);
-                }
+                let conn = {
+                    let mut state = accepting.lock();
+                    state.last_conn += 1;
+                    let conn = state.last_conn;
+                    if let Ok(clone) = stream.try_clone() {
+                        state.open.insert(conn, clone);
+                    }
+                    conn
+                };
                 let shared = Arc::clone(&accepting);
-                thread::spawn(move || serve(stream, addr, &shared));
+                thread::spawn(move || {
+                    serve(&stream, addr, &shared);
+                    let _ = stream.shutdown(Shutdown::Both);
+                    shared.lock().open.remove(&conn);
+                });
             }
         });
         FakeForgeServer { addr, shared }
@@ -201,18 +213,16 @@ impl Drop for FakeForgeServer {
         self.shared.stop.store(true, Ordering::SeqCst);
         // Wake the accept loop, and end every connection thread.
         let _ = TcpStream::connect(self.addr);
-        for stream in self.shared.lock().open.drain(..) {
+        for (_, stream) in self.shared.lock().open.drain() {
             let _ = stream.shutdown(Shutdown::Both);
         }
     }
 }
 
-fn serve(stream: TcpStream, addr: SocketAddr, shared: &Shared) {
+/// Answers requests on `stream` until it closes, errs or asks to close.
+fn serve(stream: &TcpStream, addr: SocketAddr, shared: &Shared) {
     let _ = stream.set_read_timeout(Some(IDLE));
-    let Ok(read_half) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(read_half);
+    let mut reader = BufReader::new(stream);
     let mut writer = stream;
     loop {
         let request = match read_request(&mut reader) {

@@ -6,6 +6,7 @@
 
 mod bench;
 mod check;
+mod ci;
 mod daemon;
 mod fake_forge;
 mod forge;
