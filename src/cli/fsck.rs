@@ -28,7 +28,7 @@ pub struct FsckArgs {
 
 pub fn run(global: &GlobalArgs, args: &FsckArgs) -> anyhow::Result<ExitCode> {
     let ws = super::workspace::load(global)?;
-    let dir = ws.state_dir();
+    let dir = ws.checked_state_dir()?;
     let report = fsck(&dir, args.repair)?;
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -78,6 +78,21 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         Some(rev) => Some(rev.clone()),
         None => crate::git::current_branch(&ws.root),
     };
+    // `--at NAME` reads what git reads (a tag before a branch); promotion
+    // follows the production branch itself, `refs/heads/<name>`, only.
+    if args.promote
+        && global.at.is_some()
+        && let Some(cfg) = &ws.config
+    {
+        let branch_tip = crate::git::resolve_branch(&ws.root, &cfg.production_branch);
+        if branch_tip.is_none() || branch_tip != ws.commit {
+            anyhow::bail!(
+                "--promote --at {}: that is not the tip of the production branch refs/heads/{}; production only moves to the branch itself",
+                global.at.as_deref().unwrap_or_default(),
+                cfg.production_branch
+            );
+        }
+    }
     let jobs = args.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())

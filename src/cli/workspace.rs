@@ -22,7 +22,11 @@ pub fn load(global: &GlobalArgs) -> anyhow::Result<Workspace> {
         state_dir: global.state_dir.clone(),
         path_env: global.path_env.clone(),
     };
-    Workspace::open(&root, &source, settings)
+    let ws = Workspace::open(&root, &source, settings)?;
+    for w in &ws.warnings {
+        let _ = writeln!(std::io::stderr().lock(), "{w}");
+    }
+    Ok(ws)
 }
 
 /// Prints the diagnostics to stderr with a count; true when there were any.

@@ -97,7 +97,9 @@ pub trait BlobWriter: Write + Send {
 /// Streams a reader through SHA-256; returns the digest and the byte count.
 pub fn digest_reader(mut reader: impl Read) -> io::Result<(Digest, u64)> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; HASH_BUF];
+    // Small enough that zeroing it costs nothing next to the hashing: most
+    // blobs are small, and this runs once per blob read.
+    let mut buf = vec![0u8; 128 << 10];
     let mut total = 0u64;
     loop {
         let n = match reader.read(&mut buf) {
