@@ -35,17 +35,20 @@ impl Mirrors {
         self.dir.join(format!("{}.git", &id[..32]))
     }
 
+    /// The lock serialising git commands on the mirror at `path`.
+    fn lock_for(&self, path: &Path) -> Arc<Mutex<()>> {
+        let mut locks = self
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(locks.entry(path.to_path_buf()).or_default())
+    }
+
     /// Brings the mirror of `name` up to date with `clone_url` (cloning it
     /// the first time) and returns its path.
     pub fn fetch(&self, forge: &str, name: &str, clone_url: &str) -> anyhow::Result<PathBuf> {
         let path = self.path(forge, name);
-        let lock = {
-            let mut locks = self
-                .locks
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            Arc::clone(locks.entry(path.clone()).or_default())
-        };
+        let lock = self.lock_for(&path);
         let _held = lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -90,13 +93,7 @@ impl Mirrors {
         text: &str,
     ) -> anyhow::Result<()> {
         let path = self.fetch(forge, name, clone_url)?;
-        let lock = {
-            let mut locks = self
-                .locks
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            Arc::clone(locks.entry(path.clone()).or_default())
-        };
+        let lock = self.lock_for(&path);
         let _held = lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
