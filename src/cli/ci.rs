@@ -13,7 +13,7 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
@@ -26,7 +26,6 @@ use crate::engine::run::{RunError, RunRequest};
 use crate::engine::{Outcome, RunReport};
 use crate::exec::CancelToken;
 use crate::forge::{CommitStatus, Forge, ForgeError, ForgeKind, StatusState};
-use crate::pipeline::diag::Diagnostic;
 use crate::report::{CommentOptions, MARKER};
 use crate::server::config::Secret;
 
@@ -480,7 +479,7 @@ impl Reporter<'_> {
                 Err(e) => e,
             };
             attempts += 1;
-            let wait = wait_before_retry(&e, attempts - 1);
+            let wait = e.wait_before_retry(attempts - 1, Duration::MAX);
             if e.is_retryable()
                 && attempts < MAX_ATTEMPTS
                 && wait <= self.budget
@@ -539,45 +538,6 @@ impl Reporter<'_> {
             f.upsert_comment(repo, number, MARKER, body, None)
         });
     }
-}
-
-/// What the forge asked for (`Retry-After`, or the reset of an exhausted
-/// rate limit), else 1 s, 2 s, 4 s…
-fn wait_before_retry(e: &ForgeError, attempts: u32) -> Duration {
-    if let Some(d) = e.retry_after() {
-        return d;
-    }
-    if let ForgeError::Http {
-        rate_limit_remaining: Some(0),
-        rate_limit_reset: Some(reset),
-        ..
-    } = e
-    {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        return Duration::from_secs(reset.saturating_sub(now) + 1);
-    }
-    Duration::from_secs(1u64 << attempts.min(6))
-}
-
-fn state_of(o: Outcome) -> StatusState {
-    match o {
-        Outcome::Success => StatusState::Success,
-        Outcome::Failure => StatusState::Failure,
-        Outcome::Error => StatusState::Error,
-        Outcome::Cancelled => StatusState::Cancelled,
-    }
-}
-
-fn problems_description(diags: &[Diagnostic]) -> String {
-    let first = diags.first().map(|d| d.to_string()).unwrap_or_default();
-    format!(
-        "{} problem{} in the pipelines: {}",
-        diags.len(),
-        if diags.len() == 1 { "" } else { "s" },
-        crate::report::one_line(&first)
-    )
 }
 
 pub fn run(global: &GlobalArgs, args: &CiArgs) -> anyhow::Result<ExitCode> {
@@ -643,7 +603,7 @@ pub fn run(global: &GlobalArgs, args: &CiArgs) -> anyhow::Result<ExitCode> {
         reporter.status(
             StatusState::Failure,
             "sluice".into(),
-            &problems_description(&ws.diagnostics),
+            &crate::report::problems_description(&ws.diagnostics),
         );
         return Ok(exit(&reporter, ExitCode::FAILURE));
     }
@@ -694,7 +654,7 @@ pub fn run(global: &GlobalArgs, args: &CiArgs) -> anyhow::Result<ExitCode> {
         Ok(r) => r,
         Err(RunError::Invalid(diags)) => {
             report_diagnostics(&ws);
-            let description = problems_description(&diags);
+            let description = crate::report::problems_description(&diags);
             finish_all(&mut reporter, StatusState::Failure, &description);
             reporter.status(StatusState::Failure, "sluice".into(), &description);
             return Ok(exit(&reporter, ExitCode::FAILURE));
@@ -722,7 +682,7 @@ pub fn run(global: &GlobalArgs, args: &CiArgs) -> anyhow::Result<ExitCode> {
     }
     for p in &report.pipelines {
         reporter.status(
-            state_of(p.outcome),
+            StatusState::from(p.outcome),
             crate::report::context(&p.pipeline),
             &crate::report::status_description(p),
         );

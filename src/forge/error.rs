@@ -29,7 +29,33 @@ pub enum ForgeError {
     Invalid(String),
 }
 
+/// 1 s, 2 s, 4 s… after `attempts` failed tries, never longer than `max`.
+pub fn backoff(attempts: u32, max: Duration) -> Duration {
+    Duration::from_secs(1u64 << attempts.min(12)).min(max)
+}
+
 impl ForgeError {
+    /// How long to wait before trying the call again: what the forge asked
+    /// for (`Retry-After`, or the reset of an exhausted rate limit), else
+    /// [`backoff`]; never longer than `max`.
+    pub fn wait_before_retry(&self, attempts: u32, max: Duration) -> Duration {
+        if let Some(d) = self.retry_after() {
+            return d.min(max);
+        }
+        if let ForgeError::Http {
+            rate_limit_remaining: Some(0),
+            rate_limit_reset: Some(reset),
+            ..
+        } = self
+        {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            return Duration::from_secs(reset.saturating_sub(now) + 1).min(max);
+        }
+        backoff(attempts, max)
+    }
+
     /// Whether the same call may succeed later: no answer at all, a server
     /// error, throttling (429, or 403 carrying `Retry-After` or an exhausted
     /// rate limit), or a 409. GitLab answers 409 to concurrent status updates

@@ -18,7 +18,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-pub use error::ForgeError;
+pub use error::{ForgeError, backoff};
 pub use fake::{FakeCall, FakeForge};
 pub use gitea::GiteaClient;
 pub use github::GithubClient;
@@ -111,6 +111,19 @@ impl StatusState {
             StatusState::Success => "success",
             StatusState::Failure | StatusState::Error => "failed",
             StatusState::Cancelled => "canceled",
+        }
+    }
+}
+
+impl From<crate::engine::Outcome> for StatusState {
+    /// The status of a pipeline's verdict.
+    fn from(o: crate::engine::Outcome) -> StatusState {
+        use crate::engine::Outcome;
+        match o {
+            Outcome::Success => StatusState::Success,
+            Outcome::Failure => StatusState::Failure,
+            Outcome::Error => StatusState::Error,
+            Outcome::Cancelled => StatusState::Cancelled,
         }
     }
 }

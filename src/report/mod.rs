@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 
 pub use comment::{CommentOptions, MARKER, comment_markdown};
 pub use html::run_page;
-pub use status::{context, pending_description, status_description};
+pub use status::{context, pending_description, problems_description, status_description};
 pub use text::plain_text;
 
 use crate::engine::outcome::{NodeReport, Outcome, PipelineReport, RunReport, Status};

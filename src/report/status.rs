@@ -21,6 +21,18 @@ pub fn context(pipeline: &str) -> String {
     format!("sluice/{pipeline}")
 }
 
+/// The description of the one status a commit gets when its pipelines do
+/// not check: how many problems, and the first (`path:line: message`).
+pub fn problems_description(problems: &[impl std::fmt::Display]) -> String {
+    let first = problems.first().map(|d| d.to_string()).unwrap_or_default();
+    format!(
+        "{} problem{} in the pipelines: {}",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" },
+        super::one_line(&first)
+    )
+}
+
 /// The description of a pipeline's status while its run is queued or
 /// running.
 pub fn pending_description() -> &'static str {

@@ -384,14 +384,9 @@ impl App {
                 Ok(Some(report))
             }
             Err(RunError::Invalid(diags)) => {
-                let first = diags.first().map(|d| d.to_string()).unwrap_or_default();
                 fail(
                     StatusState::Failure,
-                    format!(
-                        "{} problem{} in the pipelines: {first}",
-                        diags.len(),
-                        if diags.len() == 1 { "" } else { "s" }
-                    ),
+                    crate::report::problems_description(&diags),
                 );
                 let report = RunReport {
                     run_id: Some(job.run_id.clone()),
@@ -451,12 +446,7 @@ impl App {
         self.store_report(job, &report, JobState::Done)?;
         let target = Some(self.run_url(&job.run_id));
         for p in &report.pipelines {
-            let state = match p.outcome {
-                Outcome::Success => StatusState::Success,
-                Outcome::Failure => StatusState::Failure,
-                Outcome::Error => StatusState::Error,
-                Outcome::Cancelled => StatusState::Cancelled,
-            };
+            let state = StatusState::from(p.outcome);
             self.queue_status(
                 &job.repo,
                 job.id,
@@ -680,7 +670,7 @@ impl App {
                 let _ = self.db.outbox_done(item.id);
             }
             Err(e) if e.is_retryable() && item.attempts + 1 < MAX_ATTEMPTS => {
-                let wait = wait_before_retry(&e, item.attempts);
+                let wait = e.wait_before_retry(item.attempts, MAX_BACKOFF);
                 tracing::warn!(
                     job = item.job_id,
                     attempt = item.attempts + 1,
@@ -740,7 +730,7 @@ impl App {
             Err(e) if item.attempts + 1 < MAX_ATTEMPTS => {
                 tracing::warn!(job = item.job_id, "git note not written ({e:#}); retrying");
                 self.metrics.forge_call(ForgeCall::Retried);
-                let wait = backoff(item.attempts);
+                let wait = crate::forge::backoff(item.attempts, MAX_BACKOFF);
                 let _ = self.db.outbox_retry(
                     item.id,
                     now_ms() + wait.as_millis() as i64,
@@ -754,30 +744,6 @@ impl App {
             }
         }
     }
-}
-
-/// How long to wait before trying a failed call again: what the forge
-/// asked for (`Retry-After`, or the reset of an exhausted rate limit),
-/// else exponential backoff; never longer than [`MAX_BACKOFF`].
-fn wait_before_retry(e: &crate::forge::ForgeError, attempts: u32) -> Duration {
-    if let Some(d) = e.retry_after() {
-        return d.min(MAX_BACKOFF);
-    }
-    if let crate::forge::ForgeError::Http {
-        rate_limit_remaining: Some(0),
-        rate_limit_reset: Some(reset),
-        ..
-    } = e
-    {
-        let now = (now_ms() / 1000).max(0) as u64;
-        return Duration::from_secs(reset.saturating_sub(now) + 1).min(MAX_BACKOFF);
-    }
-    backoff(attempts)
-}
-
-/// 1 s, 2 s, 4 s… up to [`MAX_BACKOFF`].
-fn backoff(attempts: u32) -> Duration {
-    Duration::from_secs(1u64 << attempts.min(12)).min(MAX_BACKOFF)
 }
 
 fn short(sha: &str) -> &str {
@@ -993,7 +959,7 @@ mod tests {
             rate_limit_remaining: Some(0),
             message: String::new(),
         };
-        let w = wait_before_retry(&e, 0);
+        let w = e.wait_before_retry(0, MAX_BACKOFF);
         assert!((29..=32).contains(&w.as_secs()), "{w:?}");
         let e = ForgeError::Http {
             status: 429,
@@ -1002,13 +968,13 @@ mod tests {
             rate_limit_remaining: None,
             message: String::new(),
         };
-        assert_eq!(wait_before_retry(&e, 5), Duration::from_secs(7));
+        assert_eq!(e.wait_before_retry(5, MAX_BACKOFF), Duration::from_secs(7));
         assert_eq!(
-            wait_before_retry(&ForgeError::Transport("x".into()), 3),
+            ForgeError::Transport("x".into()).wait_before_retry(3, MAX_BACKOFF),
             Duration::from_secs(8)
         );
         assert_eq!(
-            wait_before_retry(&ForgeError::Transport("x".into()), 30),
+            ForgeError::Transport("x".into()).wait_before_retry(30, MAX_BACKOFF),
             MAX_BACKOFF
         );
     }
