@@ -8,6 +8,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use crate::daemon::{fixture, pr_payload as pr_event};
 use crate::fake_forge::{FakeForgeServer, Recorded};
 use crate::util::{Repo, Run};
 
@@ -170,32 +171,11 @@ fn finish(out: std::process::Output) -> Run {
     }
 }
 
-fn fixture(path: &str) -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/webhooks")
-        .join(path);
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
-
 /// GitHub's push example, re-targeted at a push of `sha` to `branch`.
 fn push_event(branch: &str, sha: &str) -> Value {
     let mut v = fixture("github/push.1.json");
     v["ref"] = format!("refs/heads/{branch}").into();
     v["after"] = sha.into();
-    v["repository"]["full_name"] = REPO.into();
-    v
-}
-
-/// GitHub's pull_request example, re-targeted at PR `number` with `head`.
-fn pr_event(file: &str, number: u64, head: &str, branch: &str, head_repo: &str) -> Value {
-    let mut v = fixture(file);
-    v["number"] = number.into();
-    v["pull_request"]["number"] = number.into();
-    v["pull_request"]["head"]["sha"] = head.into();
-    v["pull_request"]["head"]["ref"] = branch.into();
-    v["pull_request"]["head"]["repo"]["full_name"] = head_repo.into();
-    v["pull_request"]["base"]["ref"] = "main".into();
-    v["pull_request"]["base"]["repo"]["full_name"] = REPO.into();
     v["repository"]["full_name"] = REPO.into();
     v
 }

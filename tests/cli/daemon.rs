@@ -252,7 +252,7 @@ fn http(
     (status, body)
 }
 
-fn fixture(path: &str) -> Value {
+pub(crate) fn fixture(path: &str) -> Value {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/webhooks")
         .join(path);
@@ -272,7 +272,13 @@ fn push_payload(branch: &str, sha: &str) -> Value {
 }
 
 /// GitHub's pull_request example, re-targeted.
-fn pr_payload(file: &str, number: u64, head: &str, branch: &str, head_repo: &str) -> Value {
+pub(crate) fn pr_payload(
+    file: &str,
+    number: u64,
+    head: &str,
+    branch: &str,
+    head_repo: &str,
+) -> Value {
     let mut v = fixture(file);
     v["number"] = number.into();
     v["pull_request"]["number"] = number.into();
