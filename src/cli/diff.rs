@@ -63,7 +63,7 @@ pub fn run(global: &GlobalArgs, args: &DiffArgs) -> anyhow::Result<ExitCode> {
         }
         let prod = prod.manifest;
         let nodes =
-            crate::engine::diff::pipeline_diff(&stores, &last, prod.as_ref().map(|(_, m)| m))?;
+            crate::engine::diff::pipeline_diff(&stores, &last, prod.as_ref().map(|(_, m)| &**m))?;
         out.diffs.push(PipelineDiff {
             pipeline: p.to_string(),
             has_production: prod.is_some(),
@@ -72,6 +72,12 @@ pub fn run(global: &GlobalArgs, args: &DiffArgs) -> anyhow::Result<ExitCode> {
     }
     let mut stdout = std::io::stdout().lock();
     if args.json {
+        // JSON leaves the terminal: column names the data chose are counted.
+        let vocab = crate::engine::diff::Vocabulary::of_graph(&ws.graph);
+        for n in out.diffs.iter_mut().flat_map(|p| p.nodes.iter_mut()) {
+            n.columns_added = vocab.hide(&n.columns_added);
+            n.columns_removed = vocab.hide(&n.columns_removed);
+        }
         serde_json::to_writer(&mut stdout, &out)?;
         writeln!(stdout)?;
         return Ok(ExitCode::SUCCESS);

@@ -49,7 +49,7 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<ExitCode> {
             &ws.graph,
             &hashes,
             p,
-            production.as_ref(),
+            production.as_deref(),
         ));
     }
     let mut out = std::io::stdout().lock();

@@ -3,11 +3,13 @@
 //! added, removed and changed. Row contents are hashed in memory and never
 //! leave this module.
 
+use std::collections::HashSet;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
 use anyhow::Context;
 
+use crate::pipeline::graph::Graph;
 use crate::plan::diff::{self, KeyCounts, NodeDiff};
 use crate::plan::digest::Digest;
 use crate::plan::manifest::{Manifest, ManifestNode, Status};
@@ -112,4 +114,88 @@ fn fingerprints(
     })
     .map_err(|e| anyhow::anyhow!("table {digest}: {e}"))?;
     Ok(rows)
+}
+
+/// The words the repository's own text contains: the node bodies of a
+/// workspace, split into identifiers. A column name that appears nowhere
+/// in it came from the data (a Python pivot over diagnosis codes, say),
+/// and data never leaves the machine: outside the local terminal such
+/// names are counted, not shown.
+#[derive(Debug, Default)]
+pub struct Vocabulary<'a> {
+    words: HashSet<&'a str>,
+    texts: Vec<&'a str>,
+}
+
+impl<'a> Vocabulary<'a> {
+    pub fn of_graph(graph: &'a Graph) -> Self {
+        let mut v = Vocabulary::default();
+        for n in &graph.nodes {
+            v.add(&n.body);
+        }
+        v
+    }
+
+    pub fn add(&mut self, text: &'a str) {
+        self.words.extend(
+            text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .filter(|w| !w.is_empty()),
+        );
+        self.texts.push(text);
+    }
+
+    /// True when the repository's text names this column: as a whole word,
+    /// or (for a name with spaces or punctuation) verbatim.
+    pub fn names(&self, column: &str) -> bool {
+        if column.chars().all(|c| c.is_alphanumeric() || c == '_') {
+            self.words.contains(column)
+        } else {
+            !column.is_empty() && self.texts.iter().any(|t| t.contains(column))
+        }
+    }
+
+    /// `columns` with every name the repository's text does not contain
+    /// replaced by one entry counting them.
+    pub fn hide(&self, columns: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = columns.iter().filter(|c| self.names(c)).cloned().collect();
+        let hidden = columns.len() - out.len();
+        if hidden > 0 {
+            out.push(data_named(hidden));
+        }
+        out
+    }
+}
+
+/// The entry that stands for `n` column names the data chose.
+pub fn data_named(n: usize) -> String {
+    if n == 1 {
+        "(1 column named by the data)".to_string()
+    } else {
+        format!("({n} columns named by the data)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_repository_does_not_contain_are_counted() {
+        let mut v = Vocabulary::default();
+        v.add("SELECT patient_id, count(*) AS \"n visits\" FROM Visit");
+        let cols: Vec<String> = ["patient_id", "n visits", "C50.9", "MRN_4471", "q"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            v.hide(&cols),
+            vec![
+                "patient_id".to_string(),
+                "n visits".to_string(),
+                "(3 columns named by the data)".to_string()
+            ]
+        );
+        assert_eq!(v.hide(&cols[..2]), cols[..2].to_vec());
+        assert_eq!(v.hide(&cols[2..3]), vec![data_named(1)]);
+    }
 }

@@ -1,6 +1,8 @@
 //! Manifests in the stores: the production ref of each pipeline, the last
 //! run, reading and parsing the blobs.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 
 use crate::pipeline::RepoPath;
@@ -13,13 +15,22 @@ pub fn production_ref(pipeline: &RepoPath) -> String {
     format!("production/{pipeline}")
 }
 
-/// Reads and parses a manifest blob.
-pub fn load_manifest(stores: &Stores, digest: &Digest) -> anyhow::Result<Manifest> {
+/// Reads and parses a manifest blob (once per process: see
+/// [`crate::store::ManifestCache`]).
+pub fn load_manifest(stores: &Stores, digest: &Digest) -> anyhow::Result<Arc<Manifest>> {
+    if let Some(m) = stores.manifests.get(digest) {
+        return Ok(m);
+    }
     let bytes = stores
         .blobs
         .get(digest)
         .with_context(|| format!("cannot read manifest {digest}"))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("manifest {digest} is not valid"))
+    let m: Arc<Manifest> = Arc::new(
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("manifest {digest} is not valid"))?,
+    );
+    stores.manifests.insert(*digest, Arc::clone(&m));
+    Ok(m)
 }
 
 /// The production manifest of a pipeline, if one was promoted and can be
@@ -27,7 +38,7 @@ pub fn load_manifest(stores: &Stores, digest: &Digest) -> anyhow::Result<Manifes
 pub fn production_manifest(
     stores: &Stores,
     pipeline: &RepoPath,
-) -> anyhow::Result<Option<(Digest, Manifest)>> {
+) -> anyhow::Result<Option<(Digest, Arc<Manifest>)>> {
     Ok(production(stores, pipeline)?.manifest)
 }
 
@@ -35,7 +46,7 @@ pub fn production_manifest(
 pub fn last_run_manifest(
     stores: &Stores,
     pipeline: &RepoPath,
-) -> anyhow::Result<Option<(Digest, Manifest)>> {
+) -> anyhow::Result<Option<(Digest, Arc<Manifest>)>> {
     match stores.state.last_run(pipeline.as_str())? {
         Some(run) => Ok(Some((run.manifest, load_manifest(stores, &run.manifest)?))),
         None => Ok(None),
@@ -49,7 +60,7 @@ pub struct Production {
     /// moves the ref from this value.
     pub head: Option<Digest>,
     /// The manifest it names, when it could be read.
-    pub manifest: Option<(Digest, Manifest)>,
+    pub manifest: Option<(Digest, Arc<Manifest>)>,
     /// Why the manifest could not be read: the caller goes on as if the
     /// pipeline had no production, and shows this.
     pub warning: Option<String>,

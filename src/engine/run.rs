@@ -2,6 +2,7 @@
 //! record a manifest per pipeline, promote, and describe it all as a
 //! [`RunReport`] with each changed node's diff and the reasons it ran.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
@@ -128,13 +129,15 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
         problems: Vec::new(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
+    // Built once, and only when a report names a column.
+    let vocab = OnceCell::new();
     for (p, production) in selected.iter().zip(productions) {
         let Production {
             head,
             manifest: prod,
             ..
         } = production;
-        let manifest = build_manifest(
+        let mut manifest = build_manifest(
             ws,
             req.git_ref.clone(),
             p,
@@ -161,17 +164,13 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
         // A cancelled run's manifest would describe half a run: it is
         // neither recorded nor promoted.
         if !cancelled {
-            let bytes = serde_json::to_vec_pretty(&manifest).context("cannot encode a manifest")?;
-            let digest = stores
-                .blobs
-                .put(&bytes)
-                .context("cannot store the manifest")?;
+            let digest = store_manifest(stores, p, &mut manifest)?;
             stores
                 .state
                 .record_run(p.as_str(), &digest, ws.commit.as_deref(), failed)?;
             pipeline.manifest = Some(digest);
             if req.promote && !failed {
-                let damaged = damaged_outputs(stores, &manifest);
+                let damaged = damaged_outputs(stores, &manifest, req.jobs.max(1));
                 if !damaged.is_empty() {
                     pipeline.error = Some(format!(
                         "production/{p} not promoted: {}; their cache entries were dropped, so \
@@ -191,8 +190,8 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
                 }
             }
         }
-        let prod_m = prod.as_ref().map(|(_, m)| m);
-        pipeline.nodes = node_reports(ws, stores, p, &hashes, &results, &manifest, prod_m)?;
+        let prod_m = prod.as_ref().map(|(_, m)| &**m);
+        pipeline.nodes = node_reports(ws, stores, p, &hashes, &results, &manifest, prod_m, &vocab)?;
         pipeline.duration_ms = pipeline.nodes.iter().map(|n| n.duration_ms).sum();
         pipeline.outcome = pipeline_outcome(&pipeline, cancelled);
         report.outcome = report.outcome.worst(pipeline.outcome);
@@ -206,29 +205,76 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
 /// never moves to a damaged table (a cached output is otherwise trusted
 /// by its address alone). Each damaged one is described by node and blob,
 /// and its cache entries are dropped so the next run recomputes it.
-fn damaged_outputs(stores: &Stores, manifest: &Manifest) -> Vec<String> {
-    let mut checked: HashMap<Digest, bool> = HashMap::new();
-    let mut damaged = Vec::new();
-    for node in &manifest.nodes {
-        let Some(output) = node.output else { continue };
-        let ok =
-            *checked
-                .entry(output)
-                .or_insert_with(|| match stores.blobs.open_verified(&output) {
-                    Ok(_) => true,
-                    Err(_) => {
-                        let _ = stores.state.cache_forget_output(&output);
-                        false
-                    }
-                });
-        if !ok {
-            damaged.push(format!(
+fn damaged_outputs(stores: &Stores, manifest: &Manifest, jobs: usize) -> Vec<String> {
+    let mut outputs: Vec<Digest> = manifest.nodes.iter().filter_map(|n| n.output).collect();
+    outputs.sort_unstable();
+    outputs.dedup();
+    // Reading the blobs is most of a promotion's cost: spread it over the
+    // run's workers.
+    let per = outputs.len().div_ceil(jobs.max(1)).max(1);
+    let bad: HashSet<Digest> = std::thread::scope(|s| {
+        let handles: Vec<_> = outputs
+            .chunks(per)
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .filter(|d| stores.blobs.open_verified(d).is_err())
+                        .copied()
+                        .collect::<Vec<Digest>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            // A verifier that panicked proved nothing: count its blobs bad.
+            .flat_map(|h| h.join().unwrap_or_else(|_| outputs.clone()))
+            .collect()
+    });
+    for d in &bad {
+        let _ = stores.state.cache_forget_output(d);
+    }
+    manifest
+        .nodes
+        .iter()
+        .filter_map(|n| n.output.filter(|o| bad.contains(o)).map(|o| (n, o)))
+        .map(|(node, output)| {
+            format!(
                 "the output of {} (blob {output}) is damaged or missing",
                 node.name
-            ));
-        }
+            )
+        })
+        .collect()
+}
+
+/// Stores a run's manifest. A run that changed nothing since the last run
+/// of the pipeline (same commit, same nodes, statuses and outputs) reuses
+/// that run's manifest, timestamp included, and writes no new blob.
+fn store_manifest(
+    stores: &Stores,
+    pipeline: &RepoPath,
+    manifest: &mut Manifest,
+) -> anyhow::Result<Digest> {
+    #[derive(serde::Deserialize)]
+    struct Stamp {
+        created_at: Option<String>,
     }
-    damaged
+    let last = stores.state.last_run(pipeline.as_str())?;
+    if let Some(last) = last.filter(|l| l.commit == manifest.commit)
+        && let Ok(bytes) = stores.blobs.get(&last.manifest)
+        && let Ok(stamp) = serde_json::from_slice::<Stamp>(&bytes)
+    {
+        let now = std::mem::replace(&mut manifest.created_at, stamp.created_at);
+        if serde_json::to_vec(&manifest).is_ok_and(|b| b == bytes) {
+            return Ok(last.manifest);
+        }
+        manifest.created_at = now;
+    }
+    let bytes = serde_json::to_vec(&manifest).context("cannot encode a manifest")?;
+    stores
+        .blobs
+        .put(&bytes)
+        .context("cannot store the manifest")
 }
 
 fn pipeline_outcome(p: &PipelineReport, cancelled: bool) -> Outcome {
@@ -257,15 +303,27 @@ fn pipeline_outcome(p: &PipelineReport, cancelled: bool) -> Outcome {
 
 /// The report of each node of a pipeline, in plan order (topological,
 /// removed nodes last).
-fn node_reports(
-    ws: &Workspace,
+#[allow(clippy::too_many_arguments)]
+fn node_reports<'a>(
+    ws: &'a Workspace,
     stores: &Stores,
     pipeline: &RepoPath,
     hashes: &[Option<NodeHashes>],
     results: &HashMap<usize, NodeResult>,
     manifest: &Manifest,
     production: Option<&Manifest>,
+    vocab: &OnceCell<diff::Vocabulary<'a>>,
 ) -> anyhow::Result<Vec<NodeReport>> {
+    // Column names leave the machine in the report: those the data chose
+    // are counted instead (see `diff::Vocabulary`).
+    let hide = |cols: &[String]| -> Vec<String> {
+        if cols.is_empty() {
+            return Vec::new();
+        }
+        vocab
+            .get_or_init(|| diff::Vocabulary::of_graph(&ws.graph))
+            .hide(cols)
+    };
     let plan = plan::plan_pipeline(&ws.graph, hashes, pipeline, production);
     let ids: HashMap<String, usize> = ws
         .graph
@@ -296,10 +354,11 @@ fn node_reports(
         let node_diff = if differs && ok {
             // A table that cannot be read (damaged, or lost) costs the
             // keyed counts, not the run.
-            Some(
-                diff::node_diff(stores, &np.name, prod, cur)
-                    .unwrap_or_else(|_| crate::plan::diff::compare_nodes(&np.name, prod, cur)),
-            )
+            let mut d = diff::node_diff(stores, &np.name, prod, cur)
+                .unwrap_or_else(|_| crate::plan::diff::compare_nodes(&np.name, prod, cur));
+            d.columns_added = hide(&d.columns_added);
+            d.columns_removed = hide(&d.columns_removed);
+            Some(d)
         } else {
             None
         };
@@ -310,7 +369,7 @@ fn node_reports(
             failure: result.and_then(|r| r.failure),
             error: result.and_then(|r| r.error.clone()),
             rows: result.and_then(|r| r.rows),
-            columns: result.map(|r| r.columns.clone()).unwrap_or_default(),
+            columns: result.map(|r| hide(&r.columns)).unwrap_or_default(),
             output: result.and_then(|r| r.output),
             duration_ms: result.map_or(0, |r| r.duration.as_millis() as u64),
             file: node.map(|n| n.file.to_string()),
@@ -417,6 +476,89 @@ mod tests {
         }
     }
 
+    /// Column names leave the machine in the report (the daemon's run
+    /// JSON, `sluice ci`): names no file of the repository contains came
+    /// from the data, and are counted instead.
+    #[test]
+    fn column_names_the_data_chose_are_counted_in_the_report() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("data")).unwrap();
+        let stores = Stores::in_memory().unwrap();
+        let pivot = "# @source data://dx.csv\nimport csv, os\n\
+                     rows = list(csv.DictReader(open(os.environ['SLUICE_INPUT_dx'])))\n\
+                     w = csv.writer(open(os.environ['SLUICE_OUTPUT'], 'w', newline=''))\n\
+                     w.writerow(['id'] + [r['code'] for r in rows])\n\
+                     w.writerow(['1'] + ['1' for r in rows])\n";
+        let mut vfs = MemVfs::new();
+        vfs.insert("sluice.toml", format!("{CONFIG}[data]\nroot = \"data\"\n"));
+        vfs.insert("clinics/a/P.py", pivot);
+        let mut runs = Vec::new();
+        for data in ["id,code\n1,C50\n", "id,code\n1,C50\n2,ZCANARY77\n"] {
+            std::fs::write(root.path().join("data/dx.csv"), data).unwrap();
+            let mut ws = Workspace::from_vfs(
+                root.path(),
+                Box::new(vfs.clone()),
+                Some("c0ffee".into()),
+                Settings::default(),
+            )
+            .unwrap();
+            runs.push(run(&mut ws, &stores, &request(runs.is_empty(), "main")).unwrap());
+        }
+        let p = &runs[1].pipelines[0].nodes[0];
+        assert_eq!(p.status, Some(Status::Computed), "{p:?}");
+        assert_eq!(
+            p.columns,
+            vec!["id".to_string(), "(2 columns named by the data)".into()]
+        );
+        let diff = p.diff.as_ref().unwrap();
+        assert_eq!(
+            diff.columns_added,
+            vec!["(1 column named by the data)".to_string()]
+        );
+        let json = serde_json::to_string(&runs[1]).unwrap();
+        assert!(
+            !json.contains("ZCANARY77") && !json.contains("C50"),
+            "{json}"
+        );
+    }
+
+    /// A no-op run writes no new manifest: the last run's is reused, so
+    /// its digest (and timestamp) stay the same.
+    #[test]
+    fn a_run_that_changes_nothing_reuses_the_last_manifest() {
+        let stores = Stores::in_memory().unwrap();
+        let files = [
+            ("clinics/a/T.csv", "id\n1\n"),
+            ("clinics/a/U.sql", "-- @depend ./T\nSELECT id FROM T;\n"),
+        ];
+        let digests: Vec<Digest> = (0..3)
+            .map(|_| {
+                let r = run(&mut workspace(&files), &stores, &request(false, "b")).unwrap();
+                r.pipelines[0].manifest.unwrap()
+            })
+            .collect();
+        assert_ne!(
+            digests[0], digests[1],
+            "the first run computed, the second hit the cache"
+        );
+        assert_eq!(digests[1], digests[2]);
+        // Another commit is another manifest.
+        let mut vfs = MemVfs::new();
+        vfs.insert("sluice.toml", CONFIG);
+        for (p, t) in files {
+            vfs.insert(p, t);
+        }
+        let mut ws = Workspace::from_vfs(
+            std::path::Path::new("/nonexistent"),
+            Box::new(vfs),
+            Some("beef".into()),
+            Settings::default(),
+        )
+        .unwrap();
+        let r = run(&mut ws, &stores, &request(false, "b")).unwrap();
+        assert_ne!(r.pipelines[0].manifest.unwrap(), digests[2]);
+    }
+
     /// The use-case the daemon and CI call, from a VFS and in-memory stores
     /// with no CLI around it: typed outcomes, promotion, diffs and reasons.
     #[test]
@@ -482,6 +624,7 @@ mod tests {
         let stores = Stores {
             blobs: blobs.clone(),
             state: std::sync::Arc::new(crate::store::state::StateDb::open_in_memory().unwrap()),
+            manifests: Default::default(),
         };
         let files = [
             ("clinics/a/T.csv", "id\n1\n2\n"),

@@ -1,7 +1,8 @@
 //! The resolved DAG: nodes after includes, mounts and templates, with their
 //! dependencies linked, and the topological order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::directive::Assert;
 use super::path::RepoPath;
@@ -136,6 +137,9 @@ impl Node {
     }
 }
 
+/// The nodes each directory's pipeline runs.
+type Members = HashMap<RepoPath, Vec<NodeId>>;
+
 /// The resolved repository.
 #[derive(Debug, Default)]
 pub struct Graph {
@@ -145,6 +149,10 @@ pub struct Graph {
     pub pipelines: Vec<RepoPath>,
     /// All nodes, dependencies first. Nodes on a cycle are left out.
     pub order: Vec<NodeId>,
+    /// `pipeline_nodes` of every pipeline, computed on first use (for the
+    /// graph of that many nodes): a run asks for each pipeline's nodes
+    /// several times, and each walk is otherwise O(all nodes).
+    members: Mutex<Option<(usize, Arc<Members>)>>,
 }
 
 impl Graph {
@@ -157,24 +165,69 @@ impl Graph {
     /// The nodes a pipeline runs: its own namespace and every node of
     /// another directory it reaches, dependencies first.
     pub fn pipeline_nodes(&self, pipeline: &RepoPath) -> Vec<NodeId> {
-        let mut wanted = vec![false; self.nodes.len()];
-        let mut stack: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|n| &n.dir == pipeline)
-            .map(|n| n.id)
-            .collect();
-        while let Some(id) = stack.pop() {
-            if std::mem::replace(&mut wanted[id], true) {
-                continue;
+        let members = {
+            let mut memo = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+            match &*memo {
+                Some((n, m)) if *n == self.nodes.len() => Arc::clone(m),
+                _ => {
+                    let m = Arc::new(self.all_pipeline_nodes());
+                    *memo = Some((self.nodes.len(), Arc::clone(&m)));
+                    m
+                }
             }
-            stack.extend(self.nodes[id].deps.iter().filter_map(|d| d.node));
+        };
+        match members.get(pipeline) {
+            Some(ids) => ids.clone(),
+            None => self.walk_from(&[], pipeline, &self.order_positions()),
         }
-        self.order
-            .iter()
-            .copied()
-            .filter(|id| wanted[*id])
+    }
+
+    /// [`Self::pipeline_nodes`] of each directory that holds nodes.
+    fn all_pipeline_nodes(&self) -> Members {
+        let mut roots: HashMap<&RepoPath, Vec<NodeId>> = HashMap::new();
+        for n in &self.nodes {
+            roots.entry(&n.dir).or_default().push(n.id);
+        }
+        let pos = self.order_positions();
+        roots
+            .into_iter()
+            .map(|(dir, ids)| (dir.clone(), self.walk_from(&ids, dir, &pos)))
             .collect()
+    }
+
+    /// The nodes reachable from `roots` (or, when empty, from the nodes of
+    /// `dir`) through dependencies, in topological order.
+    fn walk_from(&self, roots: &[NodeId], dir: &RepoPath, pos: &[Option<usize>]) -> Vec<NodeId> {
+        let mut stack: Vec<NodeId> = if roots.is_empty() {
+            self.nodes
+                .iter()
+                .filter(|n| &n.dir == dir)
+                .map(|n| n.id)
+                .collect()
+        } else {
+            roots.to_vec()
+        };
+        let mut wanted = HashSet::new();
+        while let Some(id) = stack.pop() {
+            if wanted.insert(id) {
+                stack.extend(self.nodes[id].deps.iter().filter_map(|d| d.node));
+            }
+        }
+        // Sorted by topological position: nodes on a cycle have none.
+        let mut ids: Vec<NodeId> = wanted
+            .into_iter()
+            .filter(|id| pos.get(*id).copied().flatten().is_some())
+            .collect();
+        ids.sort_by_key(|id| pos[*id]);
+        ids
+    }
+
+    fn order_positions(&self) -> Vec<Option<usize>> {
+        let mut pos = vec![None; self.nodes.len()];
+        for (i, id) in self.order.iter().enumerate() {
+            pos[*id] = Some(i);
+        }
+        pos
     }
 
     /// Topological order by Kahn's algorithm; returns the order and the

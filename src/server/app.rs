@@ -44,6 +44,8 @@ pub struct Repo {
     /// Its own cache, refs and runs (pipeline names of two repositories
     /// may be equal); blobs are shared.
     pub state: Arc<StateDb>,
+    /// Parsed manifests, kept from job to job.
+    pub manifests: Arc<crate::store::ManifestCache>,
 }
 
 impl Repo {
@@ -152,6 +154,7 @@ impl App {
                 secrets,
                 forge,
                 state,
+                manifests: Arc::default(),
             });
         }
         Ok(App {
@@ -347,6 +350,7 @@ impl App {
         let stores = Stores {
             blobs: Arc::clone(&self.blobs),
             state: Arc::clone(&repo.state),
+            manifests: Arc::clone(&repo.manifests),
         };
         let pipelines: Vec<String> = ws.graph.pipelines.iter().map(|p| p.to_string()).collect();
         if ws.diagnostics.is_empty() {

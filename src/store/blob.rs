@@ -96,22 +96,27 @@ pub trait BlobWriter: Write + Send {
 
 /// Streams a reader through SHA-256; returns the digest and the byte count.
 pub fn digest_reader(mut reader: impl Read) -> io::Result<(Digest, u64)> {
-    let mut hasher = Sha256::new();
-    // Small enough that zeroing it costs nothing next to the hashing: most
-    // blobs are small, and this runs once per blob read.
-    let mut buf = vec![0u8; 128 << 10];
-    let mut total = 0u64;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        total += n as u64;
+    thread_local! {
+        // One buffer per thread, zeroed once: most blobs are a few KiB,
+        // and zeroing a fresh buffer per blob cost more than hashing them.
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 128 << 10]);
     }
-    Ok((Digest(hasher.finalize().into()), total))
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            total += n as u64;
+        }
+        Ok((Digest(hasher.finalize().into()), total))
+    })
 }
 
 /// Hashes what passes through it; at the end of the stream it fails

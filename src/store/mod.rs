@@ -10,6 +10,9 @@ pub mod state;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::plan::digest::Digest;
+use crate::plan::manifest::Manifest;
+
 use anyhow::Context;
 
 use blob::{BlobStore, LocalBlobStore, MemBlobStore};
@@ -69,6 +72,42 @@ pub(crate) fn warn(message: &str) {
 pub struct Stores {
     pub blobs: Arc<dyn BlobStore>,
     pub state: Arc<StateDb>,
+    /// Parsed manifests by digest: content-addressed, so never stale. A
+    /// run reads every pipeline's production manifest, and the daemon
+    /// reads the same ones push after push.
+    pub manifests: Arc<ManifestCache>,
+}
+
+/// Parsed manifests, by the digest of their bytes. Bounded: when full it
+/// starts again empty, which costs one re-parse each.
+#[derive(Debug, Default)]
+pub struct ManifestCache {
+    map: std::sync::Mutex<std::collections::HashMap<Digest, Arc<Manifest>>>,
+}
+
+impl ManifestCache {
+    /// Manifests kept at most (a production manifest per pipeline, and
+    /// the runs that will be promoted next).
+    const CAPACITY: usize = 1024;
+
+    pub fn get(&self, digest: &Digest) -> Option<Arc<Manifest>> {
+        let map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(digest).cloned()
+    }
+
+    pub fn insert(&self, digest: Digest, manifest: Arc<Manifest>) {
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= Self::CAPACITY {
+            map.clear();
+        }
+        map.insert(digest, manifest);
+    }
 }
 
 impl std::fmt::Debug for Stores {
@@ -98,6 +137,7 @@ impl Stores {
         Ok(Stores {
             blobs: Arc::new(blobs),
             state: Arc::new(state),
+            manifests: Arc::default(),
         })
     }
 
@@ -106,6 +146,7 @@ impl Stores {
         Ok(Stores {
             blobs: Arc::new(MemBlobStore::new()),
             state: Arc::new(StateDb::open_in_memory()?),
+            manifests: Arc::default(),
         })
     }
 }

@@ -457,3 +457,45 @@ fn a_cell_value_in_a_sql_error_never_leaves_the_terminal() {
         );
     }
 }
+
+#[test]
+fn column_names_the_data_chose_are_counted_not_shown_outside_the_terminal() {
+    let r = Repo::new();
+    r.file("data/dx.csv", "patient_id,code\np1,C50\np2,C61\n")
+        .file(
+            "clinics/a/Dx.sql",
+            "-- @source data://dx.csv\nSELECT patient_id, code FROM dx;\n",
+        )
+        .file(
+            "clinics/a/Pivot.py",
+            "# @depend ./Dx\nimport csv, os\n\
+             rows = list(csv.DictReader(open(os.environ['SLUICE_INPUT_Dx'])))\n\
+             codes = sorted({r['code'] for r in rows})\n\
+             with open(os.environ['SLUICE_OUTPUT'], 'w', newline='') as f:\n\
+             \x20   w = csv.writer(f)\n\
+             \x20   w.writerow(['patient_id'] + codes)\n\
+             \x20   for r in rows:\n\
+             \x20       w.writerow([r['patient_id']] + [int(r['code'] == c) for c in codes])\n",
+        );
+    r.commit_all("pivot");
+    r.sluice(&["run", "--promote"]).success();
+    // New data: a code no file of the repository names.
+    r.file(
+        "data/dx.csv",
+        "patient_id,code\np1,C50\np2,C61\np3,ZCANARY77\n",
+    );
+    let run = r.sluice(&["run", "--json"]);
+    run.success();
+    assert!(!run.stdout.contains("ZCANARY77"), "{}", run.stdout);
+    let json = r.sluice(&["diff", "--json"]);
+    json.success();
+    assert!(!json.stdout.contains("ZCANARY77"), "{}", json.stdout);
+    assert!(json.stdout.contains("\"patient_id\"") || json.stdout.contains("Pivot"));
+    assert!(
+        json.stdout.contains("(1 column named by the data)"),
+        "{}",
+        json.stdout
+    );
+    // The local terminal may show the names.
+    r.sluice(&["diff"]).success().stdout_has("ZCANARY77");
+}
