@@ -107,6 +107,7 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
         source_digests: ctx.sources.clone(),
         cancel: req.cancel.clone(),
     };
+    let reads = stores.state.begin_cache_reads();
     let results = exec::execute_with(
         &ws.graph,
         &wanted,
@@ -116,6 +117,7 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
         &exec::ExecSettings::for_repo(ws.config.as_ref()),
         req.observer,
     );
+    drop(reads);
     let cancelled = req.cancel.is_cancelled();
 
     let mut report = RunReport {
@@ -164,7 +166,13 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
         // A cancelled run's manifest would describe half a run: it is
         // neither recorded nor promoted.
         if !cancelled {
-            let digest = store_manifest(stores, p, &mut manifest)?;
+            // Nothing changed against production (the usual case for most
+            // pipelines of a push): its manifest stands for this run too,
+            // and is not written again.
+            let digest = match prod.as_ref() {
+                Some((d, m)) if same_tables(&manifest, m) => *d,
+                _ => store_manifest(stores, p, &mut manifest)?,
+            };
             stores
                 .state
                 .record_run(p.as_str(), &digest, ws.commit.as_deref(), failed)?;
@@ -177,6 +185,8 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
                          the next run recomputes them",
                         damaged.join("; ")
                     ));
+                } else if head == Some(digest) {
+                    pipeline.promoted = true;
                 } else {
                     pipeline.promoted = stores.state.ref_compare_and_set(
                         &production_ref(p),
@@ -245,6 +255,30 @@ fn damaged_outputs(stores: &Stores, manifest: &Manifest, jobs: usize) -> Vec<Str
             )
         })
         .collect()
+}
+
+/// Whether two manifests describe the same tables from the same code:
+/// every node with the same hashes, task key, output and shape, and none
+/// failed. Statuses, timings, commit and time may differ.
+fn same_tables(a: &Manifest, b: &Manifest) -> bool {
+    let same = |x: &ManifestNode, y: &ManifestNode| {
+        x.name == y.name
+            && x.local_hash == y.local_hash
+            && x.definition_hash == y.definition_hash
+            && x.task_key == y.task_key
+            && x.output.is_some()
+            && x.output == y.output
+            && x.rows == y.rows
+            && x.columns == y.columns
+            && x.key == y.key
+            && x.parts == y.parts
+            && x.inputs == y.inputs
+            && x.error.is_none()
+            && y.error.is_none()
+    };
+    a.pipeline == b.pipeline
+        && a.nodes.len() == b.nodes.len()
+        && a.nodes.iter().zip(&b.nodes).all(|(x, y)| same(x, y))
 }
 
 /// Stores a run's manifest. A run that changed nothing since the last run
@@ -418,7 +452,9 @@ fn build_manifest(
             columns: r.columns.clone(),
             status: Some(r.status),
             failure: r.failure,
-            duration_ms: Some(r.duration.as_millis() as u64),
+            // Time spent computing; a cache hit's lookup time is noise, and
+            // would make two identical runs' manifests differ.
+            duration_ms: (r.status != Status::Cached).then_some(r.duration.as_millis() as u64),
             log: r.log,
             error: r.error.clone(),
             key: node

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -47,6 +47,9 @@ pub struct Repo {
     /// Parsed manifests, kept from job to job.
     pub manifests: Arc<crate::store::ManifestCache>,
 }
+
+/// The nice value of job workers (0 is normal, 19 the lowest).
+const WORKER_NICE: i32 = 10;
 
 impl Repo {
     /// The repository's key in jobs and the outbox: `github:acme/p`.
@@ -97,7 +100,21 @@ pub struct App {
     pub shutdown: CancelToken,
     jobs_bell: Bell,
     outbox_bell: Bell,
+    /// The group-commit thread that stores deliveries' jobs (started at
+    /// the first delivery).
+    enqueuer: OnceLock<std::sync::mpsc::Sender<EnqueueRequest>>,
 }
+
+/// One delivery's job for the group-commit thread, and where its answer
+/// goes.
+type EnqueueRequest = (
+    NewJob,
+    Option<(String, String)>,
+    tokio::sync::oneshot::Sender<Result<Enqueued, String>>,
+);
+
+/// Deliveries stored in one transaction at most.
+const ENQUEUE_BATCH: usize = 256;
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,6 +183,7 @@ impl App {
             metrics: Metrics::default(),
             path_env,
             running: Mutex::new(HashMap::new()),
+            enqueuer: OnceLock::new(),
             shutdown: CancelToken::new(),
             jobs_bell: Bell::default(),
             outbox_bell: Bell::default(),
@@ -252,10 +270,49 @@ impl App {
         self.outbox_bell.ring();
     }
 
+    // -- deliveries -----------------------------------------------------------
+
+    /// Stores a delivery's job; returns once it is committed. Concurrent
+    /// deliveries share a transaction (group commit): a commit costs
+    /// far more than the rows, and a burst of webhooks is answered in
+    /// milliseconds instead of queueing one commit behind another.
+    pub async fn enqueue(
+        &self,
+        job: NewJob,
+        delivery: Option<(String, String)>,
+    ) -> anyhow::Result<Enqueued> {
+        let (answer, rx) = tokio::sync::oneshot::channel();
+        let sender = self.enqueuer.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<EnqueueRequest>();
+            let db = Arc::clone(&self.db);
+            // The thread ends when the App (the only sender) is dropped.
+            let spawned = std::thread::Builder::new()
+                .name("sluice-enqueue".into())
+                .spawn(move || group_commit(&db, &rx));
+            if let Err(e) = spawned {
+                tracing::error!("cannot start the enqueue thread: {e}");
+            }
+            tx
+        });
+        sender
+            .send((job, delivery, answer))
+            .map_err(|_| anyhow::anyhow!("the enqueue thread is gone"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the enqueue thread is gone"))?
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+
     // -- job workers ----------------------------------------------------------
 
     /// A worker thread: takes jobs until shutdown.
     pub fn worker_loop(self: &Arc<Self>) {
+        // Below the webhook handlers: a delivery is answered in
+        // milliseconds however busy the jobs keep the cores. Linux keeps
+        // the nice value per thread; the run's threads and the processes
+        // it starts (git, command nodes) inherit it.
+        if let Err(e) = rustix::process::setpriority_process(None, WORKER_NICE) {
+            tracing::debug!("cannot lower the worker's priority: {e}");
+        }
         while !self.shutdown.is_cancelled() {
             match self.db.claim_job() {
                 Ok(Some(job)) => self.run_job(job),
@@ -769,6 +826,36 @@ pub fn new_run_id() -> anyhow::Result<String> {
 pub fn is_run_id(s: &str) -> bool {
     s.strip_prefix("r_")
         .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The group-commit loop: waits for a delivery, takes every other one
+/// already waiting, stores them in one transaction and answers each.
+fn group_commit(db: &StateDb, rx: &std::sync::mpsc::Receiver<EnqueueRequest>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < ENQUEUE_BATCH
+            && let Ok(more) = rx.try_recv()
+        {
+            batch.push(more);
+        }
+        let items: Vec<(&NewJob, Option<(&str, &str)>)> = batch
+            .iter()
+            .map(|(job, d, _)| (job, d.as_ref().map(|(id, ev)| (id.as_str(), ev.as_str()))))
+            .collect();
+        match db.enqueue_many(&items) {
+            Ok(done) => {
+                for ((_, _, answer), e) in batch.into_iter().zip(done) {
+                    let _ = answer.send(Ok(e));
+                }
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                for (_, _, answer) in batch {
+                    let _ = answer.send(Err(msg.clone()));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -297,26 +297,10 @@ async fn enqueue_event(
         }
         _ => return Ok(None),
     };
-    let app2 = Arc::clone(app);
-    let job2 = job.clone();
-    let stored = tokio::task::spawn_blocking(move || {
-        app2.db.enqueue(
-            &job2,
-            delivery.as_ref().map(|(id, ev)| (id.as_str(), ev.as_str())),
-        )
-    })
-    .await;
-    let enqueued = match stored {
-        Ok(Ok(e)) => e,
-        Ok(Err(e)) => {
-            tracing::error!("cannot store a job: {e:#}");
-            return Err(text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "cannot store the job\n",
-            ));
-        }
+    let enqueued = match app.enqueue(job.clone(), delivery).await {
+        Ok(e) => e,
         Err(e) => {
-            tracing::error!("cannot store a job: {e}");
+            tracing::error!("cannot store a job: {e:#}");
             return Err(text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "cannot store the job\n",

@@ -153,6 +153,70 @@ fn job_from_row(r: &Row) -> rusqlite::Result<Job> {
     })
 }
 
+/// One job of [`StateDb::enqueue_many`], inside its transaction.
+fn enqueue_in(
+    tx: &rusqlite::Transaction<'_>,
+    job: &NewJob,
+    delivery: Option<(&str, &str)>,
+    now: &str,
+) -> anyhow::Result<Enqueued> {
+    if let Some((id, event)) = delivery {
+        let key = format!("{}\n{id}", job.repo);
+        let inserted = tx
+            .prepare_cached(
+                "INSERT INTO deliveries (id, event, received_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![key, event, now])?;
+        if inserted == 0 {
+            return Ok(Enqueued::Duplicate);
+        }
+    }
+    tx.prepare_cached(
+        "INSERT INTO jobs (run_id, repo, kind, lane, git_ref, branch, sha, pr_number, state, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9)",
+    )?
+    .execute(params![
+            job.run_id,
+            job.repo,
+            job.kind.as_str(),
+            job.lane,
+            job.git_ref,
+            job.branch,
+            job.sha,
+            job.pr_number.map(|n| n as i64),
+        now
+    ])?;
+    let id = tx.last_insert_rowid();
+    if let Some((d, _)) = delivery {
+        tx.prepare_cached("UPDATE deliveries SET job_id = ?1 WHERE id = ?2")?
+            .execute(params![id, format!("{}\n{d}", job.repo)])?;
+    }
+    let superseded = {
+        let mut stmt = tx.prepare_cached(&format!(
+            "UPDATE jobs SET state = 'superseded', superseded_by = ?1, finished_at = ?4
+             WHERE repo = ?2 AND lane = ?3 AND id < ?1 AND state = 'queued'
+             RETURNING {JOB_COLUMNS}"
+        ))?;
+        stmt.query_map(params![id, job.repo, job.lane, now], job_from_row)?
+            .collect::<rusqlite::Result<Vec<Job>>>()?
+    };
+    let cancel = {
+        let mut stmt = tx.prepare_cached(
+            "UPDATE jobs SET superseded_by = ?1
+             WHERE repo = ?2 AND lane = ?3 AND id < ?1 AND state = 'running'
+             RETURNING id",
+        )?;
+        stmt.query_map(params![id, job.repo, job.lane], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<i64>>>()?
+    };
+    Ok(Enqueued::Queued {
+        job: id,
+        superseded,
+        cancel,
+    })
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -170,66 +234,27 @@ impl StateDb {
         job: &NewJob,
         delivery: Option<(&str, &str)>,
     ) -> anyhow::Result<Enqueued> {
+        self.enqueue_many(&[(job, delivery)])?
+            .pop()
+            .context("cannot store the job")
+    }
+
+    /// [`Self::enqueue`] for several deliveries in one transaction (one
+    /// commit for a burst of webhooks: group commit). All are stored, or
+    /// none.
+    pub fn enqueue_many(
+        &self,
+        batch: &[(&NewJob, Option<(&str, &str)>)],
+    ) -> anyhow::Result<Vec<Enqueued>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = now_rfc3339();
-        if let Some((id, event)) = delivery {
-            let key = format!("{}\n{id}", job.repo);
-            let inserted = tx.execute(
-                "INSERT INTO deliveries (id, event, received_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (id) DO NOTHING",
-                params![key, event, now],
-            )?;
-            if inserted == 0 {
-                return Ok(Enqueued::Duplicate);
-            }
+        let mut out = Vec::with_capacity(batch.len());
+        for (job, delivery) in batch {
+            out.push(enqueue_in(&tx, job, *delivery, &now)?);
         }
-        tx.execute(
-            "INSERT INTO jobs (run_id, repo, kind, lane, git_ref, branch, sha, pr_number, state, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9)",
-            params![
-                job.run_id,
-                job.repo,
-                job.kind.as_str(),
-                job.lane,
-                job.git_ref,
-                job.branch,
-                job.sha,
-                job.pr_number.map(|n| n as i64),
-                now
-            ],
-        )?;
-        let id = tx.last_insert_rowid();
-        if let Some((d, _)) = delivery {
-            tx.execute(
-                "UPDATE deliveries SET job_id = ?1 WHERE id = ?2",
-                params![id, format!("{}\n{d}", job.repo)],
-            )?;
-        }
-        let superseded = {
-            let mut stmt = tx.prepare(&format!(
-                "UPDATE jobs SET state = 'superseded', superseded_by = ?1, finished_at = ?4
-                 WHERE repo = ?2 AND lane = ?3 AND id < ?1 AND state = 'queued'
-                 RETURNING {JOB_COLUMNS}"
-            ))?;
-            stmt.query_map(params![id, job.repo, job.lane, now], job_from_row)?
-                .collect::<rusqlite::Result<Vec<Job>>>()?
-        };
-        let cancel = {
-            let mut stmt = tx.prepare(
-                "UPDATE jobs SET superseded_by = ?1
-                 WHERE repo = ?2 AND lane = ?3 AND id < ?1 AND state = 'running'
-                 RETURNING id",
-            )?;
-            stmt.query_map(params![id, job.repo, job.lane], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<i64>>>()?
-        };
         tx.commit().context("cannot store the job")?;
-        Ok(Enqueued::Queued {
-            job: id,
-            superseded,
-            cancel,
-        })
+        Ok(out)
     }
 
     /// Takes the oldest queued job whose lane has nothing running, and
@@ -549,5 +574,51 @@ mod tests {
         db.set_comment_id("r", 7, 42).unwrap();
         db.set_comment_id("r", 7, 43).unwrap();
         assert_eq!(db.comment_id("r", 7).unwrap(), Some(43));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod timing {
+    use super::*;
+
+    #[test]
+    #[ignore = "a measurement: cargo test --release --lib enqueue_timing -- --ignored --nocapture"]
+    fn enqueue_timing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&tmp.path().join("daemon.db")).unwrap();
+        let t = std::time::Instant::now();
+        let jobs: Vec<NewJob> = (0..200)
+            .map(|i| NewJob {
+                repo: "acme/p".into(),
+                kind: JobKind::Push,
+                lane: format!("refs/heads/b{i}"),
+                git_ref: format!("refs/heads/b{i}"),
+                branch: Some("b".into()),
+                sha: "a".into(),
+                pr_number: None,
+                run_id: format!("r{i}"),
+            })
+            .collect();
+        let ids: Vec<String> = (0..200).map(|i| format!("d{i}")).collect();
+        for (j, d) in jobs.iter().zip(&ids).take(100) {
+            db.enqueue(j, Some((d, "push"))).unwrap();
+        }
+        eprintln!("100 enqueues one by one: {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        for chunk in jobs
+            .iter()
+            .zip(&ids)
+            .skip(100)
+            .collect::<Vec<_>>()
+            .chunks(50)
+        {
+            let batch: Vec<_> = chunk
+                .iter()
+                .map(|(j, d)| (*j, Some((d.as_str(), "push"))))
+                .collect();
+            db.enqueue_many(&batch).unwrap();
+        }
+        eprintln!("100 enqueues in batches of 50: {:?}", t.elapsed());
     }
 }

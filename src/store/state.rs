@@ -77,10 +77,80 @@ pub struct SourceStat {
 /// The state database.
 pub struct StateDb {
     conn: Mutex<Connection>,
+    /// A read-only connection holding one read transaction while runs
+    /// look up the cache (see [`StateDb::begin_cache_reads`]).
+    cache_reads: Mutex<Option<CacheReads>>,
     path: Option<PathBuf>,
     /// Where the production refs are mirrored as files (`<dir>/refs`,
     /// beside the database), so that they survive the database's loss.
     refs_dir: Option<PathBuf>,
+}
+
+/// The read-only connection of [`StateDb::begin_cache_reads`].
+struct CacheReads {
+    users: usize,
+    conn: Connection,
+}
+
+/// Ends a run's share of the cache-read snapshot when dropped.
+#[must_use]
+pub struct CacheReadGuard<'a> {
+    db: &'a StateDb,
+    active: bool,
+}
+
+impl Drop for CacheReadGuard<'_> {
+    fn drop(&mut self) {
+        if !self.active {
+            return;
+        }
+        let mut reads = self
+            .db
+            .cache_reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(r) = reads.as_mut() {
+            r.users = r.users.saturating_sub(1);
+            if r.users == 0 {
+                *reads = None;
+            }
+        }
+    }
+}
+
+/// Starts the snapshot of a read transaction (SQLite takes it at the
+/// first read, not at `BEGIN`).
+fn snapshot(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("SELECT 1 FROM action_cache LIMIT 1", [], |_| Ok(()))
+        .optional()
+        .map(|_| ())
+}
+
+type CacheRow = (String, i64, String, Option<String>, i64);
+
+fn cache_row(conn: &Connection, key: &str) -> anyhow::Result<Option<CacheRow>> {
+    // Prepared once per connection: a no-op run looks up every node.
+    conn.prepare_cached(
+        "SELECT output, rows, columns, log, duration_ms FROM action_cache WHERE task_key = ?1",
+    )
+    .context("cannot read the action cache")?
+    .query_row([key], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    })
+    .optional()
+    .context("cannot read the action cache")
+}
+
+fn cache_entry(task_key: &Digest, row: CacheRow) -> anyhow::Result<CacheEntry> {
+    let (output, rows, columns, log, duration_ms) = row;
+    let bad = || format!("corrupt action-cache entry for task {task_key}");
+    Ok(CacheEntry {
+        output: output.parse().with_context(bad)?,
+        rows: u64::try_from(rows).with_context(bad)?,
+        columns: serde_json::from_str(&columns).with_context(bad)?,
+        log: log.map(|l| l.parse()).transpose().with_context(bad)?,
+        duration_ms: u64::try_from(duration_ms).with_context(bad)?,
+    })
 }
 
 /// The first 16 bytes of every SQLite database file.
@@ -334,6 +404,7 @@ impl StateDb {
         migrate(&mut conn).with_context(|| format!("state database {shown}"))?;
         Ok(StateDb {
             conn: Mutex::new(conn),
+            cache_reads: Mutex::new(None),
             path,
             refs_dir: None,
         })
@@ -375,48 +446,85 @@ impl StateDb {
 
     // -- action cache -------------------------------------------------------
 
+    /// Looks up a task. While a run holds [`Self::begin_cache_reads`], a
+    /// hit is read from its snapshot; a miss is looked up again in the
+    /// present (another run, or this one, may have computed it since).
     pub fn cache_get(&self, task_key: &Digest) -> anyhow::Result<Option<CacheEntry>> {
-        let conn = self.conn();
-        // Prepared once per connection: a no-op run looks up every node.
-        let row = conn
-            .prepare_cached(
-                "SELECT output, rows, columns, log, duration_ms FROM action_cache
-                 WHERE task_key = ?1",
-            )
-            .context("cannot read the action cache")?
-            .query_row([task_key.to_string()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })
-            .optional()
-            .context("cannot read the action cache")?;
-        let Some((output, rows, columns, log, duration_ms)) = row else {
-            return Ok(None);
+        let key = task_key.to_string();
+        {
+            let reads = self
+                .cache_reads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(r) = reads.as_ref()
+                && let Ok(Some(row)) = cache_row(&r.conn, &key)
+            {
+                return cache_entry(task_key, row).map(Some);
+            }
+        }
+        match cache_row(&self.conn(), &key)? {
+            Some(row) => cache_entry(task_key, row).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Opens one read transaction for the cache lookups of a run, until
+    /// the guard is dropped: a no-op run looks up every node, and one
+    /// snapshot spares each lookup its own transaction and WAL locks.
+    /// Runs that overlap share it (the newest refreshes it). A database
+    /// that cannot open a second connection (in memory) goes on without.
+    pub fn begin_cache_reads(&self) -> CacheReadGuard<'_> {
+        let mut reads = self
+            .cache_reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let fresh = match reads.take() {
+            Some(mut r) => {
+                // A fresh snapshot for the newcomer.
+                let restarted =
+                    r.conn.execute_batch("COMMIT; BEGIN").is_ok() && snapshot(&r.conn).is_ok();
+                r.users += 1;
+                restarted.then_some(r)
+            }
+            None => self.path.as_deref().and_then(|path| {
+                let conn = Connection::open_with_flags(
+                    path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .ok()?;
+                conn.busy_timeout(BUSY_TIMEOUT).ok()?;
+                conn.execute_batch("BEGIN").ok()?;
+                snapshot(&conn).ok()?;
+                Some(CacheReads { users: 1, conn })
+            }),
         };
-        let bad = || format!("corrupt action-cache entry for task {task_key}");
-        Ok(Some(CacheEntry {
-            output: output.parse().with_context(bad)?,
-            rows: u64::try_from(rows).with_context(bad)?,
-            columns: serde_json::from_str(&columns).with_context(bad)?,
-            log: log.map(|l| l.parse()).transpose().with_context(bad)?,
-            duration_ms: u64::try_from(duration_ms).with_context(bad)?,
-        }))
+        let active = fresh.is_some();
+        *reads = fresh;
+        CacheReadGuard { db: self, active }
     }
 
     /// Drops every cache entry whose output is `output` (a blob found
     /// damaged), so the next run recomputes those nodes.
     pub fn cache_forget_output(&self, output: &Digest) -> anyhow::Result<usize> {
-        self.conn()
+        let n = self
+            .conn()
             .execute(
                 "DELETE FROM action_cache WHERE output = ?1",
                 [output.to_string()],
             )
-            .context("cannot update the action cache")
+            .context("cannot update the action cache")?;
+        // A snapshot taken before must not serve the dropped entries.
+        if let Some(r) = self
+            .cache_reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            let _ = r.conn.execute_batch("COMMIT; BEGIN");
+            let _ = snapshot(&r.conn);
+        }
+        Ok(n)
     }
 
     /// Every cache entry's task key, output and log blob, as stored (a
@@ -903,6 +1011,45 @@ mod tests {
         db.cache_put(&key, &entry).unwrap();
         assert_eq!(db.cache_get(&key).unwrap(), Some(entry));
         assert_eq!(db.cache_get(&d("other")).unwrap(), None);
+    }
+
+    #[test]
+    fn cache_reads_share_one_snapshot_and_still_see_new_entries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&tmp.path().join("state.db")).unwrap();
+        let entry = |out: &str| CacheEntry {
+            output: d(out),
+            rows: 1,
+            columns: vec!["id".into()],
+            log: None,
+            duration_ms: 0,
+        };
+        db.cache_put(&d("a"), &entry("a-out")).unwrap();
+        let guard = db.begin_cache_reads();
+        assert!(guard.active, "a file database gets a read connection");
+        assert_eq!(db.cache_get(&d("a")).unwrap(), Some(entry("a-out")));
+        // Written after the snapshot: a miss there, found in the present.
+        db.cache_put(&d("b"), &entry("b-out")).unwrap();
+        assert_eq!(db.cache_get(&d("b")).unwrap(), Some(entry("b-out")));
+        // Dropped entries are not served from the snapshot.
+        db.cache_forget_output(&d("a-out")).unwrap();
+        assert_eq!(db.cache_get(&d("a")).unwrap(), None);
+        {
+            let second = db.begin_cache_reads();
+            assert!(second.active);
+        }
+        assert!(
+            db.cache_reads.lock().unwrap().is_some(),
+            "the first run still reads"
+        );
+        drop(guard);
+        assert!(db.cache_reads.lock().unwrap().is_none());
+        assert!(
+            !StateDb::open_in_memory()
+                .unwrap()
+                .begin_cache_reads()
+                .active
+        );
     }
 
     #[test]
