@@ -12,6 +12,7 @@ mod fake_forge;
 mod forge;
 mod hooks;
 mod run;
+mod select;
 mod trust_exec;
 mod trust_pipeline;
 mod trust_store;
