@@ -233,14 +233,14 @@ fn every_operator_on_a_generated_repository_matches_a_brute_force_walk() {
     }
     // reach[i][j]: the shortest path length from i down its dependencies to j.
     let mut reach = vec![vec![None::<usize>; N]; N];
-    for i in 0..N {
+    for (i, row) in reach.iter_mut().enumerate() {
         let mut frontier = vec![i];
         let mut level = 0;
         while !frontier.is_empty() {
             let mut next = Vec::new();
             for f in frontier {
-                if reach[i][f].is_none() {
-                    reach[i][f] = Some(level);
+                if row[f].is_none() {
+                    row[f] = Some(level);
                     next.extend(deps[f].iter().copied());
                 }
             }
