@@ -20,7 +20,7 @@ pub struct ShowArgs {
     /// The node, as PIPELINE/NODE (e.g. clinics/clinic_b/Patient).
     #[arg(value_name = "PIPELINE/NODE")]
     pub node: String,
-    /// Print JSON (the shape is in docs/cli-json.md).
+    /// Print JSON (the shape is in docs/json.md).
     #[arg(long)]
     pub json: bool,
 }

@@ -17,7 +17,7 @@ pub struct WhyArgs {
     /// The node, as PIPELINE/NODE (e.g. clinics/clinic_a/Labs).
     #[arg(value_name = "PIPELINE/NODE")]
     pub node: String,
-    /// Print JSON (the shape is in docs/cli-json.md).
+    /// Print JSON (the shape is in docs/json.md).
     #[arg(long)]
     pub json: bool,
 }

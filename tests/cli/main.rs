@@ -8,6 +8,7 @@ mod bench;
 mod check;
 mod ci;
 mod daemon;
+mod docs;
 mod fake_forge;
 mod forge;
 mod hooks;
