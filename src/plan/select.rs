@@ -166,10 +166,20 @@ fn glob(pattern: &str) -> Result<GlobMatcher, String> {
 /// Parses each argument, splitting it on whitespace (`-s "a b"` is `-s a
 /// -s b`).
 pub fn parse_all(args: &[String]) -> Result<Vec<Selector>, SelectError> {
-    args.iter()
-        .flat_map(|a| a.split_whitespace())
-        .map(Selector::parse)
-        .collect()
+    let mut out = Vec::new();
+    for a in args {
+        if a.trim().is_empty() {
+            // `-s "$UNSET"` must not quietly select everything.
+            return Err(SelectError::Invalid {
+                text: a.clone(),
+                message: "empty; name a node, a glob or state:modified".into(),
+            });
+        }
+        for s in a.split_whitespace() {
+            out.push(Selector::parse(s)?);
+        }
+    }
+    Ok(out)
 }
 
 /// The selected nodes of one pipeline, dependencies first.
@@ -458,7 +468,15 @@ mod tests {
         );
         let e = run(&g, &[], &["Nothing_here"]).unwrap_err();
         assert!(e.to_string().contains("matches no node"), "{e}");
-        for bad in ["+", "a+b+c", "state:new", "tag:x", "99999999999+V", "[x"] {
+        for bad in [
+            "+",
+            "a+b+c",
+            "state:new",
+            "tag:x",
+            "99999999999+V",
+            "[x",
+            " ",
+        ] {
             let e = run(&g, &[bad], &[]).unwrap_err();
             assert!(matches!(e, SelectError::Invalid { .. }), "{bad}: {e}");
         }
