@@ -638,6 +638,7 @@ pub fn run(global: &GlobalArgs, args: &CiArgs) -> anyhow::Result<ExitCode> {
     let progress = Progress::new();
     let req = RunRequest {
         pipelines: Vec::new(),
+        nodes: None,
         jobs: args.jobs.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())

@@ -8,9 +8,11 @@ mod diff;
 mod fsck;
 mod graph;
 mod hook;
+mod ls;
 mod plan;
 mod progress;
 mod run;
+mod select;
 mod serve;
 mod show;
 mod why;
@@ -80,13 +82,23 @@ pub enum Command {
     /// name), dependency cycles, include and mount cycles, names defined by
     /// two mounts, undefined {{params}}, paths leaving the repository and
     /// SQL nodes with an empty body, all in one pass.
-    Check,
+    Check {
+        /// Print JSON: {"ok":..,"pipelines":[..],"nodes":..,"problems":[{"path":..,"line":..,"message":..}]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show each node's change against the production manifest.
     ///
     /// A node is `modified` (its own resolved definition changed),
     /// `affected` (only something upstream changed), `new`, `removed` or
     /// `unchanged`. With no production manifest yet, every node is `new`.
     Plan(plan::PlanArgs),
+    /// List the nodes a selection names, one per line as `show`, `why`
+    /// and `cat` take them (PIPELINE/NAME, or PIPELINE//DIR/NAME for an
+    /// input from another directory).
+    ///
+    /// Example: sluice ls -s '+clinics/clinic_a/PatientSummary' --exclude 'state:modified'
+    Ls(ls::LsArgs),
     /// Show one node after includes, mounts and templates: where each part
     /// came from, its inputs and its definition hash.
     ///
@@ -142,7 +154,8 @@ pub enum Command {
 /// was valid, an error is a problem running sluice itself.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Check => check::run(&cli.global),
+        Command::Check { json } => check::run(&cli.global, json),
+        Command::Ls(args) => ls::run(&cli.global, &args),
         Command::Plan(args) => plan::run(&cli.global, &args),
         Command::Show(args) => show::run(&cli.global, &args),
         Command::Graph(args) => graph::run(&cli.global, &args),

@@ -1,5 +1,6 @@
 //! `sluice plan`: each node's change against the production manifest.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -7,14 +8,16 @@ use clap::Args;
 use serde::Serialize;
 
 use super::GlobalArgs;
-use crate::engine::manifests::production;
-use crate::plan::{self, Change, PipelinePlan};
+use super::select::SelectArgs;
+use crate::plan::{Change, PipelinePlan};
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     /// Pipelines to plan (directories, e.g. clinics/clinic_a). Default: all.
     #[arg(value_name = "PIPELINE")]
     pub pipelines: Vec<String>,
+    #[command(flatten)]
+    pub select: SelectArgs,
     /// Print JSON: {"plans":[{"pipeline":..,"nodes":[{"name":..,"change":..}]}]}.
     #[arg(long)]
     pub json: bool,
@@ -26,37 +29,36 @@ struct PlanOutput<'a> {
 }
 
 pub fn run(global: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<ExitCode> {
+    let selectors = args.select.parse()?;
     let mut ws = super::workspace::load(global)?;
     let stores = ws.existing_stores()?;
-    let (hashes, _) = ws.hashes(stores.as_ref().map(|s| &*s.state));
+    let selected = ws.select_pipelines(&args.pipelines)?;
+    let mut plans = super::select::plans(&mut ws, stores.as_ref(), &selected)?;
     if super::workspace::report_diagnostics(&ws) {
         return Ok(ExitCode::FAILURE);
     }
-    let selected = ws.select_pipelines(&args.pipelines)?;
-    let mut plans = Vec::new();
-    for p in &selected {
-        let production = match &stores {
-            Some(s) => {
-                let prod = production(s, p)?;
-                if let Some(w) = prod.warning {
-                    eprintln!("sluice: warning: {w}");
-                }
-                prod.manifest.map(|(_, m)| m)
-            }
-            None => None,
-        };
-        plans.push(plan::plan_pipeline(
-            &ws.graph,
-            &hashes,
-            p,
-            production.as_deref(),
-        ));
+    if !args.select.is_empty() {
+        // Exactly the selected nodes: a removed node is in no selection,
+        // and a pipeline with none selected is left out.
+        let chosen = selectors.resolve(&ws, &selected, &plans)?;
+        for (plan, sel) in plans.iter_mut().zip(&chosen) {
+            let names: HashSet<String> = sel
+                .nodes
+                .iter()
+                .map(|id| ws.graph.nodes[*id].display_name(&sel.pipeline))
+                .collect();
+            plan.nodes.retain(|n| names.contains(&n.name));
+        }
+        plans.retain(|p| !p.nodes.is_empty());
     }
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer(&mut out, &PlanOutput { plans: &plans })?;
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if plans.is_empty() {
+        writeln!(out, "no node selected")?;
     }
     for plan in &plans {
         write_plan(&mut out, plan)?;

@@ -2,7 +2,7 @@
 //! optionally promote them to production. The work is
 //! [`engine::run`](crate::engine::run); this file parses and prints.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::GlobalArgs;
 use super::progress::Progress;
+use super::select::SelectArgs;
 use super::workspace::{load, report_diagnostics};
 use crate::engine::run::{RunError, RunRequest};
 use crate::engine::{Outcome, PipelineReport};
@@ -23,6 +24,11 @@ pub struct RunArgs {
     /// Pipelines to run (directories, e.g. clinics/clinic_a). Default: all.
     #[arg(value_name = "PIPELINE")]
     pub pipelines: Vec<String>,
+    /// With --select/--exclude, the selected nodes run, and their
+    /// ancestors too where the cache lacks them; the report lists the
+    /// selected nodes and the ancestors that had to be computed.
+    #[command(flatten)]
+    pub select: SelectArgs,
     /// Worker threads. Default: the number of cores.
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
@@ -65,12 +71,38 @@ struct NodeOut {
 const EXIT_CANCELLED: u8 = 130;
 
 pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let selectors = args.select.parse()?;
+    if args.promote && !args.select.is_empty() {
+        anyhow::bail!(
+            "--promote moves production to a whole pipeline's run; drop --select/--exclude to promote"
+        );
+    }
     let mut ws = load(global)?;
     if report_diagnostics(&ws) {
         return Ok(ExitCode::FAILURE);
     }
     let stores = ws.open_stores()?;
-    let selected = ws.select_pipelines(&args.pipelines)?;
+    let mut selected = ws.select_pipelines(&args.pipelines)?;
+    let chosen = if args.select.is_empty() {
+        None
+    } else {
+        let plans = if selectors.needs_state {
+            super::select::plans(&mut ws, Some(&stores), &selected)?
+        } else {
+            Vec::new()
+        };
+        let chosen = selectors.resolve(&ws, &selected, &plans)?;
+        selected.retain(|p| {
+            chosen
+                .iter()
+                .any(|c| &c.pipeline == p && !c.nodes.is_empty())
+        });
+        if selected.is_empty() {
+            eprintln!("sluice: no node selected; nothing to run");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(chosen)
+    };
     warn_unreadable_production(&stores, &selected)?;
     // Production follows the production branch: promoting from another
     // branch (an experiment) is refused.
@@ -108,13 +140,16 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let progress = Progress::new();
     let req = RunRequest {
         pipelines: selected,
+        nodes: chosen
+            .as_ref()
+            .map(|c| c.iter().flat_map(|p| p.nodes.iter().copied()).collect()),
         jobs,
         promote: args.promote,
         git_ref,
         cancel: cancel.clone(),
         observer: &progress,
     };
-    let report = match crate::engine::run::run(&mut ws, &stores, &req) {
+    let mut report = match crate::engine::run::run(&mut ws, &stores, &req) {
         Ok(r) => r,
         Err(RunError::Invalid(_)) => {
             report_diagnostics(&ws);
@@ -128,6 +163,30 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_CANCELLED));
     }
 
+    if let Some(chosen) = &chosen {
+        // The selection, and the ancestors it needed that were not cached.
+        let names: HashSet<(String, String)> = chosen
+            .iter()
+            .flat_map(|c| {
+                c.nodes.iter().map(|id| {
+                    (
+                        c.pipeline.to_string(),
+                        ws.graph.nodes[*id].display_name(&c.pipeline),
+                    )
+                })
+            })
+            .collect();
+        for p in &mut report.pipelines {
+            let pipeline = p.pipeline.clone();
+            p.nodes.retain(|n| {
+                names.contains(&(pipeline.clone(), n.name.clone()))
+                    || matches!(
+                        n.status,
+                        Some(Status::Computed | Status::Failed | Status::Skipped)
+                    )
+            });
+        }
+    }
     let out = RunOutput {
         runs: report.pipelines.iter().map(pipeline_run).collect(),
     };

@@ -7,15 +7,22 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Args;
 
+use serde_json::json;
+
 use super::GlobalArgs;
-use crate::pipeline::RepoPath;
 use crate::pipeline::directive::nearest;
+use crate::pipeline::graph::Origin;
+use crate::pipeline::{Graph, Node, RepoPath};
+use crate::plan::hash::NodeHashes;
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
     /// The node, as PIPELINE/NODE (e.g. clinics/clinic_b/Patient).
     #[arg(value_name = "PIPELINE/NODE")]
     pub node: String,
+    /// Print JSON (the shape is in docs/json.md).
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(global: &GlobalArgs, args: &ShowArgs) -> anyhow::Result<ExitCode> {
@@ -50,6 +57,17 @@ pub fn run(global: &GlobalArgs, args: &ShowArgs) -> anyhow::Result<ExitCode> {
         bail!("no node `{name}` in {dir}{hint}");
     };
     let mut out = std::io::stdout().lock();
+    let exit = if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    };
+    if args.json {
+        let h = hashes.get(node.id).copied().flatten();
+        serde_json::to_writer(&mut out, &json(&ws.graph, node, h))?;
+        writeln!(out)?;
+        return Ok(exit);
+    }
     writeln!(out, "node        {}/{}", node.dir, node.name)?;
     writeln!(out, "file        {}", node.file)?;
     if let Some(o) = &node.overrides {
@@ -113,9 +131,47 @@ pub fn run(global: &GlobalArgs, args: &ShowArgs) -> anyhow::Result<ExitCode> {
     for line in node.body.lines() {
         writeln!(out, "  | {line}")?;
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+    Ok(exit)
+}
+
+/// `show --json`: the same facts as the text, each origin as `path:line`.
+fn json(graph: &Graph, node: &Node, hashes: Option<NodeHashes>) -> serde_json::Value {
+    let origin = |o: &Origin| o.to_string();
+    json!({
+        "node": format!("{}/{}", node.dir, node.name),
+        "dir": node.dir.as_str(),
+        "name": node.name,
+        "file": node.file.as_str(),
+        "overrides": node.overrides.as_ref().map(|o| o.as_str()),
+        "mounted_by": node.via.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+        "inherits": node.includes.iter().map(|i| i.as_str()).collect::<Vec<_>>(),
+        "action": {
+            "action": node.action.action.to_string(),
+            "defined_in": node.action.defined_in.as_str(),
+            "by_extension": node.action.by_extension,
+        },
+        "params": node.params.iter().map(|(k, v)| json!({
+            "name": k, "value": v.value, "origin": origin(&v.origin),
+        })).collect::<Vec<_>>(),
+        "depends": node.deps.iter().map(|d| json!({
+            "reference": d.reference(&node.dir),
+            "table": d.table,
+            "file": d.node.map(|id| graph.nodes[id].file.to_string()),
+            "origin": origin(&d.origin),
+        })).collect::<Vec<_>>(),
+        "sources": node.sources.iter().map(|s| json!({
+            "path": format!("data://{}", s.path),
+            "table": s.table,
+            "origin": origin(&s.origin),
+        })).collect::<Vec<_>>(),
+        "key": node.key.as_ref().map(|(k, o)| json!({"columns": k, "origin": origin(o)})),
+        "asserts": node.asserts.iter().map(|(a, o)| json!({
+            "assert": a.to_string(), "origin": origin(o),
+        })).collect::<Vec<_>>(),
+        "timeout_s": node.timeout.as_ref().map(|(t, _)| t),
+        "definition": hashes.map(|h| h.definition.to_string()),
+        "local": hashes.map(|h| h.local.to_string()),
+        "body_from": node.body_from.as_str(),
+        "body": node.body,
     })
 }

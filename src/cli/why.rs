@@ -17,6 +17,9 @@ pub struct WhyArgs {
     /// The node, as PIPELINE/NODE (e.g. clinics/clinic_a/Labs).
     #[arg(value_name = "PIPELINE/NODE")]
     pub node: String,
+    /// Print JSON (the shape is in docs/json.md).
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(global: &GlobalArgs, args: &WhyArgs) -> anyhow::Result<ExitCode> {
@@ -33,10 +36,6 @@ pub fn run(global: &GlobalArgs, args: &WhyArgs) -> anyhow::Result<ExitCode> {
     };
     let status = cur.status.map_or("unknown", |s| s.as_str());
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{pipeline}/{name}: {status} in the last run")?;
-    if let Some(k) = cur.task_key {
-        writeln!(out, "  task key {k}")?;
-    }
     let prod = production(&stores, &pipeline)?;
     if let Some(w) = &prod.warning {
         eprintln!("sluice: warning: {w}");
@@ -44,6 +43,27 @@ pub fn run(global: &GlobalArgs, args: &WhyArgs) -> anyhow::Result<ExitCode> {
     let prod = prod.manifest;
     let prod_node = prod.as_ref().and_then(|(_, m)| m.node(&name));
     let reasons = crate::engine::why::reasons(cur, prod_node);
+    let no_cache_entry =
+        status == "computed" && prod_node.is_some_and(|p| p.task_key == cur.task_key);
+    if args.json {
+        let value = serde_json::json!({
+            "pipeline": pipeline.as_str(),
+            "name": name,
+            "status": status,
+            "task_key": cur.task_key.map(|k| k.to_string()),
+            "production": prod.as_ref().map(|(d, _)| d.to_string()),
+            "reasons": reasons,
+            "no_cache_entry": no_cache_entry,
+            "error": cur.error,
+        });
+        serde_json::to_writer(&mut out, &value)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "{pipeline}/{name}: {status} in the last run")?;
+    if let Some(k) = cur.task_key {
+        writeln!(out, "  task key {k}")?;
+    }
     let lead = match status {
         "cached" => "taken from the cache; against production",
         "computed" => "computed because, against production",
@@ -53,7 +73,7 @@ pub fn run(global: &GlobalArgs, args: &WhyArgs) -> anyhow::Result<ExitCode> {
     for r in reasons {
         writeln!(out, "  - {r}")?;
     }
-    if status == "computed" && prod_node.is_some_and(|p| p.task_key == cur.task_key) {
+    if no_cache_entry {
         writeln!(
             out,
             "  - and no cache entry held that task key (new state directory, or the cache was cleared)"

@@ -8,13 +8,13 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use super::manifests::{Production, production, production_ref};
+use super::manifests::{Production, last_run_manifest, production, production_ref};
 use super::outcome::{NodeReport, Outcome, PipelineReport, RunReport};
 use super::workspace::Workspace;
 use super::{diff, why};
 use crate::exec::{self, CancelToken, NodeResult, Observer, RunOptions};
-use crate::pipeline::RepoPath;
 use crate::pipeline::diag::Diagnostic;
+use crate::pipeline::{NodeId, RepoPath};
 use crate::plan::digest::Digest;
 use crate::plan::hash::{self, HashContext, NodeHashes};
 use crate::plan::manifest::{FailureKind, MANIFEST_FORMAT, Manifest, ManifestNode, Status};
@@ -25,6 +25,9 @@ use crate::store::Stores;
 pub struct RunRequest<'a> {
     /// The pipelines to run; empty means all of them.
     pub pipelines: Vec<RepoPath>,
+    /// Only these nodes (`--select`), with what they need; `None` runs
+    /// every node of the pipelines.
+    pub nodes: Option<HashSet<NodeId>>,
     /// Worker threads.
     pub jobs: usize,
     /// Move `production/<pipeline>` to each manifest without failures.
@@ -80,6 +83,11 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
             this: branch.clone(),
         });
     }
+    if req.promote && req.nodes.is_some() {
+        return Err(RunError::Infra(anyhow::anyhow!(
+            "--promote moves production to a whole pipeline's run; a selection of nodes cannot be promoted"
+        )));
+    }
     let selected = if req.pipelines.is_empty() {
         ws.graph.pipelines.clone()
     } else {
@@ -94,6 +102,9 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
         // run goes on, and a promotion starts a new chain from it.
         productions.push(production(stores, p)?);
         for id in ws.graph.pipeline_nodes(p) {
+            if req.nodes.as_ref().is_some_and(|only| !only.contains(&id)) {
+                continue;
+            }
             // A node two pipelines share (a `/dir/NAME` dependency) runs once.
             if seen.insert(id) {
                 wanted.push(id);
@@ -139,6 +150,13 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
             manifest: prod,
             ..
         } = production;
+        // A run of some nodes keeps the other nodes' entries of the last
+        // run whose definition is unchanged, so that `diff` and `cat` still
+        // see them.
+        let last = match &req.nodes {
+            Some(_) => last_run_manifest(stores, p)?.map(|(_, m)| m),
+            None => None,
+        };
         let mut manifest = build_manifest(
             ws,
             req.git_ref.clone(),
@@ -148,6 +166,9 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
             &results,
             prod.as_ref().map(|(d, _)| *d),
         );
+        if let Some(last) = &last {
+            carry_over(ws, p, &hashes, &results, last, &mut manifest);
+        }
         let failed = manifest
             .nodes
             .iter()
@@ -424,6 +445,39 @@ fn node_reports<'a>(
     Ok(out)
 }
 
+/// Adds to `manifest` the last run's entries of the nodes this run did
+/// not touch, when their local and definition hashes are the current ones
+/// (so the same code read the same sources) and they succeeded.
+fn carry_over(
+    ws: &Workspace,
+    pipeline: &RepoPath,
+    hashes: &[Option<NodeHashes>],
+    results: &HashMap<usize, NodeResult>,
+    last: &Manifest,
+    manifest: &mut Manifest,
+) {
+    let mut nodes = Vec::new();
+    for id in ws.graph.pipeline_nodes(pipeline) {
+        let name = ws.graph.nodes[id].display_name(pipeline);
+        if results.contains_key(&id) {
+            if let Some(n) = manifest.node(&name) {
+                nodes.push(n.clone());
+            }
+            continue;
+        }
+        let (Some(h), Some(old)) = (hashes[id], last.node(&name)) else {
+            continue;
+        };
+        if old.local_hash == h.local
+            && old.definition_hash == h.definition
+            && matches!(old.status, Some(Status::Computed | Status::Cached))
+        {
+            nodes.push(old.clone());
+        }
+    }
+    manifest.nodes = nodes;
+}
+
 fn build_manifest(
     ws: &Workspace,
     git_ref: Option<String>,
@@ -504,6 +558,7 @@ mod tests {
     fn request(promote: bool, git_ref: &str) -> RunRequest<'static> {
         RunRequest {
             pipelines: Vec::new(),
+            nodes: None,
             jobs: 2,
             promote,
             git_ref: Some(git_ref.into()),

@@ -5,6 +5,7 @@ pub mod diff;
 pub mod digest;
 pub mod hash;
 pub mod manifest;
+pub mod select;
 
 use std::collections::HashMap;
 

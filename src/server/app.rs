@@ -430,6 +430,7 @@ impl App {
             && branch.as_deref() == Some(repo.config.production_branch.as_str());
         let req = RunRequest {
             pipelines: Vec::new(),
+            nodes: None,
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
             promote,
             git_ref: Some(branch.unwrap_or_else(|| match job.pr_number {
