@@ -24,7 +24,7 @@ pub struct RunArgs {
     #[arg(value_name = "PIPELINE")]
     pub pipelines: Vec<String>,
     /// Worker threads. Default: the number of cores.
-    #[arg(short = 'j', long, value_name = "N")]
+    #[arg(short = 'j', long, value_name = "N", value_parser = parse_jobs)]
     pub jobs: Option<usize>,
     /// Print JSON: {"runs":[{"pipeline":..,"manifest":..,"nodes":[{"name":..,"status":..,"rows":..,"output":..}]}]}.
     #[arg(long)]
@@ -59,6 +59,17 @@ struct NodeOut {
     duration_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+}
+
+/// `-j N`: at least one worker (0 would run nothing, or hang).
+pub fn parse_jobs(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("0 workers would run nothing; use -j 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!(
+            "`{text}` is not a number of workers; use e.g. -j 4"
+        )),
+    }
 }
 
 /// Exit code when SIGINT or SIGTERM stopped the run.
