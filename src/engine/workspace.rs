@@ -204,11 +204,7 @@ impl Workspace {
     }
 
     fn diag(&mut self, path: &RepoPath, line: u32, message: String) {
-        self.diagnostics.push(Diagnostic {
-            path: path.clone(),
-            line,
-            message,
-        });
+        self.diagnostics.push(Diagnostic::new(path, line, message));
     }
 
     /// The data root on disk: `--data` / `SLUICE_DATA_ROOT` (or the

@@ -5,6 +5,7 @@
 
 pub mod checks;
 pub mod command;
+pub mod lint;
 pub mod sandbox;
 pub mod sqlite;
 pub mod table;
@@ -17,6 +18,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::pipeline::directive::Assert;
 use crate::pipeline::graph::{Action, Graph, Node, NodeId};
 use crate::plan::digest::Digest;
 use crate::plan::hash::{self, NodeHashes};
@@ -444,11 +446,54 @@ fn run_node(
             }
         }
         Err((kind, e)) => {
-            result.error = Some(format!("{}: {e}", node.file));
+            // A located error (`path:line:column: ...`) names its own file.
+            result.error = Some(match e.strip_prefix(LOCATED) {
+                Some(located) => located.to_string(),
+                None => format!("{}: {e}", node.file),
+            });
             result.failure = Some(kind);
         }
     }
     result
+}
+
+/// Marks an error message that starts with its own `path:line:column`.
+const LOCATED: &str = "\u{1}located:";
+
+/// `path:line:column` of byte `offset` of a node's body, in the file the
+/// body came from.
+fn body_location(node: &Node, offset: usize) -> String {
+    let (line, column) = sqlite::line_column(&node.body, offset);
+    format!("{}:{}:{column}", node.body_from, node.body_file_line(line))
+}
+
+/// The failures of a node's data tests, each `@assert sql:` that could
+/// not run placed at its line and column.
+fn describe_failures(node: &Node, fails: &[checks::Failure]) -> String {
+    let parts: Vec<String> = fails
+        .iter()
+        .map(|f| {
+            let at = f.assert.and_then(|i| node.asserts.get(i));
+            match (at, f.query_offset) {
+                (Some((Assert::Sql(q), origin)), Some(offset)) => {
+                    let (line, column) = sqlite::line_column(q, offset);
+                    let column = if line == 0 {
+                        origin.column.max(1) as usize + column - 1
+                    } else {
+                        column
+                    };
+                    format!(
+                        "{}:{}:{column}: {}",
+                        origin.file,
+                        origin.line as usize + line,
+                        f.message
+                    )
+                }
+                _ => f.message.clone(),
+            }
+        })
+        .collect();
+    parts.join("; ")
 }
 
 struct Computed {
@@ -549,7 +594,14 @@ fn compute(
                         infra(e.message().to_string())
                     }
                     // SQLite may quote a cell value in its message.
-                    None => user(redact(e.message(), &node.body)),
+                    None => match e.offset() {
+                        Some(at) => user(format!(
+                            "{LOCATED}{}: {}",
+                            body_location(node, at),
+                            redact(e.message(), &node.body)
+                        )),
+                        None => user(redact(e.message(), &node.body)),
+                    },
                 })?
             }
             Action::Command(template) => {
@@ -590,10 +642,16 @@ fn compute(
                     }
                     sandbox::Availability::Unavailable(_) => None,
                 };
+                // Directive lines blanked, not removed: an interpreter's
+                // line numbers are the file's.
+                let script =
+                    crate::pipeline::directive::with_file_lines(&node.body, &node.body_lines);
+                let script_path = node.body_from.to_string();
                 let spec = command::CommandSpec {
                     template,
-                    body: &node.body,
+                    body: &script,
                     extension: node.file.extension(),
+                    script_path: Some(&script_path),
                     inputs: all,
                     params: node
                         .params
@@ -652,7 +710,7 @@ fn compute(
                 // Assertions are SQL too: keep only what the node itself says.
                 let own = format!("{}\n{:?}", node.body, asserts);
                 user(redact(
-                    &format!("data test failed: {}", fails.join("; ")),
+                    &format!("data test failed: {}", describe_failures(node, &fails)),
                     &own,
                 ))
             })?;

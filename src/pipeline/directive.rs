@@ -13,6 +13,9 @@ pub const DIRECTIVE_NAMES: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Directive {
     pub line: u32,
+    /// The 1-based column where the argument starts (for `@assert sql:`,
+    /// the query), so that an error inside it can point there.
+    pub column: u32,
     pub kind: DirectiveKind,
 }
 
@@ -202,6 +205,7 @@ pub fn parse(bytes: &[u8]) -> ParsedFile {
                     match parse_directive(d) {
                         Ok(kind) => directives.push(Directive {
                             line: line_no,
+                            column: argument_column(line, &kind),
                             kind,
                         }),
                         Err(message) => errors.push(LineError {
@@ -232,6 +236,26 @@ pub fn parse(bytes: &[u8]) -> ParsedFile {
         body_lines,
         errors,
     }
+}
+
+/// The 1-based column (in characters) where a directive's argument
+/// starts on its line: for `@assert sql:`, where the query starts.
+fn argument_column(line: &str, kind: &DirectiveKind) -> u32 {
+    let at = line.find('@').unwrap_or(0);
+    let start = match kind {
+        DirectiveKind::Assert(Assert::Sql(q)) => line[at..]
+            .find("sql:")
+            .and_then(|i| {
+                let from = at + i + 4;
+                line[from..].find(q.as_str()).map(|j| from + j)
+            })
+            .unwrap_or(at),
+        _ => line[at..]
+            .find(char::is_whitespace)
+            .map(|i| at + i + line[at + i..].len() - line[at + i..].trim_start().len())
+            .unwrap_or(at),
+    };
+    u32::try_from(line[..start].chars().count() + 1).unwrap_or(u32::MAX)
 }
 
 /// The directive name when `line` is a comment that reads as a known
@@ -601,6 +625,13 @@ mod tests {
             let p = parse(src.as_bytes());
             assert_eq!(p.errors.len(), 1, "{src}");
         }
+    }
+
+    #[test]
+    fn argument_columns() {
+        let p = parse("-- @assert sql:  SELECT 1\n#  @key id\n".as_bytes());
+        assert_eq!(p.directives[0].column, 18);
+        assert_eq!(p.directives[1].column, 9);
     }
 
     #[test]

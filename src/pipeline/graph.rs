@@ -14,6 +14,9 @@ pub type NodeId = usize;
 pub struct Origin {
     pub file: RepoPath,
     pub line: u32,
+    /// The 1-based column where the directive's argument starts (the
+    /// query of an `@assert sql:`), for errors inside it; 0 when unknown.
+    pub column: u32,
 }
 
 impl std::fmt::Display for Origin {

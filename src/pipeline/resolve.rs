@@ -293,6 +293,7 @@ impl<'a> Compiler<'a> {
                         Origin {
                             file: file.clone(),
                             line: d.line,
+                            column: 0,
                         },
                     ));
                 } else {
@@ -318,6 +319,7 @@ impl<'a> Compiler<'a> {
                         origin: Origin {
                             file: file.clone(),
                             line: d.line,
+                            column: 0,
                         },
                     },
                 )),
@@ -417,6 +419,7 @@ impl<'a> Compiler<'a> {
             let origin = Origin {
                 file: file.clone(),
                 line: d.line,
+                column: d.column,
             };
             match &d.kind {
                 DirectiveKind::Include(_) => {}
@@ -1048,6 +1051,7 @@ impl<'a> Compiler<'a> {
                 .unwrap_or(Origin {
                     file: first.file.clone(),
                     line: 1,
+                    column: 0,
                 });
             self.diags.push(
                 &origin.file,
