@@ -77,11 +77,20 @@ const EXIT_CANCELLED: u8 = 130;
 
 pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut ws = load(global)?;
+    // Without a valid sluice.toml there are no pipelines to pick from.
+    if ws.config.is_none() && report_diagnostics(&ws) {
+        return Ok(ExitCode::FAILURE);
+    }
+    let selected = ws.select_pipelines(&args.pipelines)?;
+    // `run clinics/north` needs only north to be valid; `check` still
+    // reports everything.
+    if !args.pipelines.is_empty() {
+        ws.narrow(&selected);
+    }
     if report_diagnostics(&ws) {
         return Ok(ExitCode::FAILURE);
     }
     let stores = ws.open_stores()?;
-    let selected = ws.select_pipelines(&args.pipelines)?;
     warn_unreadable_production(&stores, &selected)?;
     // Production follows the production branch: promoting from another
     // branch (an experiment) is refused.
@@ -209,8 +218,18 @@ fn write_summary(out: &mut impl Write, p: &PipelineReport, stores: &Stores) -> s
         let Some(status) = n.status else { continue };
         shown += 1;
         *counts.entry(status.as_str()).or_default() += 1;
-        let rows = n.rows.map(|r| r.to_string()).unwrap_or_else(|| "-".into());
-        writeln!(out, "  {:<9} {:>9} rows  {}", status.as_str(), rows, n.name)?;
+        let (rows, unit) = match n.rows {
+            Some(1) => ("1".to_string(), "row "),
+            Some(r) => (r.to_string(), "rows"),
+            None => ("-".to_string(), "rows"),
+        };
+        writeln!(
+            out,
+            "  {:<9} {:>9} {unit}  {}",
+            status.as_str(),
+            rows,
+            n.name
+        )?;
         if let (Status::Failed, Some(e)) = (status, &n.error) {
             for line in e.lines() {
                 writeln!(out, "            {line}")?;
@@ -226,7 +245,8 @@ fn write_summary(out: &mut impl Write, p: &PipelineReport, stores: &Stores) -> s
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
     writeln!(
         out,
-        "  {shown} nodes: {}{}\n",
+        "  {shown} node{}: {}{}\n",
+        if shown == 1 { "" } else { "s" },
         summary.join(", "),
         if p.promoted {
             "; promoted to production"

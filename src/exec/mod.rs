@@ -426,6 +426,19 @@ fn run_node(
         return result;
     }
     result.log = computed.log;
+    if let Some((output, stats)) = computed.failed_checks {
+        // Best effort: only `cat` and `test` read it.
+        let _ = stores.state.cache_put(
+            &failed_checks_key(&task_key),
+            &CacheEntry {
+                output,
+                rows: stats.rows,
+                columns: stats.columns,
+                log: result.log,
+                duration_ms: result.duration.as_millis() as u64,
+            },
+        );
+    }
     match computed.table {
         Ok((output, stats)) => {
             result.status = Status::Computed;
@@ -499,6 +512,16 @@ fn describe_failures(node: &Node, fails: &[checks::Failure]) -> String {
 struct Computed {
     table: Result<(Digest, sqlite::TableStats), (FailureKind, String)>,
     log: Option<Digest>,
+    /// The table of a node whose data tests failed: kept (not as the
+    /// node's output) so that `sluice cat` and `sluice test` can show it.
+    failed_checks: Option<(Digest, sqlite::TableStats)>,
+}
+
+/// The cache key under which the table of a node whose data tests failed
+/// is kept, by the task key the node ran under. It is never a node's
+/// output: nothing downstream reads it.
+pub fn failed_checks_key(task_key: &Digest) -> Digest {
+    hash::combine("failed-checks", task_key, &mut [])
 }
 
 /// Computes a node's table into the blob store and checks it.
@@ -525,6 +548,7 @@ fn compute(
         .as_ref()
         .map(|(s, _)| Duration::from_secs(*s))
         .unwrap_or(settings.default_timeout);
+    let mut failed_checks = None;
     let table = (|| -> Result<(Digest, sqlite::TableStats), (FailureKind, String)> {
         let mut source_paths: Vec<(String, PathBuf)> = Vec::new();
         for s in &node.sources {
@@ -707,6 +731,7 @@ fn compute(
                     .map_err(|e| infra(e.to_string()))?,
             };
             checks::check_table(&path, &node.name, key, &asserts).map_err(|fails| {
+                failed_checks = Some((digest, stats.clone()));
                 // Assertions are SQL too: keep only what the node itself says.
                 let own = format!("{}\n{:?}", node.body, asserts);
                 user(redact(
@@ -717,7 +742,11 @@ fn compute(
         }
         Ok((digest, stats))
     })();
-    Computed { table, log }
+    Computed {
+        table,
+        log,
+        failed_checks,
+    }
 }
 
 /// The blob writer, counting bytes as the canonical writer writes them,

@@ -836,9 +836,32 @@ fn next_statement<'c>(
                 rusqlite::Error::SqlInputError { sql, .. } => body.len().saturating_sub(sql.len()),
                 _ => skipped,
             };
-            Err(place_in(e.into(), tail_start))
+            let e: ExecError = e.into();
+            if e.at.is_none()
+                && let Some(at) = name_in(body, tail_start, e.message())
+            {
+                return Err(e.at(at));
+            }
+            Err(place_in(e, tail_start))
         }
     }
+}
+
+/// Where the name an error is about (`no such table: Labz`) first stands
+/// as a whole word at or after `from`: SQLite gives no offset for these.
+fn name_in(body: &str, from: usize, message: &str) -> Option<usize> {
+    let name = ["no such table: ", "no such column: ", "no such function: "]
+        .iter()
+        .find_map(|p| message.split_once(p).map(|(_, n)| n.trim()))?;
+    // `main.T` or `t.col`: the last part is what is written unqualified too.
+    let word = name.rsplit('.').next().filter(|w| !w.is_empty())?;
+    let rest = body.get(from..)?;
+    let is_ident = |c: char| c.is_alphanumeric() || c == '_';
+    rest.match_indices(word).find_map(|(i, _)| {
+        let before = rest[..i].chars().next_back();
+        let after = rest[i + word.len()..].chars().next();
+        (!before.is_some_and(is_ident) && !after.is_some_and(is_ident)).then_some(from + i)
+    })
 }
 
 /// Streams a query's rows into the canonical writer.

@@ -76,3 +76,98 @@ fn check_finds_sql_syntax_errors_without_data() {
         ]
     );
 }
+
+/// A planted duplicate key: `sluice test` prints the failing rows on the
+/// terminal; the JSON of a run with the same failure holds counts only.
+#[test]
+fn sluice_test_prints_the_rows_of_a_duplicate_key_and_json_holds_no_cell_value() {
+    let r = Repo::new();
+    r.file(
+        "clinics/a/Patient.csv",
+        "mrn,name\nMRN-0007,Ada Lovelace\nMRN-0042,Grace Hopper\nMRN-0007,Alan Turing\n",
+    )
+    .file(
+        "clinics/a/Cohort.sql",
+        "-- @depend ./Patient\n-- @key mrn\n-- @assert not_null(name)\nSELECT mrn, name FROM Patient;\n",
+    );
+    let out = r.sluice(&["test", "clinics/a/Cohort"]);
+    out.failure();
+    assert_eq!(
+        out.stdout,
+        "clinics/a/Cohort: 1 of 2 tests failed\n  @key mrn: 1 duplicate key\n    mrn,name\n    MRN-0007,Ada Lovelace\n    MRN-0007,Alan Turing\n"
+    );
+
+    let run = r.sluice(&["run", "--json"]);
+    run.failure();
+    let text = run.stdout.clone();
+    assert!(
+        text.contains("@key mrn: 1 duplicate key"),
+        "the failure is described: {text}"
+    );
+    for value in ["MRN-0007", "Ada", "Turing", "Grace"] {
+        assert!(!text.contains(value), "{value} leaked into JSON: {text}");
+    }
+    // Nor into the manifest or the human summary's error line.
+    let plain = r.sluice(&["run"]);
+    for value in ["MRN-0007", "Ada", "Turing"] {
+        assert!(!plain.stdout.contains(value), "{value}: {}", plain.stdout);
+    }
+
+    // `cat` shows the table the tests failed on, with a warning.
+    let cat = r.sluice(&["cat", "clinics/a/Cohort"]);
+    cat.success()
+        .stdout_has("MRN-0007,Alan Turing")
+        .stderr_has("warning: the data tests of clinics/a/Cohort failed");
+
+    // Fixed, the same command passes.
+    r.file(
+        "clinics/a/Patient.csv",
+        "mrn,name\nMRN-0007,Ada Lovelace\nMRN-0042,Grace Hopper\n",
+    );
+    r.sluice(&["test", "clinics/a"])
+        .success()
+        .stdout_has("clinics/a/Cohort: ok (2 tests)");
+}
+
+#[test]
+fn cat_with_a_short_pipeline_name_suggests_the_full_one() {
+    let r = Repo::new();
+    r.file("clinics/north/Visit.csv", "id\n1\n");
+    r.sluice(&["run"]).success();
+    let out = r.sluice(&["cat", "north/Visit"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    out.stderr_has("no pipeline `north`; did you mean clinics/north/Visit?");
+}
+
+/// `run clinics/north` needs only north's sources and parameters; `check`
+/// still reports south's problems.
+#[test]
+fn running_one_pipeline_needs_only_its_own_inputs() {
+    let r = Repo::new();
+    r.file(
+        "common/g/Visit.sql",
+        "-- @source data://{{clinic}}/visits.csv\nSELECT * FROM visits;\n",
+    )
+    .file(
+        "clinics/north/g.sql",
+        "-- @include common/g\n-- @param clinic=north\n",
+    )
+    .file("clinics/south/g.sql", "-- @include common/g\n")
+    .file(
+        "clinics/south/Extra.sql",
+        "-- @source data://south/missing.csv\nSELECT * FROM missing;\n",
+    )
+    .file("data/north/visits.csv", "id\n1\n");
+    r.sluice(&["check"])
+        .failure()
+        .stderr_has("undefined parameter `{{clinic}}`");
+    r.sluice(&["plan"])
+        .failure()
+        .stderr_has("clinics/south/Extra.sql:1: @source data://south/missing.csv");
+    r.sluice(&["run", "clinics/north"])
+        .success()
+        .stdout_has("computed          1 row   Visit");
+    r.sluice(&["run", "clinics/south"])
+        .failure()
+        .stderr_has("undefined parameter `{{clinic}}`");
+}
