@@ -81,6 +81,7 @@ fn example_tables_equal_an_independent_computation() {
 #[test]
 fn rerun_computes_nothing_and_shared_edits_recompute_exactly_their_path() {
     let r = Repo::example();
+    r.commit_all("example");
     r.sluice(&["run", "--json", "--promote"]).success();
     let again = r.sluice(&["run", "--json"]);
     again.success();
@@ -490,8 +491,10 @@ fn promotion_follows_the_production_branch_and_chains_manifests() {
     let r = crate::check::two_clinics();
     r.commit_all("first");
     r.git(&["checkout", "-q", "-b", "experiment"]);
+    r.file("clinics/a/Extra.sql", "SELECT 1 AS x;\n");
+    r.commit_all("an experiment");
     r.sluice(&["run", "--promote"])
-        .stderr_has("follows the production branch `main`; this is `experiment`");
+        .stderr_has("branch `experiment`) is not on the production branch `main`");
     r.git(&["checkout", "-q", "main"]);
     let first = r.sluice(&["run", "--json", "--promote"]);
     first.success();
@@ -505,6 +508,7 @@ fn promotion_follows_the_production_branch_and_chains_manifests() {
         "common/g/Stats.sql",
         "-- @depend /reference/codes\nSELECT count(*) * 2 AS n FROM codes;\n",
     );
+    r.commit_all("second");
     let second = r.sluice(&["run", "--json", "--promote"]);
     second.success();
     let m2 = second.json()["runs"][0]["manifest"]
@@ -518,6 +522,7 @@ fn promotion_follows_the_production_branch_and_chains_manifests() {
     );
     // A run with a failure is recorded but not promoted.
     r.file("clinics/a/Bad.sql", "SELECT * FROM nowhere;\n");
+    r.commit_all("third");
     let third = r.sluice(&["run", "--json", "--promote"]);
     third.failure();
     assert_eq!(third.json()["runs"][0]["promoted"], false);
@@ -537,6 +542,7 @@ fn diff_counts_keyed_changes_including_null_to_empty() {
         "clinics/a/K.sql",
         "-- @depend ./T\n-- @key id\nSELECT id, v FROM T;\n",
     );
+    r.commit_all("first");
     r.sluice(&["run", "--promote"]).success();
     // Row 1: NULL -> "", row 3 removed, row 4 added, a column added.
     r.file("clinics/a/T.csv", "id,v\n1,\"\"\n2,b\n4,d\n").file(
@@ -631,4 +637,50 @@ fn a_new_interpreter_version_is_a_new_definition() {
         a,
         "upgrading python3 changes the node's definition"
     );
+}
+
+/// Promotion needs a clean tree at a commit that is the production
+/// branch's tip or reachable from it, and says which condition failed.
+#[test]
+fn promotion_requires_a_clean_commit_of_the_production_branch() {
+    let r = Repo::new();
+    r.file("clinics/a/T.csv", "id\n1\n");
+    let refused = |what: &str| {
+        let out = r.sluice(&["run", "--promote"]);
+        assert_eq!(out.code, 2, "{what}: {}", out.stderr);
+        out.stderr_has(what);
+    };
+    // Not in git at all (the temp dir is outside any repository).
+    refused("is not in a git repository");
+    r.git(&["init", "-q"]);
+    refused("the repository has no commit yet");
+    r.commit_all("first");
+    // The state dir (.sluice) is no change; an edited node is.
+    r.file("clinics/a/T.csv", "id\n2\n");
+    refused("the working tree is not clean (1 file differs from HEAD: clinics/a/T.csv)");
+    r.file("clinics/a/New.sql", "SELECT 1 AS x;\n");
+    refused("the working tree is not clean (2 files differ from HEAD");
+    r.git(&["checkout", "-q", "--", "."]);
+    r.remove("clinics/a/New.sql");
+    // A detached HEAD on main's history (as CI checks out) promotes.
+    let first = r.git(&["rev-parse", "HEAD"]);
+    r.file("clinics/a/T.csv", "id\n3\n");
+    r.commit_all("second");
+    r.git(&["checkout", "-q", "--detach", &first]);
+    let out = r.sluice(&["run", "--json", "--promote"]);
+    out.success();
+    assert_eq!(out.json()["runs"][0]["promoted"], true);
+    // A detached commit that is not on main is refused.
+    r.file("clinics/a/T.csv", "id\n4\n");
+    r.commit_all("off main");
+    refused(
+        "detached) is not on the production branch `main`: it is neither its tip nor reachable from it",
+    );
+    // And `--at` a commit that is not on main.
+    let off = r.git(&["rev-parse", "HEAD"]);
+    r.git(&["checkout", "-q", "main"]);
+    let out = r.sluice(&["--at", &off, "run", "--promote"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    out.stderr_has(&format!("--at {off}"));
+    r.sluice(&["--at", "main", "run", "--promote"]).success();
 }
