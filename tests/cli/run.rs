@@ -684,3 +684,62 @@ fn promotion_requires_a_clean_commit_of_the_production_branch() {
     out.stderr_has(&format!("--at {off}"));
     r.sluice(&["--at", "main", "run", "--promote"]).success();
 }
+
+/// `diff` says what a table did against production (not how the run got
+/// it), and a failed node's line does not read as dropped columns.
+#[test]
+fn diff_describes_changes_not_cache_hits_and_failed_nodes_drop_no_columns() {
+    let r = Repo::new();
+    r.file("clinics/a/T.csv", "id,v\n1,a\n2,b\n").file(
+        "clinics/a/K.sql",
+        "-- @depend ./T\n-- @key id\nSELECT id, v FROM T;\n",
+    );
+    r.commit_all("first");
+    r.sluice(&["run", "--promote"]).success();
+    r.file("clinics/a/T.csv", "id,v\n1,a\n2,c\n");
+    r.sluice(&["run"]).success();
+    // The second run takes K from the cache; its table still differs.
+    let again = r.sluice(&["run"]);
+    again.success().stderr_lacks("[1/2]");
+    let diff = r.sluice(&["diff", "--json"]);
+    let v = diff.json();
+    let k = v["diffs"][0]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "K")
+        .cloned()
+        .unwrap();
+    assert_eq!(k["status"], "changed", "{k}");
+
+    r.file(
+        "clinics/a/K.sql",
+        "-- @depend ./T\nSELECT id, v FROM Nowhere;\n",
+    );
+    r.sluice(&["run"]).failure();
+    let diff = r.sluice(&["diff", "--json"]);
+    let nodes = diff.json()["diffs"][0]["nodes"].clone();
+    let k = &nodes[0];
+    assert_eq!(k["name"], "K");
+    assert_eq!(k["status"], "failed");
+    assert_eq!(k["columns_removed"], serde_json::json!([]), "{k}");
+    let text = r.sluice(&["diff"]);
+    text.success()
+        .stdout_has("failed in this run: no table to compare");
+    assert!(!text.stdout.contains("-cols"), "{}", text.stdout);
+}
+
+/// Outside a terminal, cached nodes get no line: the lines say how many
+/// were cached so the numbers do not seem to skip.
+#[test]
+fn progress_lines_account_for_cached_nodes() {
+    let r = Repo::new();
+    r.file("clinics/a/A.csv", "id\n1\n")
+        .file("clinics/a/B.sql", "-- @depend ./A\nSELECT id FROM A;\n");
+    r.sluice(&["run"]).success();
+    r.file("clinics/a/C.sql", "-- @depend ./B\nSELECT id FROM B;\n");
+    r.sluice(&["run"])
+        .success()
+        .stderr_has("[3/3] computed clinics/a/C (")
+        .stderr_has("1 row; 2 cached so far)");
+}
