@@ -51,6 +51,11 @@ struct PipelineRun {
 #[derive(Serialize)]
 struct NodeOut {
     name: String,
+    /// For a node of another directory (`/clinics/north/Patient`): that
+    /// directory. The node is an input of this pipeline, not one of its
+    /// own, and ran once however many pipelines need it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_from: Option<String>,
     status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
     rows: Option<u64>,
@@ -286,8 +291,17 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         serde_json::to_writer(&mut stdout, &out)?;
         writeln!(stdout)?;
     } else {
+        // A node of another directory that several pipelines need ran once:
+        // it is described once, under the first pipeline that needed it.
+        // A pipeline's own nodes are described there.
+        let mut shown: BTreeMap<String, String> = BTreeMap::new();
         for p in &report.pipelines {
-            write_summary(&mut stdout, p, &stores)?;
+            for n in p.nodes.iter().filter(|n| foreign(&n.name).is_none()) {
+                shown.insert(format!("{}/{}", p.pipeline, n.name), p.pipeline.clone());
+            }
+        }
+        for p in &report.pipelines {
+            write_summary(&mut stdout, p, &stores, &mut shown)?;
         }
     }
     for p in &report.pipelines {
@@ -328,6 +342,7 @@ fn pipeline_run(p: &PipelineReport) -> PipelineRun {
                 let status = n.status?;
                 Some(NodeOut {
                     name: n.name.clone(),
+                    input_from: foreign(&n.name).map(|(dir, _)| dir.to_string()),
                     status,
                     rows: n.rows,
                     output: n.output,
@@ -339,15 +354,40 @@ fn pipeline_run(p: &PipelineReport) -> PipelineRun {
     }
 }
 
-fn write_summary(out: &mut impl Write, p: &PipelineReport, stores: &Stores) -> std::io::Result<()> {
+/// `(dir, name)` of a node of another directory, written `/dir/name`.
+fn foreign(name: &str) -> Option<(&str, &str)> {
+    name.strip_prefix('/')?.rsplit_once('/')
+}
+
+fn write_summary(
+    out: &mut impl Write,
+    p: &PipelineReport,
+    stores: &Stores,
+    inputs_shown: &mut BTreeMap<String, String>,
+) -> std::io::Result<()> {
     let manifest = p.manifest.map(|d| d.short()).unwrap_or_else(|| "-".into());
     writeln!(out, "{}  (manifest {manifest})", p.pipeline)?;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     let mut shown = 0;
+    let mut inputs: Vec<String> = Vec::new();
     for n in &p.nodes {
         let Some(status) = n.status else { continue };
-        shown += 1;
-        *counts.entry(status.as_str()).or_default() += 1;
+        if let Some((dir, name)) = foreign(&n.name) {
+            let full = format!("{dir}/{name}");
+            if let Some(first) = inputs_shown.get(&full) {
+                inputs.push(format!("{full} (see {first})"));
+                continue;
+            }
+            inputs_shown.insert(full.clone(), p.pipeline.clone());
+            inputs.push(format!("{full} ({})", status.as_str()));
+            // Its failure is shown in full, once.
+            if status != Status::Failed {
+                continue;
+            }
+        } else {
+            shown += 1;
+            *counts.entry(status.as_str()).or_default() += 1;
+        }
         let (rows, unit) = match n.rows {
             Some(1) => ("1".to_string(), "row "),
             Some(r) => (r.to_string(), "rows"),
@@ -371,6 +411,13 @@ fn write_summary(out: &mut impl Write, p: &PipelineReport, stores: &Stores) -> s
                 writeln!(out, "            | {line}")?;
             }
         }
+    }
+    if !inputs.is_empty() {
+        writeln!(
+            out,
+            "  inputs from other directories: {}",
+            inputs.join(", ")
+        )?;
     }
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
     writeln!(

@@ -743,3 +743,50 @@ fn progress_lines_account_for_cached_nodes() {
         .stderr_has("[3/3] computed clinics/a/C (")
         .stderr_has("1 row; 2 cached so far)");
 }
+
+/// South depends on north's Patient: in south's summary it is an input
+/// from north, computed once, not one of south's own nodes.
+#[test]
+fn a_node_of_another_pipeline_is_an_input_described_once() {
+    let r = Repo::new();
+    r.file("clinics/north/Patient.csv", "id\n1\n2\n")
+        .file(
+            "clinics/south/Both.sql",
+            "-- @depend /clinics/north/Patient\nSELECT count(*) AS n FROM Patient;\n",
+        )
+        .file("reference/codes.csv", "code\nA\n")
+        .file(
+            "clinics/north/Codes.sql",
+            "-- @depend /reference/codes\nSELECT * FROM codes;\n",
+        )
+        .file(
+            "clinics/south/Codes.sql",
+            "-- @depend /reference/codes\nSELECT code FROM codes;\n",
+        );
+    let out = r.sluice(&["run"]);
+    out.success();
+    let south = out.stdout.split("clinics/south").nth(1).unwrap();
+    assert!(
+        south.contains("inputs from other directories: clinics/north/Patient (see clinics/north), reference/codes (see clinics/north)"),
+        "{}",
+        out.stdout
+    );
+    assert!(south.contains("2 nodes: 2 computed"), "{}", out.stdout);
+    let north = out.stdout.split("clinics/south").next().unwrap();
+    assert!(
+        north.contains("inputs from other directories: reference/codes (computed)"),
+        "{}",
+        out.stdout
+    );
+    // Only south: north's Patient is computed for it, and said so.
+    let only = r.sluice(&["run", "--json", "clinics/south"]);
+    let v = only.json();
+    let patient = v["runs"][0]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "/clinics/north/Patient")
+        .cloned()
+        .unwrap();
+    assert_eq!(patient["input_from"], "clinics/north");
+}
