@@ -473,6 +473,36 @@ fn run_node(
 /// Marks an error message that starts with its own `path:line:column`.
 const LOCATED: &str = "\u{1}located:";
 
+/// `(Some(N), rest)` for a CSV reader's `line N: rest`.
+fn split_line(message: &str) -> (Option<u64>, &str) {
+    message
+        .strip_prefix("line ")
+        .and_then(|r| r.split_once(": "))
+        .and_then(|(n, rest)| n.parse::<u64>().ok().map(|n| (Some(n), rest)))
+        .unwrap_or((None, message))
+}
+
+/// A problem reading a `@source` CSV, named by its `data://` path and
+/// line (`input patients: line 3: ...` says neither), with the fix for
+/// an encoding that is not UTF-8.
+fn locate_source_error(message: &str, node: &Node) -> Option<String> {
+    node.sources.iter().find_map(|s| {
+        let rest = message.strip_prefix(&format!("input {}: ", s.table))?;
+        let (line, detail) = split_line(rest);
+        let mut out = match line {
+            Some(n) => format!("data://{}:{n}: {detail}", s.path),
+            None => format!("data://{}: {detail}", s.path),
+        };
+        if detail.contains("not valid UTF-8") {
+            out.push_str(&format!(
+                "; convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 {0} > {0}.utf8` (then replace it)",
+                s.path.file_name()
+            ));
+        }
+        Some(out)
+    })
+}
+
 /// `path:line:column` of byte `offset` of a node's body, in the file the
 /// body came from.
 fn body_location(node: &Node, offset: usize) -> String {
@@ -617,6 +647,7 @@ fn compute(
                         let _ = stores.state.cache_forget_output(&d);
                         infra(e.message().to_string())
                     }
+                    None if let Some(m) = locate_source_error(e.message(), node) => user(m),
                     // SQLite may quote a cell value in its message.
                     None => match e.offset() {
                         Some(at) => user(format!(
@@ -709,7 +740,13 @@ fn compute(
                 if let Some(e) = too_large(&writer) {
                     return Err(e);
                 }
-                done.map_err(|e| user(format!("not valid CSV: {e}")))?
+                done.map_err(|e| match split_line(&e.to_string()) {
+                    (Some(line), detail) => user(format!(
+                        "{LOCATED}{}:{line}: not valid CSV: {detail}",
+                        node.file
+                    )),
+                    (None, detail) => user(format!("not valid CSV: {detail}")),
+                })?
             }
         };
         writer.flush().map_err(|e| infra(e.to_string()))?;

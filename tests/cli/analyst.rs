@@ -171,3 +171,28 @@ fn running_one_pipeline_needs_only_its_own_inputs() {
         .failure()
         .stderr_has("undefined parameter `{{clinic}}`");
 }
+
+/// CSV problems name the file and line; an encoding problem says how to
+/// convert the file.
+#[test]
+fn csv_problems_name_the_file_and_line() {
+    let r = Repo::new();
+    r.file(
+        "clinics/a/P.sql",
+        "-- @source data://a/patients.csv\nSELECT * FROM patients;\n",
+    )
+    .file("data/a/patients.csv", "id,name\n1,x\n2,y,extra\n")
+    .file("clinics/a/Static.csv", "id,v\n1,\"open\n");
+    let out = r.sluice(&["run"]);
+    out.failure()
+        .stdout_has("data://a/patients.csv:3: the row has 3 fields, the header has 2")
+        .stdout_has("clinics/a/Static.csv:2: not valid CSV: a quoted field is never closed");
+    std::fs::write(
+        r.path().join("data/a/patients.csv"),
+        b"id,name\n1,Jos\xe9\n",
+    )
+    .unwrap();
+    r.sluice(&["run", "clinics/a"]).failure().stdout_has(
+        "data://a/patients.csv:2: not valid UTF-8; convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 patients.csv > patients.csv.utf8`",
+    );
+}
