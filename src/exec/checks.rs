@@ -318,6 +318,7 @@ impl Checker<'_> {
                             query_offset = e
                                 .offset()
                                 .map(|o| o.saturating_sub(WRAP_START.len() + RELATIVE_BIAS))
+                                .or_else(|| super::sqlite::name_in(q, 0, e.message()))
                                 .map(|o| (o + lead).min(query.len()));
                             e.to_string()
                         })
@@ -531,5 +532,9 @@ mod tests {
         assert_eq!(f[0].assert, Some(0));
         // `FORM` starts at byte 9 of the query.
         assert_eq!(f[0].query_offset, Some(9), "{}", f[0].message);
+        // SQLite gives no offset for a missing table: its name is found.
+        let f =
+            check_table(&p, "T", None, &[Assert::Sql("SELECT * FROM Nope".into())]).unwrap_err();
+        assert_eq!(f[0].query_offset, Some(14), "{}", f[0].message);
     }
 }

@@ -849,7 +849,7 @@ fn next_statement<'c>(
 
 /// Where the name an error is about (`no such table: Labz`) first stands
 /// as a whole word at or after `from`: SQLite gives no offset for these.
-fn name_in(body: &str, from: usize, message: &str) -> Option<usize> {
+pub(crate) fn name_in(body: &str, from: usize, message: &str) -> Option<usize> {
     let name = ["no such table: ", "no such column: ", "no such function: "]
         .iter()
         .find_map(|p| message.split_once(p).map(|(_, n)| n.trim()))?;
