@@ -340,3 +340,19 @@ fn a_missing_config_is_the_same_error_with_or_without_repo() {
     with.stderr_has("no sluice.toml in")
         .stderr_has("pipelines = [");
 }
+
+#[test]
+fn one_is_singular() {
+    let r = Repo::new();
+    r.file("clinics/a/T.csv", "id\n1\n");
+    r.sluice(&["check"])
+        .success()
+        .stdout_has("ok: 1 pipeline, 1 node\n");
+    r.sluice(&["plan"])
+        .success()
+        .stdout_has("  1 node: 1 new; 1 to run");
+    r.sluice(&["run"])
+        .success()
+        .stdout_has("computed          1 row   T")
+        .stdout_has("  1 node: 1 computed");
+}
