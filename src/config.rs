@@ -2,6 +2,7 @@
 //! caller reads the bytes (from the working tree or a commit).
 
 use serde::Deserialize;
+use toml::Spanned;
 
 /// The file name at the repository root.
 pub const FILE_NAME: &str = "sluice.toml";
@@ -58,8 +59,8 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
-    timeout: Option<String>,
-    max_output_mb: Option<u64>,
+    timeout: Option<Spanned<String>>,
+    max_output_mb: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -71,23 +72,29 @@ struct RawSandbox {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProject {
-    production_branch: Option<String>,
-    pipelines: Option<Vec<String>>,
+    production_branch: Option<Spanned<String>>,
+    pipelines: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawData {
-    root: Option<String>,
+    root: Option<Spanned<String>>,
 }
 
 /// Parses and validates the file's text.
 pub fn parse(text: &str) -> Result<RepoConfig, ConfigError> {
+    // Every line number comes from where the value stands in the text.
+    let line_at = |offset: usize| {
+        let end = offset.min(text.len());
+        let end = (0..=end)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
+        u32::try_from(text[..end].matches('\n').count() + 1).unwrap_or(u32::MAX)
+    };
     let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
-        line: e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() as u32 + 1)
-            .unwrap_or(1),
+        line: e.span().map_or(1, |s| line_at(s.start)),
         message: e.message().trim().to_string(),
     })?;
     let missing = |what: &str| ConfigError {
@@ -98,23 +105,32 @@ pub fn parse(text: &str) -> Result<RepoConfig, ConfigError> {
     let pipelines = project
         .pipelines
         .ok_or_else(|| missing("`pipelines` in [project]"))?;
+    let pipelines_line = line_at(pipelines.span().start);
+    let pipelines = pipelines.into_inner();
     if pipelines.is_empty() {
         return Err(ConfigError {
-            line: 1,
+            line: pipelines_line,
             message: "`pipelines` is empty: list the pipeline directories, e.g. [\"clinics/*\"]"
                 .into(),
         });
     }
+    let branch_line = project
+        .production_branch
+        .as_ref()
+        .map_or(1, |b| line_at(b.span().start));
     let production_branch = project
         .production_branch
+        .map(Spanned::into_inner)
         .unwrap_or_else(|| "main".to_string());
     if production_branch.trim().is_empty() {
         return Err(ConfigError {
-            line: 1,
+            line: branch_line,
             message: "`production_branch` is empty".into(),
         });
     }
     let data_root = raw.data.and_then(|d| d.root);
+    let root_line = data_root.as_ref().map_or(1, |r| line_at(r.span().start));
+    let data_root = data_root.map(Spanned::into_inner);
     if let Some(root) = &data_root {
         // A branch must not point its data root at the host: it stays inside
         // the repository's directory (an admin can point elsewhere with
@@ -124,7 +140,7 @@ pub fn parse(text: &str) -> Result<RepoConfig, ConfigError> {
             || root.split('/').any(|c| c == "..");
         if bad {
             return Err(ConfigError {
-                line: 1,
+                line: root_line,
                 message: format!(
                     "[data] root `{root}` must be a relative path inside the repository; use --data or SLUICE_DATA_ROOT for a data root elsewhere"
                 ),
@@ -134,17 +150,22 @@ pub fn parse(text: &str) -> Result<RepoConfig, ConfigError> {
     let mut limits = Limits::default();
     if let Some(l) = raw.limits {
         if let Some(t) = l.timeout {
-            limits.timeout_secs = Some(crate::pipeline::directive::parse_duration(&t).map_err(
-                |e| ConfigError {
-                    line: line_of(text, "timeout"),
-                    message: format!("[limits] timeout: {}", e.replace("@timeout", "it")),
-                },
-            )?);
+            let line = line_at(t.span().start);
+            limits.timeout_secs = Some(
+                crate::pipeline::directive::parse_duration(t.get_ref()).map_err(|e| {
+                    ConfigError {
+                        line,
+                        message: format!("[limits] timeout: {}", e.replace("@timeout", "it")),
+                    }
+                })?,
+            );
         }
         if let Some(mb) = l.max_output_mb {
+            let line = line_at(mb.span().start);
+            let mb = mb.into_inner();
             if mb == 0 {
                 return Err(ConfigError {
-                    line: line_of(text, "max_output_mb"),
+                    line,
                     message: "[limits] max_output_mb must be at least 1".into(),
                 });
             }
@@ -159,13 +180,6 @@ pub fn parse(text: &str) -> Result<RepoConfig, ConfigError> {
         limits,
         sandbox_required,
     })
-}
-
-/// The 1-based line of the first line starting with `key`, else 1.
-fn line_of(text: &str, key: &str) -> u32 {
-    text.lines()
-        .position(|l| l.trim_start().starts_with(key))
-        .map_or(1, |i| i as u32 + 1)
 }
 
 #[cfg(test)]
@@ -215,5 +229,18 @@ mod tests {
                 "{root}"
             );
         }
+    }
+
+    #[test]
+    fn errors_carry_the_line_of_the_value() {
+        // A comment mentioning `timeout` above the table once took the line.
+        let text = "# timeout = \"1h\" would be nice\n[project]\npipelines = [\"a\"]\n\n[data]\nroot = \"/etc\"\n";
+        assert_eq!(parse(text).unwrap_err().line, 6);
+        let text = "[project]\n\npipelines = []\n";
+        assert_eq!(parse(text).unwrap_err().line, 3);
+        let text = "[project]\npipelines = [\"a\"]\nproduction_branch = \" \"\n";
+        assert_eq!(parse(text).unwrap_err().line, 3);
+        let text = "[project]\npipelines = [\"a\"]\n[sandbox]\n# timeout\n[limits]\nmax_output_mb = 1\ntimeout = \"x\"\n";
+        assert_eq!(parse(text).unwrap_err().line, 7);
     }
 }

@@ -36,6 +36,7 @@ pub fn split_node_arg(arg: &str) -> anyhow::Result<(RepoPath, String)> {
 pub fn run(global: &GlobalArgs, args: &CatArgs) -> anyhow::Result<ExitCode> {
     let ws = super::workspace::load(global)?;
     let (pipeline, name) = split_node_arg(&args.node)?;
+    let pipeline = known_pipeline(&ws.graph.pipelines, &pipeline, &name)?;
     let Some(stores) = ws.existing_stores()? else {
         bail!(
             "nothing has run yet in {}; run `sluice run` first",
@@ -52,11 +53,21 @@ pub fn run(global: &GlobalArgs, args: &CatArgs) -> anyhow::Result<ExitCode> {
             names.join(", ")
         );
     };
-    let Some(output) = node.output else {
-        bail!(
-            "{pipeline}/{name} has no output in the last run (it {})",
-            node.status.map_or("did not run", |s| s.as_str())
-        );
+    let output = match node.output {
+        Some(o) => o,
+        None => match failed_table(&stores, node.task_key) {
+            Some(o) => {
+                // The analyst asked for it: show it, and say what it is.
+                eprintln!(
+                    "sluice: warning: the data tests of {pipeline}/{name} failed; this is the table they failed on, which nothing downstream used (`sluice test {pipeline}/{name}` shows the failing rows)"
+                );
+                o
+            }
+            None => bail!(
+                "{pipeline}/{name} has no output in the last run (it {})",
+                node.status.map_or("did not run", |s| s.as_str())
+            ),
+        },
     };
     // Streamed, in constant memory, and verified on the way: a damaged
     // table stops with an error at its end (what was printed went to this
@@ -69,6 +80,46 @@ pub fn run(global: &GlobalArgs, args: &CatArgs) -> anyhow::Result<ExitCode> {
     copy_verified(&mut reader, &mut stdout)
         .with_context(|| format!("cannot read the output of {pipeline}/{name}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The table a node computed before its data tests failed, if kept.
+pub fn failed_table(
+    stores: &crate::store::Stores,
+    task_key: Option<crate::plan::digest::Digest>,
+) -> Option<crate::plan::digest::Digest> {
+    let key = crate::exec::failed_checks_key(&task_key?);
+    let entry = stores.state.cache_get(&key).ok()??;
+    stores.blobs.contains(&entry.output).then_some(entry.output)
+}
+
+/// `pipeline` when it is one; else an error naming the pipeline the
+/// analyst most likely meant (`north` for `clinics/north`), so that the
+/// suggested command works.
+pub fn known_pipeline(
+    pipelines: &[RepoPath],
+    pipeline: &RepoPath,
+    name: &str,
+) -> anyhow::Result<RepoPath> {
+    if pipelines.contains(pipeline) {
+        return Ok(pipeline.clone());
+    }
+    let tail = format!("/{pipeline}");
+    let by_tail: Vec<&RepoPath> = pipelines
+        .iter()
+        .filter(|p| p.as_str().ends_with(&tail))
+        .collect();
+    if let [only] = by_tail.as_slice() {
+        bail!("no pipeline `{pipeline}`; did you mean {only}/{name}?");
+    }
+    let known: Vec<&str> = pipelines.iter().map(RepoPath::as_str).collect();
+    bail!(
+        "no pipeline `{pipeline}`; the pipelines are: {}",
+        if known.is_empty() {
+            "(none)".to_string()
+        } else {
+            known.join(", ")
+        }
+    )
 }
 
 /// Copies a verifying blob reader to `out` in fixed-size chunks; returns

@@ -6,7 +6,12 @@ use std::process::ExitCode;
 use super::GlobalArgs;
 
 pub fn run(global: &GlobalArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let ws = super::workspace::load(global)?;
+    let mut ws = super::workspace::load(global)?;
+    // SQL is parsed by SQLite itself, without data.
+    ws.diagnostics
+        .extend(crate::exec::lint::sql_syntax(&ws.graph));
+    ws.diagnostics.sort();
+    ws.diagnostics.dedup();
     if json {
         return write_json(&ws);
     }
@@ -20,16 +25,12 @@ pub fn run(global: &GlobalArgs, json: bool) -> anyhow::Result<ExitCode> {
         .map(|p| ws.graph.pipeline_nodes(p).len())
         .sum();
     let mut out = std::io::stdout().lock();
+    let pipelines = ws.graph.pipelines.len();
     writeln!(
         out,
-        "ok: {} pipeline{}, {} nodes",
-        ws.graph.pipelines.len(),
-        if ws.graph.pipelines.len() == 1 {
-            ""
-        } else {
-            "s"
-        },
-        nodes
+        "ok: {pipelines} pipeline{}, {nodes} node{}",
+        if pipelines == 1 { "" } else { "s" },
+        if nodes == 1 { "" } else { "s" },
     )?;
     Ok(ExitCode::SUCCESS)
 }

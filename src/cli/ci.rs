@@ -60,7 +60,7 @@ pub struct CiArgs {
     #[arg(long, value_name = "URL")]
     pub run_url: Option<String>,
     /// Worker threads. Default: the number of cores.
-    #[arg(short = 'j', long, value_name = "N")]
+    #[arg(short = 'j', long, value_name = "N", value_parser = super::run::parse_jobs)]
     pub jobs: Option<usize>,
     /// Also run pull requests from forks. Off by default, as in the
     /// daemon: their code would run next to the data root.

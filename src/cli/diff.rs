@@ -109,6 +109,12 @@ pub fn run(global: &GlobalArgs, args: &DiffArgs) -> anyhow::Result<ExitCode> {
                 .map(|d| format!("{d:+}"))
                 .unwrap_or_else(|| "-".into());
             let mut notes = Vec::new();
+            if n.status == "failed" || n.status == "skipped" {
+                notes.push(format!(
+                    "{} in this run: no table to compare (production keeps its own)",
+                    n.status
+                ));
+            }
             if !n.columns_added.is_empty() {
                 notes.push(format!("+cols {}", n.columns_added.join(",")));
             }

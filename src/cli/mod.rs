@@ -15,6 +15,7 @@ mod run;
 mod select;
 mod serve;
 mod show;
+mod test;
 mod why;
 mod workspace;
 
@@ -117,6 +118,15 @@ pub enum Command {
     ///
     /// Example: sluice cat clinics/clinic_a/Albumin | head
     Cat(cat::CatArgs),
+    /// Run the data tests (@key, @assert) of nodes and print the rows
+    /// that fail them.
+    ///
+    /// Computes what the nodes need (from the cache where it can); records
+    /// and promotes nothing. The failing rows hold cell values: they are
+    /// printed on this terminal only, never in JSON, statuses or comments.
+    ///
+    /// Example: sluice test clinics/clinic_a/Patient
+    Test(test::TestArgs),
     /// Compare the last run with production: rows, columns, keyed changes.
     ///
     /// Counts only, never cell values: rows before and after, columns added
@@ -162,6 +172,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(&cli.global, &args),
         Command::Cat(args) => cat::run(&cli.global, &args),
         Command::Diff(args) => diff::run(&cli.global, &args),
+        Command::Test(args) => test::run(&cli.global, &args),
         Command::Why(args) => why::run(&cli.global, &args),
         Command::Serve(args) => serve::run(&cli.global, &args),
         Command::Ci(args) => ci::run(&cli.global, &args),

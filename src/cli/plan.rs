@@ -87,8 +87,9 @@ fn write_plan(out: &mut impl Write, plan: &PipelinePlan) -> std::io::Result<()> 
     let to_run = plan.nodes.iter().filter(|n| n.change.needs_run()).count();
     writeln!(
         out,
-        "  {} nodes: {}; {} to run\n",
+        "  {} node{}: {}; {} to run\n",
         plan.nodes.len(),
+        if plan.nodes.len() == 1 { "" } else { "s" },
         parts.join(", "),
         to_run
     )

@@ -59,13 +59,20 @@ impl Observer for Progress {
             );
             let _ = err.flush();
         } else if result.status != Status::Cached {
-            let rows = result
-                .rows
-                .map(|r| format!(", {r} rows"))
-                .unwrap_or_default();
+            // Cached nodes get no line of their own; the count says where
+            // the numbers between two lines went.
+            let rows = match result.rows {
+                Some(1) => ", 1 row".to_string(),
+                Some(r) => format!(", {r} rows"),
+                None => String::new(),
+            };
+            let cached = match counts[1] {
+                0 => String::new(),
+                n => format!("; {n} cached so far"),
+            };
             let _ = writeln!(
                 err,
-                "[{done}/{total}] {} {}/{} ({} ms{rows})",
+                "[{done}/{total}] {} {}/{} ({} ms{rows}{cached})",
                 result.status.as_str(),
                 node.dir,
                 node.name,

@@ -30,7 +30,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub select: SelectArgs,
     /// Worker threads. Default: the number of cores.
-    #[arg(short = 'j', long, value_name = "N")]
+    #[arg(short = 'j', long, value_name = "N", value_parser = parse_jobs)]
     pub jobs: Option<usize>,
     /// Print JSON: {"runs":[{"pipeline":..,"manifest":..,"nodes":[{"name":..,"status":..,"rows":..,"output":..}]}]}.
     #[arg(long)]
@@ -57,6 +57,11 @@ struct PipelineRun {
 #[derive(Serialize)]
 struct NodeOut {
     name: String,
+    /// For a node of another directory (`/clinics/north/Patient`): that
+    /// directory. The node is an input of this pipeline, not one of its
+    /// own, and ran once however many pipelines need it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_from: Option<String>,
     status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
     rows: Option<u64>,
@@ -65,6 +70,141 @@ struct NodeOut {
     duration_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+}
+
+/// `git` in the directory of the repository, ignoring variables that
+/// would point it elsewhere (as `gix::discover` does).
+struct Git<'a> {
+    dir: &'a std::path::Path,
+}
+
+impl Git<'_> {
+    /// Stdout of a successful `git ARGS`, else `None`.
+    fn output(&self, args: &[&str]) -> Option<Vec<u8>> {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(self.dir)
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
+            .env_remove("GIT_INDEX_FILE")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        out.status.success().then_some(out.stdout)
+    }
+
+    fn text(&self, args: &[&str]) -> Option<String> {
+        self.output(args)
+            .map(|o| String::from_utf8_lossy(&o).trim().to_string())
+    }
+}
+
+/// The commit a clean working tree is at, or why promoting from it is
+/// refused: not in git, no commit yet, or files that differ from HEAD
+/// (the state directory and the data root, which never belong in git,
+/// aside).
+fn clean_commit(git: &Git, ignored: &[std::path::PathBuf]) -> anyhow::Result<String> {
+    let Some(top) = git.text(&["rev-parse", "--show-toplevel"]) else {
+        anyhow::bail!(
+            "--promote: {} is not in a git repository; production records the commit it was computed from: commit the pipelines on the production branch (git init && git add -A && git commit) and promote from there",
+            git.dir.display()
+        );
+    };
+    let Some(head) = git.text(&["rev-parse", "--verify", "-q", "HEAD^{commit}"]) else {
+        anyhow::bail!(
+            "--promote: the repository has no commit yet; commit the pipelines (git add -A && git commit) and promote from the production branch"
+        );
+    };
+    let top = std::path::Path::new(&top)
+        .canonicalize()
+        .unwrap_or_else(|_| top.clone().into());
+    let skip: Vec<std::path::PathBuf> = ignored
+        .iter()
+        .filter_map(|p| p.canonicalize().ok())
+        .filter_map(|p| p.strip_prefix(&top).ok().map(|r| r.to_path_buf()))
+        .collect();
+    let status = git
+        .output(&[
+            "status",
+            "--porcelain=v1",
+            "-z",
+            "--untracked-files=all",
+            "--",
+            ".",
+        ])
+        .unwrap_or_default();
+    let dirty: Vec<String> = status
+        .split(|b| *b == 0)
+        .filter(|e| e.len() > 3)
+        .map(|e| String::from_utf8_lossy(&e[3..]).into_owned())
+        .filter(|path| {
+            !skip
+                .iter()
+                .any(|s| std::path::Path::new(path).starts_with(s))
+        })
+        .collect();
+    if !dirty.is_empty() {
+        let mut shown: Vec<&str> = dirty.iter().take(3).map(String::as_str).collect();
+        if dirty.len() > 3 {
+            shown.push("…");
+        }
+        anyhow::bail!(
+            "--promote: the working tree is not clean ({} file{} differ{} from HEAD: {}); production must be what a commit holds: commit or stash the changes first",
+            dirty.len(),
+            if dirty.len() == 1 { "" } else { "s" },
+            if dirty.len() == 1 { "s" } else { "" },
+            shown.join(", ")
+        );
+    }
+    Ok(head)
+}
+
+/// Refuses a commit that is neither the production branch's tip nor
+/// reachable from it.
+fn on_production_branch(
+    git: &Git,
+    commit: &str,
+    branch: &str,
+    at: Option<&str>,
+) -> anyhow::Result<()> {
+    let full = format!("refs/heads/{branch}");
+    if git
+        .text(&["rev-parse", "--verify", "-q", &format!("{full}^{{commit}}")])
+        .is_none()
+    {
+        anyhow::bail!(
+            "--promote: there is no branch `{branch}` (production_branch in sluice.toml) in this repository; production only moves to commits of that branch"
+        );
+    }
+    if git
+        .output(&["merge-base", "--is-ancestor", commit, &full])
+        .is_none()
+    {
+        let short: String = commit.chars().take(12).collect();
+        let what = match at {
+            Some(rev) => format!("--at {rev} ({short})"),
+            None => match git.text(&["symbolic-ref", "-q", "--short", "HEAD"]) {
+                Some(b) => format!("HEAD ({short}, branch `{b}`)"),
+                None => format!("HEAD ({short}, detached)"),
+            },
+        };
+        anyhow::bail!(
+            "--promote: {what} is not on the production branch `{branch}`: it is neither its tip nor reachable from it; merge it into {branch} first"
+        );
+    }
+    Ok(())
+}
+
+/// `-j N`: at least one worker (0 would run nothing, or hang).
+pub fn parse_jobs(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("0 workers would run nothing; use -j 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!(
+            "`{text}` is not a number of workers; use e.g. -j 4"
+        )),
+    }
 }
 
 /// Exit code when SIGINT or SIGTERM stopped the run.
@@ -78,11 +218,21 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let mut ws = load(global)?;
+    // Without a valid sluice.toml there are no pipelines to pick from.
+    if ws.config.is_none() && report_diagnostics(&ws) {
+        return Ok(ExitCode::FAILURE);
+    }
+    let selected = ws.select_pipelines(&args.pipelines)?;
+    // `run clinics/north` needs only north to be valid; `check` still
+    // reports everything.
+    if !args.pipelines.is_empty() {
+        ws.narrow(&selected);
+    }
     if report_diagnostics(&ws) {
         return Ok(ExitCode::FAILURE);
     }
     let stores = ws.open_stores()?;
-    let mut selected = ws.select_pipelines(&args.pipelines)?;
+    let mut selected = selected;
     let chosen = if args.select.is_empty() {
         None
     } else {
@@ -106,24 +256,30 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     warn_unreadable_production(&stores, &selected)?;
     // Production follows the production branch: promoting from another
     // branch (an experiment) is refused.
-    let git_ref = match &global.at {
+    let mut git_ref = match &global.at {
         Some(rev) => Some(rev.clone()),
         None => crate::git::current_branch(&ws.root),
     };
-    // `--at NAME` reads what git reads (a tag before a branch); promotion
-    // follows the production branch itself, `refs/heads/<name>`, only.
+    // Production only moves to a commit of the production branch (its tip
+    // or one reachable from it), read from git objects or from a clean
+    // working tree at that commit; which condition failed is said.
     if args.promote
-        && global.at.is_some()
         && let Some(cfg) = &ws.config
     {
-        let branch_tip = crate::git::resolve_branch(&ws.root, &cfg.production_branch);
-        if branch_tip.is_none() || branch_tip != ws.commit {
-            anyhow::bail!(
-                "--promote --at {}: that is not the tip of the production branch refs/heads/{}; production only moves to the branch itself",
-                global.at.as_deref().unwrap_or_default(),
-                cfg.production_branch
-            );
-        }
+        let git = Git { dir: &ws.root };
+        let ignored: Vec<std::path::PathBuf> = [Some(ws.state_dir()), ws.data_root()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let commit = match &ws.commit {
+            Some(c) => c.clone(),
+            None => clean_commit(&git, &ignored)?,
+        };
+        on_production_branch(&git, &commit, &cfg.production_branch, global.at.as_deref())?;
+        // A detached HEAD (as CI checks out) or another branch at a
+        // commit of the production branch promotes as that branch.
+        git_ref = Some(cfg.production_branch.clone());
+        ws.commit = Some(commit);
     }
     let jobs = args.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -195,8 +351,17 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         serde_json::to_writer(&mut stdout, &out)?;
         writeln!(stdout)?;
     } else {
+        // A node of another directory that several pipelines need ran once:
+        // it is described once, under the first pipeline that needed it.
+        // A pipeline's own nodes are described there.
+        let mut shown: BTreeMap<String, String> = BTreeMap::new();
         for p in &report.pipelines {
-            write_summary(&mut stdout, p, &stores)?;
+            for n in p.nodes.iter().filter(|n| foreign(&n.name).is_none()) {
+                shown.insert(format!("{}/{}", p.pipeline, n.name), p.pipeline.clone());
+            }
+        }
+        for p in &report.pipelines {
+            write_summary(&mut stdout, p, &stores, &mut shown)?;
         }
     }
     for p in &report.pipelines {
@@ -237,6 +402,7 @@ fn pipeline_run(p: &PipelineReport) -> PipelineRun {
                 let status = n.status?;
                 Some(NodeOut {
                     name: n.name.clone(),
+                    input_from: foreign(&n.name).map(|(dir, _)| dir.to_string()),
                     status,
                     rows: n.rows,
                     output: n.output,
@@ -248,17 +414,52 @@ fn pipeline_run(p: &PipelineReport) -> PipelineRun {
     }
 }
 
-fn write_summary(out: &mut impl Write, p: &PipelineReport, stores: &Stores) -> std::io::Result<()> {
+/// `(dir, name)` of a node of another directory, written `/dir/name`.
+fn foreign(name: &str) -> Option<(&str, &str)> {
+    name.strip_prefix('/')?.rsplit_once('/')
+}
+
+fn write_summary(
+    out: &mut impl Write,
+    p: &PipelineReport,
+    stores: &Stores,
+    inputs_shown: &mut BTreeMap<String, String>,
+) -> std::io::Result<()> {
     let manifest = p.manifest.map(|d| d.short()).unwrap_or_else(|| "-".into());
     writeln!(out, "{}  (manifest {manifest})", p.pipeline)?;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     let mut shown = 0;
+    let mut inputs: Vec<String> = Vec::new();
     for n in &p.nodes {
         let Some(status) = n.status else { continue };
-        shown += 1;
-        *counts.entry(status.as_str()).or_default() += 1;
-        let rows = n.rows.map(|r| r.to_string()).unwrap_or_else(|| "-".into());
-        writeln!(out, "  {:<9} {:>9} rows  {}", status.as_str(), rows, n.name)?;
+        if let Some((dir, name)) = foreign(&n.name) {
+            let full = format!("{dir}/{name}");
+            if let Some(first) = inputs_shown.get(&full) {
+                inputs.push(format!("{full} (see {first})"));
+                continue;
+            }
+            inputs_shown.insert(full.clone(), p.pipeline.clone());
+            inputs.push(format!("{full} ({})", status.as_str()));
+            // Its failure is shown in full, once.
+            if status != Status::Failed {
+                continue;
+            }
+        } else {
+            shown += 1;
+            *counts.entry(status.as_str()).or_default() += 1;
+        }
+        let (rows, unit) = match n.rows {
+            Some(1) => ("1".to_string(), "row "),
+            Some(r) => (r.to_string(), "rows"),
+            None => ("-".to_string(), "rows"),
+        };
+        writeln!(
+            out,
+            "  {:<9} {:>9} {unit}  {}",
+            status.as_str(),
+            rows,
+            n.name
+        )?;
         if let (Status::Failed, Some(e)) = (status, &n.error) {
             for line in e.lines() {
                 writeln!(out, "            {line}")?;
@@ -271,10 +472,18 @@ fn write_summary(out: &mut impl Write, p: &PipelineReport, stores: &Stores) -> s
             }
         }
     }
+    if !inputs.is_empty() {
+        writeln!(
+            out,
+            "  inputs from other directories: {}",
+            inputs.join(", ")
+        )?;
+    }
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
     writeln!(
         out,
-        "  {shown} nodes: {}{}\n",
+        "  {shown} node{}: {}{}\n",
+        if shown == 1 { "" } else { "s" },
         summary.join(", "),
         if p.promoted {
             "; promoted to production"

@@ -55,6 +55,15 @@ fn find_root(repo: Option<&Path>, at_commit: bool) -> anyhow::Result<PathBuf> {
         if !r.is_dir() {
             bail!("--repo {}: not a directory", r.display());
         }
+        // The same exit (an error, not a problem in the repository) as
+        // when the nearest sluice.toml is looked for and not found.
+        if !at_commit && !r.join(config::FILE_NAME).is_file() {
+            bail!(
+                "no sluice.toml in {}; pass the directory holding it as --repo DIR, or create sluice.toml:\n{}",
+                r.display(),
+                config::EXAMPLE
+            );
+        }
         // Absolute, so that paths handed to command actions (which run in
         // their own directory) still resolve.
         return r

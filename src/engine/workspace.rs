@@ -204,11 +204,7 @@ impl Workspace {
     }
 
     fn diag(&mut self, path: &RepoPath, line: u32, message: String) {
-        self.diagnostics.push(Diagnostic {
-            path: path.clone(),
-            line,
-            message,
-        });
+        self.diagnostics.push(Diagnostic::new(path, line, message));
     }
 
     /// The data root on disk: `--data` / `SLUICE_DATA_ROOT` (or the
@@ -391,6 +387,21 @@ impl Workspace {
     /// `PATH` for command actions.
     pub fn path_env(&self) -> &std::ffi::OsStr {
         &self.settings.path_env
+    }
+
+    /// Keeps only what `pipelines` need: the graph is resolved again from
+    /// them alone, so a problem in another pipeline (a missing source, an
+    /// undefined parameter) does not stop running these. `check` keeps
+    /// the whole repository.
+    pub fn narrow(&mut self, pipelines: &[RepoPath]) {
+        if pipelines.is_empty() || pipelines == self.graph.pipelines.as_slice() {
+            return;
+        }
+        let cfg_path = RepoPath::parse(config::FILE_NAME).expect("constant path is valid");
+        self.diagnostics.retain(|d| d.path == cfg_path);
+        let (graph, diags) = pipeline::compile(self.vfs.as_ref(), pipelines);
+        self.graph = graph;
+        self.diagnostics.extend(diags);
     }
 
     /// Pipelines named on the command line, or all of them.

@@ -31,6 +31,10 @@ pub struct CommandSpec<'a> {
     pub body: &'a str,
     /// Extension of the script file (the node file's), e.g. `py`.
     pub extension: Option<&'a str>,
+    /// The repository path of the file the body came from: the script is
+    /// written there, under the temp dir, and named by that relative path,
+    /// so a traceback says `shared/ehr/WeightSummary.py, line 8`.
+    pub script_path: Option<&'a str>,
     /// `(name, path)` for each input table.
     pub inputs: Vec<(String, PathBuf)>,
     pub params: BTreeMap<String, String>,
@@ -120,14 +124,30 @@ pub fn run(spec: &CommandSpec) -> std::io::Result<CommandOutcome> {
         }
         None => builder.tempdir()?,
     };
-    let script = dir.path().join(match spec.extension {
+    let fallback = match spec.extension {
         Some(ext) => format!("node.{ext}"),
         None => "node".to_string(),
-    });
+    };
+    // A relative name (the command runs in the temp dir) that is the
+    // repository path; never one of the names sluice itself uses there.
+    let name = spec
+        .script_path
+        .filter(|p| {
+            let first = p.split('/').next().unwrap_or("");
+            p.contains('/')
+                && !p.starts_with('/')
+                && !p.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+                && !["output.csv", "log.txt"].contains(&first)
+        })
+        .map_or(fallback, str::to_string);
+    let script = dir.path().join(&name);
+    if let Some(parent) = script.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
     std::fs::write(&script, spec.body)?;
     let output = dir.path().join("output.csv");
     let log_path = dir.path().join("log.txt");
-    let args = match argv(spec.template, &script) {
+    let args = match argv(spec.template, Path::new(&name)) {
         Ok(a) => a,
         Err(e) => {
             return Ok(CommandOutcome {
@@ -233,7 +253,10 @@ pub fn run(spec: &CommandSpec) -> std::io::Result<CommandOutcome> {
             }
         }
     };
-    let log = read_capped(&log_path)?;
+    // The temp dir's path says nothing to the analyst: a traceback names
+    // `clinics/a/Weight.py`, the file in the repository (interpreters
+    // such as Python make the script's path absolute).
+    let log = strip_prefix_everywhere(read_capped(&log_path)?, dir.path());
     Ok(CommandOutcome {
         dir,
         output,
@@ -555,6 +578,36 @@ pub fn interpreter_version(program: &str, path_env: &std::ffi::OsStr) -> String 
         .to_string()
 }
 
+/// `log` without every occurrence of `dir/` (as given and canonical).
+fn strip_prefix_everywhere(log: Vec<u8>, dir: &Path) -> Vec<u8> {
+    let mut prefixes = vec![dir.to_path_buf()];
+    if let Ok(real) = dir.canonicalize()
+        && real != dir
+    {
+        prefixes.push(real);
+    }
+    let mut log = log;
+    for p in prefixes {
+        let mut needle = p.as_os_str().as_encoded_bytes().to_vec();
+        needle.push(b'/');
+        if needle.len() < 2 {
+            continue;
+        }
+        let mut out = Vec::with_capacity(log.len());
+        let mut i = 0;
+        while i < log.len() {
+            if log[i..].starts_with(&needle) {
+                i += needle.len();
+            } else {
+                out.push(log[i]);
+                i += 1;
+            }
+        }
+        log = out;
+    }
+    log
+}
+
 /// The log, or its first and last halves of [`LOG_CAP`] when longer: the
 /// head says what ran, the tail usually says why it failed.
 fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
@@ -585,6 +638,7 @@ mod tests {
             template: "bash {script}",
             body,
             extension: Some("sh"),
+            script_path: None,
             inputs: vec![("lab-map.v2".into(), PathBuf::from("/x/in.csv"))],
             params: [("clinic".to_string(), "a".to_string())].into(),
             path_env: std::ffi::OsStr::new("/usr/local/bin:/usr/bin:/bin"),

@@ -5,6 +5,7 @@
 
 pub mod checks;
 pub mod command;
+pub mod lint;
 pub mod sandbox;
 pub mod sqlite;
 pub mod table;
@@ -17,6 +18,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::pipeline::directive::Assert;
 use crate::pipeline::graph::{Action, Graph, Node, NodeId};
 use crate::plan::digest::Digest;
 use crate::plan::hash::{self, NodeHashes};
@@ -424,6 +426,19 @@ fn run_node(
         return result;
     }
     result.log = computed.log;
+    if let Some((output, stats)) = computed.failed_checks {
+        // Best effort: only `cat` and `test` read it.
+        let _ = stores.state.cache_put(
+            &failed_checks_key(&task_key),
+            &CacheEntry {
+                output,
+                rows: stats.rows,
+                columns: stats.columns,
+                log: result.log,
+                duration_ms: result.duration.as_millis() as u64,
+            },
+        );
+    }
     match computed.table {
         Ok((output, stats)) => {
             result.status = Status::Computed;
@@ -444,16 +459,99 @@ fn run_node(
             }
         }
         Err((kind, e)) => {
-            result.error = Some(format!("{}: {e}", node.file));
+            // A located error (`path:line:column: ...`) names its own file.
+            result.error = Some(match e.strip_prefix(LOCATED) {
+                Some(located) => located.to_string(),
+                None => format!("{}: {e}", node.file),
+            });
             result.failure = Some(kind);
         }
     }
     result
 }
 
+/// Marks an error message that starts with its own `path:line:column`.
+const LOCATED: &str = "\u{1}located:";
+
+/// `(Some(N), rest)` for a CSV reader's `line N: rest`.
+fn split_line(message: &str) -> (Option<u64>, &str) {
+    message
+        .strip_prefix("line ")
+        .and_then(|r| r.split_once(": "))
+        .and_then(|(n, rest)| n.parse::<u64>().ok().map(|n| (Some(n), rest)))
+        .unwrap_or((None, message))
+}
+
+/// A problem reading a `@source` CSV, named by its `data://` path and
+/// line (`input patients: line 3: ...` says neither), with the fix for
+/// an encoding that is not UTF-8.
+fn locate_source_error(message: &str, node: &Node) -> Option<String> {
+    node.sources.iter().find_map(|s| {
+        let rest = message.strip_prefix(&format!("input {}: ", s.table))?;
+        let (line, detail) = split_line(rest);
+        let mut out = match line {
+            Some(n) => format!("data://{}:{n}: {detail}", s.path),
+            None => format!("data://{}: {detail}", s.path),
+        };
+        if detail.contains("not valid UTF-8") {
+            out.push_str(&format!(
+                "; convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 {0} > {0}.utf8` (then replace it)",
+                s.path.file_name()
+            ));
+        }
+        Some(out)
+    })
+}
+
+/// `path:line:column` of byte `offset` of a node's body, in the file the
+/// body came from.
+fn body_location(node: &Node, offset: usize) -> String {
+    let (line, column) = sqlite::line_column(&node.body, offset);
+    format!("{}:{}:{column}", node.body_from, node.body_file_line(line))
+}
+
+/// The failures of a node's data tests, each `@assert sql:` that could
+/// not run placed at its line and column.
+fn describe_failures(node: &Node, fails: &[checks::Failure]) -> String {
+    let parts: Vec<String> = fails
+        .iter()
+        .map(|f| {
+            let at = f.assert.and_then(|i| node.asserts.get(i));
+            match (at, f.query_offset) {
+                (Some((Assert::Sql(q), origin)), Some(offset)) => {
+                    let (line, column) = sqlite::line_column(q, offset);
+                    let column = if line == 0 {
+                        origin.column.max(1) as usize + column - 1
+                    } else {
+                        column
+                    };
+                    format!(
+                        "{}:{}:{column}: {}",
+                        origin.file,
+                        origin.line as usize + line,
+                        f.message
+                    )
+                }
+                _ => f.message.clone(),
+            }
+        })
+        .collect();
+    parts.join("; ")
+}
+
 struct Computed {
     table: Result<(Digest, sqlite::TableStats), (FailureKind, String)>,
     log: Option<Digest>,
+    /// The table of a node whose data tests failed: kept (not as the
+    /// node's output) so that `sluice cat` and `sluice test` can show it.
+    failed_checks: Option<(Digest, sqlite::TableStats)>,
+}
+
+/// The cache key under which the table of a node whose data tests failed
+/// is kept, by the task key the node ran under. It is never a node's
+/// output: nothing downstream reads it.
+pub fn failed_checks_key(task_key: &Digest) -> Digest {
+    hash::combine("failed-checks", task_key, &mut [])
 }
 
 /// Computes a node's table into the blob store and checks it.
@@ -480,6 +578,7 @@ fn compute(
         .as_ref()
         .map(|(s, _)| Duration::from_secs(*s))
         .unwrap_or(settings.default_timeout);
+    let mut failed_checks = None;
     let table = (|| -> Result<(Digest, sqlite::TableStats), (FailureKind, String)> {
         let mut source_paths: Vec<(String, PathBuf)> = Vec::new();
         for s in &node.sources {
@@ -548,8 +647,16 @@ fn compute(
                         let _ = stores.state.cache_forget_output(&d);
                         infra(e.message().to_string())
                     }
+                    None if let Some(m) = locate_source_error(e.message(), node) => user(m),
                     // SQLite may quote a cell value in its message.
-                    None => user(redact(e.message(), &node.body)),
+                    None => match e.offset() {
+                        Some(at) => user(format!(
+                            "{LOCATED}{}: {}",
+                            body_location(node, at),
+                            redact(e.message(), &node.body)
+                        )),
+                        None => user(redact(e.message(), &node.body)),
+                    },
                 })?
             }
             Action::Command(template) => {
@@ -590,10 +697,16 @@ fn compute(
                     }
                     sandbox::Availability::Unavailable(_) => None,
                 };
+                // Directive lines blanked, not removed: an interpreter's
+                // line numbers are the file's.
+                let script =
+                    crate::pipeline::directive::with_file_lines(&node.body, &node.body_lines);
+                let script_path = node.body_from.to_string();
                 let spec = command::CommandSpec {
                     template,
-                    body: &node.body,
+                    body: &script,
                     extension: node.file.extension(),
+                    script_path: Some(&script_path),
                     inputs: all,
                     params: node
                         .params
@@ -627,7 +740,13 @@ fn compute(
                 if let Some(e) = too_large(&writer) {
                     return Err(e);
                 }
-                done.map_err(|e| user(format!("not valid CSV: {e}")))?
+                done.map_err(|e| match split_line(&e.to_string()) {
+                    (Some(line), detail) => user(format!(
+                        "{LOCATED}{}:{line}: not valid CSV: {detail}",
+                        node.file
+                    )),
+                    (None, detail) => user(format!("not valid CSV: {detail}")),
+                })?
             }
         };
         writer.flush().map_err(|e| infra(e.to_string()))?;
@@ -649,17 +768,22 @@ fn compute(
                     .map_err(|e| infra(e.to_string()))?,
             };
             checks::check_table(&path, &node.name, key, &asserts).map_err(|fails| {
+                failed_checks = Some((digest, stats.clone()));
                 // Assertions are SQL too: keep only what the node itself says.
                 let own = format!("{}\n{:?}", node.body, asserts);
                 user(redact(
-                    &format!("data test failed: {}", fails.join("; ")),
+                    &format!("data test failed: {}", describe_failures(node, &fails)),
                     &own,
                 ))
             })?;
         }
         Ok((digest, stats))
     })();
-    Computed { table, log }
+    Computed {
+        table,
+        log,
+        failed_checks,
+    }
 }
 
 /// The blob writer, counting bytes as the canonical writer writes them,

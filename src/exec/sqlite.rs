@@ -72,6 +72,8 @@ pub struct SqlInput<'a> {
 pub struct ExecError {
     message: String,
     corrupt: Option<Digest>,
+    /// The byte offset in the SQL text where the error is, when known.
+    at: Option<usize>,
 }
 
 impl ExecError {
@@ -79,11 +81,24 @@ impl ExecError {
         ExecError {
             message: message.into(),
             corrupt: None,
+            at: None,
         }
     }
 
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The byte offset in the SQL text (the body, or an assertion's query)
+    /// where the error is, when SQLite said or the statement is known.
+    pub fn offset(&self) -> Option<usize> {
+        self.at
+    }
+
+    /// The same error, placed at `offset` unless it has a place already.
+    fn at(mut self, offset: usize) -> Self {
+        self.at.get_or_insert(offset);
+        self
     }
 
     /// The input blob whose bytes did not match their digest, if that is
@@ -97,6 +112,7 @@ impl ExecError {
         ExecError {
             message: format!("{what}: {}", self.message),
             corrupt: self.corrupt,
+            at: self.at,
         }
     }
 }
@@ -165,9 +181,136 @@ fn explain_stop(e: ExecError, why: &AtomicU8, limits: &SqlLimits) -> ExecError {
 
 impl From<rusqlite::Error> for ExecError {
     fn from(e: rusqlite::Error) -> Self {
-        // rusqlite shows SQLite's own message (`no such table: Foo`).
-        ExecError::new(format!("SQL error: {e}"))
+        match e {
+            // rusqlite's text would repeat the whole statement; the place
+            // is kept as an offset for the caller to turn into line:column.
+            rusqlite::Error::SqlInputError {
+                msg, sql, offset, ..
+            } => {
+                let mut err = ExecError::new(format!("SQL error: {msg}"));
+                // `sql` is what was prepared: the caller adds where it starts.
+                err.at = usize::try_from(offset)
+                    .ok()
+                    .filter(|o| *o <= sql.len())
+                    .map(|o| o + RELATIVE);
+                err
+            }
+            // rusqlite shows SQLite's own message (`no such table: Foo`).
+            e => ExecError::new(format!("SQL error: {e}")),
+        }
     }
+}
+
+/// Offsets from [`From<rusqlite::Error>`] are relative to the statement
+/// prepared, marked by a bias until [`place_in`] knows where it starts.
+pub(crate) const RELATIVE: usize = usize::MAX / 2;
+
+/// Turns an offset relative to a statement starting at `start` into one in
+/// the whole text; a known absolute offset is kept.
+fn place_in(mut e: ExecError, start: usize) -> ExecError {
+    e.at = match e.at {
+        Some(o) if o >= RELATIVE => Some(start + (o - RELATIVE)),
+        Some(o) => Some(o),
+        None => Some(start),
+    };
+    e
+}
+
+/// The 0-based line and 1-based column (in characters) of byte `offset`
+/// of `text`.
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count();
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// Splits SQL at the `;` that end statements, skipping those in string
+/// literals, quoted names and comments (a trigger's `BEGIN ... END` is not
+/// understood: its statements are parsed one by one, which at worst
+/// reports a syntax error SQLite would report too). Returns each
+/// statement with its byte offset; blank remainders are dropped.
+fn split_statements(sql: &str) -> Vec<(usize, &str)> {
+    let mut bounds: Vec<(usize, usize)> = Vec::new();
+    let bytes = sql.as_bytes();
+    let mut start = 0usize;
+    let mut i = 0usize;
+    while i < bytes.len() {
+        match bytes[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != q {
+                    i += 1;
+                }
+            }
+            b'[' => {
+                while i < bytes.len() && bytes[i] != b']' {
+                    i += 1;
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b';' => {
+                bounds.push((start, i + 1));
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if start < sql.len() {
+        bounds.push((start, sql.len()));
+    }
+    bounds
+        .into_iter()
+        .filter_map(|(a, b)| sql.get(a..b).map(|t| (a, t)))
+        .filter(|(_, t)| !t.trim().is_empty())
+        .collect()
+}
+
+/// A syntax error in `sql`, found by SQLite's own parser without any data:
+/// each statement (split where SQLite says a statement is complete) is
+/// prepared on an empty database. Errors about names (`no such table`),
+/// which only data would settle, are not reported. Returns the byte offset
+/// and the message.
+pub fn syntax_error(sql: &str) -> Option<(usize, String)> {
+    let conn = Connection::open_in_memory().ok()?;
+    for (at, text) in split_statements(sql) {
+        let e = match conn.prepare(text) {
+            Ok(_) => continue,
+            Err(e) => e,
+        };
+        let (offset, msg) = match &e {
+            rusqlite::Error::SqlInputError { msg, offset, .. } => {
+                (usize::try_from(*offset).unwrap_or(0), msg.clone())
+            }
+            rusqlite::Error::SqliteFailure(_, Some(msg)) => {
+                (text.len() - text.trim_start().len(), msg.clone())
+            }
+            _ => continue,
+        };
+        let syntax = ["syntax error", "incomplete input", "unrecognized token"]
+            .iter()
+            .any(|s| msg.contains(s));
+        if syntax {
+            return Some((at + offset.min(text.len()), format!("SQL error: {msg}")));
+        }
+    }
+    None
 }
 
 impl From<TableError> for ExecError {
@@ -373,6 +516,7 @@ fn load_blob(
     digest: &Digest,
 ) -> Result<TableStats, ExecError> {
     let corrupt = || ExecError {
+        at: None,
         message: format!(
             "blob {digest} at {} is corrupt (its bytes no longer match their digest); \
              it will be recomputed on the next run",
@@ -629,31 +773,95 @@ fn run_body(conn: &Connection, body: &str, out: &mut dyn Write) -> Result<TableS
     // are the output) — so the next one is prepared first. Statements that
     // return rows do not create tables, so this is safe.
     let mut batch = Batch::new(conn, body);
-    let mut current = batch.next()?;
+    let mut cursor = 0usize;
+    let mut current = next_statement(&mut batch, body, &mut cursor)?;
     if current.is_none() {
         return Err(ExecError::new("the SQL body holds no statement"));
     }
-    while let Some(mut stmt) = current {
+    while let Some((mut stmt, start)) = current {
         if stmt.column_count() == 0 {
-            stmt.raw_execute()?;
+            stmt.raw_execute().map_err(|e| place_in(e.into(), start))?;
             drop(stmt);
-            current = batch.next()?;
+            current = next_statement(&mut batch, body, &mut cursor)?;
             if current.is_none() {
                 return Err(ExecError::new(
                     "the last statement must be a SELECT: it returns no rows to make the table of",
-                ));
+                )
+                .at(start));
             }
         } else {
-            let next = batch.next()?;
+            let next = next_statement(&mut batch, body, &mut cursor)?;
             if next.is_none() {
-                return write_result(stmt, out);
+                return write_result(stmt, out).map_err(|e| place_in(e, start));
             }
             let mut rows = stmt.raw_query();
-            while rows.next()?.is_some() {}
+            while rows
+                .next()
+                .map_err(|e| place_in(e.into(), start))?
+                .is_some()
+            {}
             current = next;
         }
     }
     Err(ExecError::new("the SQL body holds no statement"))
+}
+
+/// The next statement of a body and the byte offset it starts at; an error
+/// carries the offset of its place in the body.
+fn next_statement<'c>(
+    batch: &mut Batch<'c, '_>,
+    body: &str,
+    cursor: &mut usize,
+) -> Result<Option<(Statement<'c>, usize)>, ExecError> {
+    let rest = body.get(*cursor..).unwrap_or("");
+    let skipped = *cursor + (rest.len() - rest.trim_start().len());
+    match batch.next() {
+        Ok(None) => Ok(None),
+        Ok(Some(stmt)) => {
+            // No parameters are bound: the expanded text is the statement's
+            // own text, found at or after the cursor.
+            let start = stmt
+                .expanded_sql()
+                .and_then(|text| {
+                    rest.find(text.as_str()).map(|i| {
+                        *cursor += i + text.len();
+                        *cursor - text.len()
+                    })
+                })
+                .unwrap_or(skipped);
+            Ok(Some((stmt, start)))
+        }
+        Err(e) => {
+            let tail_start = match &e {
+                rusqlite::Error::SqlInputError { sql, .. } => body.len().saturating_sub(sql.len()),
+                _ => skipped,
+            };
+            let e: ExecError = e.into();
+            if e.at.is_none()
+                && let Some(at) = name_in(body, tail_start, e.message())
+            {
+                return Err(e.at(at));
+            }
+            Err(place_in(e, tail_start))
+        }
+    }
+}
+
+/// Where the name an error is about (`no such table: Labz`) first stands
+/// as a whole word at or after `from`: SQLite gives no offset for these.
+pub(crate) fn name_in(body: &str, from: usize, message: &str) -> Option<usize> {
+    let name = ["no such table: ", "no such column: ", "no such function: "]
+        .iter()
+        .find_map(|p| message.split_once(p).map(|(_, n)| n.trim()))?;
+    // `main.T` or `t.col`: the last part is what is written unqualified too.
+    let word = name.rsplit('.').next().filter(|w| !w.is_empty())?;
+    let rest = body.get(from..)?;
+    let is_ident = |c: char| c.is_alphanumeric() || c == '_';
+    rest.match_indices(word).find_map(|(i, _)| {
+        let before = rest[..i].chars().next_back();
+        let after = rest[i + word.len()..].chars().next();
+        (!before.is_some_and(is_ident) && !after.is_some_and(is_ident)).then_some(from + i)
+    })
 }
 
 /// Streams a query's rows into the canonical writer.
@@ -747,6 +955,46 @@ mod tests {
         ));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn errors_carry_their_offset_in_the_body() {
+        let body = "CREATE TABLE x AS SELECT 1 AS a;\nSELECT a\n  FORM x;\n";
+        let e = run(body, &[]).unwrap_err();
+        let at = e.offset().expect("placed");
+        assert_eq!(line_column(body, at), (2, 8), "{}", e.message());
+        assert!(!e.message().contains("at offset"), "{}", e.message());
+        // A name error in the second statement is placed at its token.
+        let body = "SELECT 1;\nSELECT nope FROM x_missing;\n";
+        let e = run(body, &[]).unwrap_err();
+        assert_eq!(
+            line_column(body, e.offset().unwrap()).0,
+            1,
+            "{}",
+            e.message()
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_found_without_data() {
+        assert_eq!(
+            syntax_error("SELECT * FROM Patient JOIN Labs USING (id);"),
+            None
+        );
+        assert_eq!(
+            syntax_error("CREATE TABLE t AS SELECT 1;\nSELECT ';' FROM t -- ;\n;"),
+            None
+        );
+        let body = "SELECT 1;\n-- a ; in a comment\nSELECT a,\n  FROM t;\n";
+        let (at, msg) = syntax_error(body).unwrap();
+        assert_eq!(line_column(body, at), (3, 3), "{msg}");
+        assert!(msg.contains("syntax error"), "{msg}");
+        assert!(
+            syntax_error("SELECT (1")
+                .unwrap()
+                .1
+                .contains("incomplete input")
+        );
     }
 
     #[test]

@@ -11,12 +11,42 @@ use super::path::RepoPath;
 pub struct Diagnostic {
     pub path: RepoPath,
     pub line: u32,
+    /// The 1-based column, when the problem is inside a line (a SQL
+    /// syntax error); 0 when the whole line is meant.
+    pub column: u32,
     pub message: String,
+}
+
+impl Diagnostic {
+    pub fn new(path: &RepoPath, line: u32, message: impl Into<String>) -> Self {
+        Diagnostic {
+            path: path.clone(),
+            line: line.max(1),
+            column: 0,
+            message: message.into(),
+        }
+    }
+
+    /// A problem at a column of the line: shown as `path:line:column:`.
+    pub fn at(path: &RepoPath, line: u32, column: u32, message: impl Into<String>) -> Self {
+        Diagnostic {
+            column,
+            ..Diagnostic::new(path, line, message)
+        }
+    }
 }
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.path, self.line, self.message)
+        if self.column > 0 {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.path, self.line, self.column, self.message
+            )
+        } else {
+            write!(f, "{}:{}: {}", self.path, self.line, self.message)
+        }
     }
 }
 
@@ -29,11 +59,7 @@ pub struct Diagnostics {
 
 impl Diagnostics {
     pub fn push(&mut self, path: &RepoPath, line: u32, message: impl Into<String>) {
-        self.seen.insert(Diagnostic {
-            path: path.clone(),
-            line: line.max(1),
-            message: message.into(),
-        });
+        self.seen.insert(Diagnostic::new(path, line, message));
     }
 
     pub fn is_empty(&self) -> bool {

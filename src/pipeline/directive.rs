@@ -13,6 +13,9 @@ pub const DIRECTIVE_NAMES: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Directive {
     pub line: u32,
+    /// The 1-based column where the argument starts (for `@assert sql:`,
+    /// the query), so that an error inside it can point there.
+    pub column: u32,
     pub kind: DirectiveKind,
 }
 
@@ -180,9 +183,20 @@ pub fn parse(bytes: &[u8]) -> ParsedFile {
     let mut body = String::with_capacity(text.len());
     let mut body_lines = Vec::new();
     let mut in_header = true;
+    let mut body_start = 0u32;
     for (i, raw) in text.split_inclusive('\n').enumerate() {
         let line_no = u32::try_from(i + 1).unwrap_or(u32::MAX);
         let line = raw.trim_end_matches(['\n', '\r']);
+        if !in_header && let Some(name) = directive_in_body(line) {
+            // Read as a comment it would silently do nothing: the mistake
+            // (an `@assert` added below the query) must not pass unseen.
+            errors.push(LineError {
+                line: line_no,
+                message: format!(
+                    "@{name} below the body is not read: directives go in the leading comment block; move this line above line {body_start}"
+                ),
+            });
+        }
         if in_header {
             if line.trim().is_empty() {
                 // Blank lines belong to the header but stay in the body.
@@ -191,6 +205,7 @@ pub fn parse(bytes: &[u8]) -> ParsedFile {
                     match parse_directive(d) {
                         Ok(kind) => directives.push(Directive {
                             line: line_no,
+                            column: argument_column(line, &kind),
                             kind,
                         }),
                         Err(message) => errors.push(LineError {
@@ -202,6 +217,7 @@ pub fn parse(bytes: &[u8]) -> ParsedFile {
                 }
             } else {
                 in_header = false;
+                body_start = line_no;
             }
         }
         body.push_str(line);
@@ -220,6 +236,55 @@ pub fn parse(bytes: &[u8]) -> ParsedFile {
         body_lines,
         errors,
     }
+}
+
+/// The 1-based column (in characters) where a directive's argument
+/// starts on its line: for `@assert sql:`, where the query starts.
+fn argument_column(line: &str, kind: &DirectiveKind) -> u32 {
+    let at = line.find('@').unwrap_or(0);
+    let start = match kind {
+        DirectiveKind::Assert(Assert::Sql(q)) => line[at..]
+            .find("sql:")
+            .and_then(|i| {
+                let from = at + i + 4;
+                line[from..].find(q.as_str()).map(|j| from + j)
+            })
+            .unwrap_or(at),
+        _ => line[at..]
+            .find(char::is_whitespace)
+            .map(|i| at + i + line[at + i..].len() - line[at + i..].trim_start().len())
+            .unwrap_or(at),
+    };
+    u32::try_from(line[..start].chars().count() + 1).unwrap_or(u32::MAX)
+}
+
+/// The directive name when `line` is a comment that reads as a known
+/// directive (`-- @assert rows > 0`). Unknown `@words` in comments stay
+/// comments: a body may mention `@decorators` or e-mail addresses.
+fn directive_in_body(line: &str) -> Option<&'static str> {
+    let rest = comment_text(line)?.strip_prefix('@')?;
+    let word = rest.split(|c: char| c.is_whitespace()).next().unwrap_or("");
+    DIRECTIVE_NAMES.iter().copied().find(|n| *n == word)
+}
+
+/// The body with the file's line numbers kept: each body line at its own
+/// line of the file, the directive lines (and anything else left out)
+/// blank. A command runs this, so that an interpreter's tracebacks name
+/// the lines of the file the analyst wrote.
+pub fn with_file_lines(body: &str, body_lines: &[u32]) -> String {
+    let mut out = String::with_capacity(body.len() + body_lines.len());
+    let mut at = 1u32;
+    for (i, line) in body.lines().enumerate() {
+        let want = body_lines.get(i).copied().unwrap_or(at);
+        while at < want {
+            out.push('\n');
+            at += 1;
+        }
+        out.push_str(line);
+        out.push('\n');
+        at += 1;
+    }
+    out
 }
 
 fn parse_directive(text: &str) -> Result<DirectiveKind, String> {
@@ -458,19 +523,46 @@ mod tests {
 
     #[test]
     fn splits_header_and_body() {
-        let src = "-- @include action/sql/sqlite\n-- @depend ./Patient\n\n-- a plain comment\n# @key patient_id\nSELECT 1;\n-- @depend ./Ignored\n";
+        let src = "-- @include action/sql/sqlite\n-- @depend ./Patient\n\n-- a plain comment\n# @key patient_id\nSELECT 1;\n-- @see the wiki, mail a@b.org\n";
         let p = parse(src.as_bytes());
         assert!(p.errors.is_empty(), "{:?}", p.errors);
         assert_eq!(p.directives.len(), 3);
         assert_eq!(p.directives[2].line, 5);
-        // The non-directive comment stays; a directive-looking line after the
+        // The non-directive comment stays; an unknown `@word` after the
         // header is body text.
         assert_eq!(
             p.body,
-            "-- a plain comment\nSELECT 1;\n-- @depend ./Ignored\n"
+            "-- a plain comment\nSELECT 1;\n-- @see the wiki, mail a@b.org\n"
         );
         assert_eq!(p.body_lines, vec![4, 6, 7]);
         assert_eq!(p.file_line(1), 6);
+        assert_eq!(
+            with_file_lines(&p.body, &p.body_lines),
+            "\n\n\n-- a plain comment\n\nSELECT 1;\n-- @see the wiki, mail a@b.org\n"
+        );
+    }
+
+    #[test]
+    fn a_directive_below_the_body_is_an_error() {
+        let p = parse(b"-- @key id\nSELECT 1 AS id\n\n-- @assert rows > 100\n# @depend ./X\n");
+        let lines: Vec<(u32, &str)> = p
+            .errors
+            .iter()
+            .map(|e| (e.line, e.message.as_str()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (
+                    4,
+                    "@assert below the body is not read: directives go in the leading comment block; move this line above line 2"
+                ),
+                (
+                    5,
+                    "@depend below the body is not read: directives go in the leading comment block; move this line above line 2"
+                ),
+            ]
+        );
     }
 
     #[test]
@@ -533,6 +625,13 @@ mod tests {
             let p = parse(src.as_bytes());
             assert_eq!(p.errors.len(), 1, "{src}");
         }
+    }
+
+    #[test]
+    fn argument_columns() {
+        let p = parse("-- @assert sql:  SELECT 1\n#  @key id\n".as_bytes());
+        assert_eq!(p.directives[0].column, 18);
+        assert_eq!(p.directives[1].column, 9);
     }
 
     #[test]

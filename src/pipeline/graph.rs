@@ -15,6 +15,9 @@ pub type NodeId = usize;
 pub struct Origin {
     pub file: RepoPath,
     pub line: u32,
+    /// The 1-based column where the directive's argument starts (the
+    /// query of an `@assert sql:`), for errors inside it; 0 when unknown.
+    pub column: u32,
 }
 
 impl std::fmt::Display for Origin {
@@ -117,6 +120,9 @@ pub struct Node {
     pub body: String,
     /// The file the body came from.
     pub body_from: RepoPath,
+    /// For each line of `body`, the 1-based line of `body_from` it stands
+    /// on (templates never add lines: a parameter value is one line).
+    pub body_lines: Vec<u32>,
     pub params: BTreeMap<String, ParamValue>,
     pub deps: Vec<Dep>,
     pub sources: Vec<SourceRef>,
@@ -126,6 +132,16 @@ pub struct Node {
 }
 
 impl Node {
+    /// The line of `body_from` that the body's `index`-th line (0-based)
+    /// came from.
+    pub fn body_file_line(&self, index: usize) -> u32 {
+        self.body_lines
+            .get(index)
+            .or(self.body_lines.last())
+            .copied()
+            .unwrap_or(1)
+    }
+
     /// The node as seen from pipeline `pipeline`: its bare name when it lives
     /// there, else `/dir/name`.
     pub fn display_name(&self, pipeline: &RepoPath) -> String {

@@ -3,7 +3,7 @@
 //! (inheritance), directory includes (mounts), overrides, parameters and
 //! templates are applied here. Pure: all reading goes through the VFS.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 
 use super::diag::{Diagnostic, Diagnostics};
@@ -40,6 +40,7 @@ pub fn compile(vfs: &dyn Vfs, pipelines: &[RepoPath]) -> (Graph, Vec<Diagnostic>
         }
     }
     c.link();
+    c.unused_settings();
     let mut pipelines = pipelines.to_vec();
     pipelines.sort();
     pipelines.dedup();
@@ -82,6 +83,23 @@ struct Body {
 }
 
 impl Template {
+    /// The parameter names the file declares or refers to.
+    fn wanted(&self) -> Vec<String> {
+        let mut wanted: Vec<String> = self.params.keys().cloned().collect();
+        if let Some(b) = &self.body {
+            wanted.extend(template::references(&b.parsed.body));
+        }
+        for (s, _) in &self.sources {
+            wanted.extend(template::references(s));
+        }
+        for (a, _) in &self.asserts {
+            if let Assert::Sql(q) = a {
+                wanted.extend(template::references(q));
+            }
+        }
+        wanted
+    }
+
     fn inherit(&mut self, parent: &Template) {
         self.includes.extend(parent.includes.iter().cloned());
         if parent.action.is_some() {
@@ -193,6 +211,12 @@ struct Compiler<'a> {
     namespaces: HashMap<RepoPath, Option<Rc<Namespace>>>,
     ns_stack: Vec<RepoPath>,
     graph: Graph,
+    /// Every `@param` of a mount file, with the directory it applies to.
+    settings_made: Vec<(String, ParamValue, RepoPath)>,
+    /// The mount-file settings some node declares or uses.
+    used_settings: HashSet<Origin>,
+    /// Every parameter name some node declares or uses.
+    wanted_names: BTreeSet<String>,
 }
 
 impl<'a> Compiler<'a> {
@@ -206,6 +230,9 @@ impl<'a> Compiler<'a> {
             namespaces: HashMap::new(),
             ns_stack: Vec::new(),
             graph: Graph::default(),
+            settings_made: Vec::new(),
+            used_settings: HashSet::new(),
+            wanted_names: BTreeSet::new(),
         }
     }
 
@@ -266,6 +293,7 @@ impl<'a> Compiler<'a> {
                         Origin {
                             file: file.clone(),
                             line: d.line,
+                            column: 0,
                         },
                     ));
                 } else {
@@ -291,6 +319,7 @@ impl<'a> Compiler<'a> {
                         origin: Origin {
                             file: file.clone(),
                             line: d.line,
+                            column: 0,
                         },
                     },
                 )),
@@ -390,6 +419,7 @@ impl<'a> Compiler<'a> {
             let origin = Origin {
                 file: file.clone(),
                 line: d.line,
+                column: d.column,
             };
             match &d.kind {
                 DirectiveKind::Include(_) => {}
@@ -499,6 +529,21 @@ impl<'a> Compiler<'a> {
                 Role::Ignored => {}
                 Role::Node => {
                     let name = file.stem().to_string();
+                    if !is_node_name(&name) {
+                        self.diags.push(
+                            &file,
+                            1,
+                            format!(
+                                "node name `{name}` (the file name without its extension) must be letters, digits and `_`: `@depend ./{name}` could not name it; rename the file, e.g. to {}",
+                                file.parent().child(&format!(
+                                    "{}{}",
+                                    suggest_node_name(&name),
+                                    file.extension().map(|e| format!(".{e}")).unwrap_or_default()
+                                ))
+                            ),
+                        );
+                        continue;
+                    }
                     if let Some(prev) = own.get(&name) {
                         self.diags.push(
                             &file,
@@ -524,6 +569,8 @@ impl<'a> Compiler<'a> {
                             }
                             continue;
                         }
+                        self.settings_made
+                            .push((key.clone(), value.clone(), dir.clone()));
                         settings.insert(key, value);
                     }
                     mounts.push((file, targets));
@@ -652,6 +699,7 @@ impl<'a> Compiler<'a> {
             },
             body: String::new(),
             body_from: entry.file.clone(),
+            body_lines: Vec::new(),
             params: BTreeMap::new(),
             deps: Vec::new(),
             sources: Vec::new(),
@@ -670,9 +718,18 @@ impl<'a> Compiler<'a> {
             match self.vfs.read_file(&entry.file) {
                 Ok(bytes) => match String::from_utf8(bytes.to_vec()) {
                     Ok(text) => node.body = text,
-                    Err(_) => self
-                        .diags
-                        .push(&entry.file, 1, "CSV file is not valid UTF-8"),
+                    Err(e) => {
+                        let line = bytes[..e.utf8_error().valid_up_to()]
+                            .iter()
+                            .filter(|b| **b == b'\n')
+                            .count()
+                            + 1;
+                        self.diags.push(
+                            &entry.file,
+                            u32::try_from(line).unwrap_or(u32::MAX),
+                            "CSV file is not valid UTF-8; convert it, e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`, and commit the result",
+                        )
+                    }
                 },
                 Err(e) => self
                     .diags
@@ -694,17 +751,33 @@ impl<'a> Compiler<'a> {
                 overlay.insert(k.clone(), v.clone());
             }
         }
-        let mut wanted: Vec<String> = t.params.keys().cloned().collect();
-        if let Some(b) = &t.body {
-            wanted.extend(template::references(&b.parsed.body));
-        }
-        for (s, _) in &t.sources {
-            wanted.extend(template::references(s));
+        let wanted = t.wanted();
+        let layers = entry.layers();
+        // The mounted node this one overrides counts as a user of the
+        // settings it would have used: a group's common `@param clinic=b`
+        // is no mistake because this clinic replaced the node that uses it.
+        if let Some(over) = &entry.overrides {
+            let replaced = self.template(over).wanted();
+            for k in replaced {
+                for layer in &layers {
+                    if let Some(v) = layer.get(&k) {
+                        self.used_settings.insert(v.origin.clone());
+                    }
+                }
+            }
         }
         for k in wanted {
             if let Some(v) = overlay.get(&k) {
-                params.insert(k, v.clone());
+                params.insert(k.clone(), v.clone());
             }
+            // Every mount-file setting of `k` this node sees is used, not
+            // only the one that wins.
+            for layer in &layers {
+                if let Some(v) = layer.get(&k) {
+                    self.used_settings.insert(v.origin.clone());
+                }
+            }
+            self.wanted_names.insert(k);
         }
         let values: BTreeMap<String, String> = params
             .iter()
@@ -751,6 +824,7 @@ impl<'a> Compiler<'a> {
         match &t.body {
             Some(b) => {
                 node.body_from = b.file.clone();
+                node.body_lines = b.parsed.body_lines.clone();
                 match template::substitute(&b.parsed.body, &values) {
                     Ok(text) => node.body = text,
                     Err(errs) => {
@@ -837,9 +911,55 @@ impl<'a> Compiler<'a> {
             });
         }
         node.key = t.key.clone();
-        node.asserts = t.asserts.clone();
+        // Templates apply to every piece of user SQL, `@assert sql:` too.
+        for (a, origin) in &t.asserts {
+            let a = match a {
+                Assert::Sql(q) => match template::substitute(q, &values) {
+                    Ok(q) => Assert::Sql(q),
+                    Err(errs) => {
+                        for e in errs {
+                            self.diags.push(
+                                &origin.file,
+                                origin.line,
+                                format!("{}{context}", e.message),
+                            );
+                        }
+                        continue;
+                    }
+                },
+                other => other.clone(),
+            };
+            node.asserts.push((a, origin.clone()));
+        }
         node.timeout = t.timeout.clone();
         self.register(node);
+    }
+
+    /// A mount file's `@param` that no node of the pipeline declares or
+    /// uses does nothing: most often a typo, whose node quietly keeps its
+    /// default.
+    fn unused_settings(&mut self) {
+        let made = std::mem::take(&mut self.settings_made);
+        for (key, value, dir) in made {
+            if self.used_settings.contains(&value.origin) {
+                continue;
+            }
+            let mut msg =
+                format!("@param {key} is set here, but no node of {dir} declares or uses `{key}`");
+            match directive::nearest(
+                &key,
+                self.wanted_names
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|n| *n != key),
+            ) {
+                Some(s) => msg.push_str(&format!(" (did you mean `{s}`?)")),
+                None => msg.push_str(&format!(
+                    "; declare it in a node with `@param {key}=DEFAULT`, use it as `{{{{{key}}}}}`, or remove this line"
+                )),
+            }
+            self.diags.push(&value.origin.file, value.origin.line, msg);
+        }
     }
 
     /// Input table names must be unique ignoring case (SQLite's are) and
@@ -931,6 +1051,7 @@ impl<'a> Compiler<'a> {
                 .unwrap_or(Origin {
                     file: first.file.clone(),
                     line: 1,
+                    column: 0,
                 });
             self.diags.push(
                 &origin.file,
@@ -953,6 +1074,19 @@ fn chain_summary(stack: &[RepoPath], next: &RepoPath) -> String {
         all.extend(tail);
     }
     all.join(" -> ")
+}
+
+/// `[A-Za-z0-9_]+`: what `@depend ./NAME` and a SQL table name can hold
+/// without quoting.
+pub fn is_node_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `name` with every other character made `_`.
+fn suggest_node_name(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 fn directive_name(kind: &DirectiveKind) -> &'static str {

@@ -347,8 +347,8 @@ fn diagnostic_include_and_mount_cycles() {
 #[test]
 fn diagnostic_two_mounts_one_name() {
     let files = vec![
-        ("g1/X.sql", "SELECT 1;\n"),
-        ("g2/X.sql", "SELECT 2;\n"),
+        ("g1/X.sql", "SELECT {{a}};\n"),
+        ("g2/X.sql", "SELECT 2 + {{a}};\n"),
         ("p/m1.sql", "-- @include g1\n"),
         ("p/m2.sql", "-- @param a=1\n-- @include g2\n"),
     ];
@@ -360,7 +360,7 @@ fn diagnostic_two_mounts_one_name() {
     );
     // An override in the pipeline settles it.
     let mut with_override = files.clone();
-    with_override.push(("p/X.sql", "SELECT 3;\n"));
+    with_override.push(("p/X.sql", "SELECT 3 + {{a}};\n"));
     let g = ok(&with_override, &["p"]);
     assert_eq!(node(&g, "p", "X").file.as_str(), "p/X.sql");
 }
@@ -559,4 +559,114 @@ fn mount_chain_at_the_limit_resolves_with_params_and_via() {
     // The outermost setting wins over every level and the node default.
     assert_eq!(deepest.body, "SELECT 'outer' AS n63;\n");
     assert_eq!(deepest.params["who"].origin.file.as_str(), "p/m.sql");
+}
+
+#[test]
+fn silent_mistake_directive_below_the_body() {
+    let e = errors(
+        &[(
+            "p/Labs.sql",
+            "-- @key id\nSELECT 1 AS id;\n-- @assert rows > 100\n",
+        )],
+        &["p"],
+    );
+    assert_eq!(
+        e,
+        [
+            "p/Labs.sql:3: @assert below the body is not read: directives go in the leading comment block; move this line above line 2"
+        ]
+    );
+}
+
+#[test]
+fn silent_mistake_unknown_mount_parameter() {
+    let files = [
+        (
+            "common/g/Visits.sql",
+            "-- @param min_visits=1\nSELECT {{min_visits}} AS n;\n",
+        ),
+        (
+            "clinics/a/g.sql",
+            "-- @include common/g\n-- @param min_visit=3\n",
+        ),
+        (
+            "clinics/b/g.sql",
+            "-- @include common/g\n-- @param min_visits=3\n-- @param colour=red\n",
+        ),
+    ];
+    let e = errors(&files, &["clinics/a", "clinics/b"]);
+    assert_eq!(
+        e,
+        [
+            "clinics/a/g.sql:2: @param min_visit is set here, but no node of clinics/a declares or uses `min_visit` (did you mean `min_visits`?)",
+            "clinics/b/g.sql:3: @param colour is set here, but no node of clinics/b declares or uses `colour`; declare it in a node with `@param colour=DEFAULT`, use it as `{{colour}}`, or remove this line",
+        ]
+    );
+    // A setting used only in an `@assert sql:` is used.
+    let g = ok(
+        &[
+            (
+                "common/g/T.sql",
+                "-- @assert sql: SELECT * FROM T WHERE n < {{lo}}\nSELECT 1 AS n;\n",
+            ),
+            ("clinics/a/g.sql", "-- @include common/g\n-- @param lo=5\n"),
+        ],
+        &["clinics/a"],
+    );
+    let t = node(&g, "clinics/a", "T");
+    assert_eq!(
+        t.asserts[0].0,
+        super::directive::Assert::Sql("SELECT * FROM T WHERE n < 5".into())
+    );
+}
+
+#[test]
+fn silent_mistake_template_in_assert_sql() {
+    let e = errors(
+        &[(
+            "p/T.sql",
+            "-- @assert sql: SELECT * FROM T WHERE n > {{max_n}}\nSELECT 1 AS n;\n",
+        )],
+        &["p"],
+    );
+    assert_eq!(
+        e,
+        [
+            "p/T.sql:1: undefined parameter `{{max_n}}`: declare it with `@param max_n=...` in the node or set it in the pipeline's mount file"
+        ]
+    );
+}
+
+#[test]
+fn silent_mistake_node_name_that_cannot_be_referenced() {
+    let e = errors(
+        &[
+            ("p/Lab Results.sql", "SELECT 1;\n"),
+            ("p/lab-map.csv", "a\n1\n"),
+            ("p/Ok_1.sql", "SELECT 1;\n"),
+        ],
+        &["p"],
+    );
+    assert_eq!(
+        e,
+        [
+            "p/Lab Results.sql:1: node name `Lab Results` (the file name without its extension) must be letters, digits and `_`: `@depend ./Lab Results` could not name it; rename the file, e.g. to p/Lab_Results.sql",
+            "p/lab-map.csv:1: node name `lab-map` (the file name without its extension) must be letters, digits and `_`: `@depend ./lab-map` could not name it; rename the file, e.g. to p/lab_map.csv",
+        ]
+    );
+}
+
+#[test]
+fn body_lines_follow_the_file() {
+    let g = ok(
+        &[(
+            "p/T.sql",
+            "-- @key n\n\n-- @param k=1\nSELECT\n  {{k}} AS n;\n",
+        )],
+        &["p"],
+    );
+    let t = node(&g, "p", "T");
+    assert_eq!(t.body, "SELECT\n  1 AS n;\n");
+    assert_eq!(t.body_lines, [4, 5]);
+    assert_eq!(t.body_file_line(1), 5);
 }

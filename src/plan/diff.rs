@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::ManifestNode;
+use super::manifest::{ManifestNode, Status};
 
 /// Keyed row changes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,19 +42,33 @@ pub fn compare_nodes(
     before: Option<&ManifestNode>,
     after: Option<&ManifestNode>,
 ) -> NodeDiff {
+    // A node that failed or was skipped has no table: its columns are not
+    // "removed", and its rows are unknown rather than gone.
+    let no_table = after.is_some_and(|n| n.output.is_none());
     let rows_before = before.and_then(|n| n.rows);
     let rows_after = after.and_then(|n| n.rows);
-    let cols_before: Vec<String> = before.map(|n| n.columns.clone()).unwrap_or_default();
-    let cols_after: Vec<String> = after.map(|n| n.columns.clone()).unwrap_or_default();
+    let (cols_before, cols_after): (Vec<String>, Vec<String>) = if no_table {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            before.map(|n| n.columns.clone()).unwrap_or_default(),
+            after.map(|n| n.columns.clone()).unwrap_or_default(),
+        )
+    };
+    let same = matches!((before.and_then(|n| n.output), after.and_then(|n| n.output)), (Some(a), Some(b)) if a == b);
     NodeDiff {
         name: name.to_string(),
+        // What the table did against production; how the run got it
+        // (computed or cached) is `sluice run`'s business.
         status: match (before, after) {
             (None, Some(_)) => "new".into(),
             (Some(_), None) => "removed".into(),
-            _ => after
-                .and_then(|n| n.status)
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_else(|| "unknown".into()),
+            _ => match after.and_then(|n| n.status) {
+                Some(s @ (Status::Failed | Status::Skipped)) => s.as_str().to_string(),
+                _ if no_table => "unknown".into(),
+                _ if same => "unchanged".into(),
+                _ => "changed".into(),
+            },
         },
         rows_before,
         rows_after,
@@ -73,7 +87,7 @@ pub fn compare_nodes(
             .cloned()
             .collect(),
         keyed: None,
-        same_output: matches!((before.and_then(|n| n.output), after.and_then(|n| n.output)), (Some(a), Some(b)) if a == b),
+        same_output: same,
     }
 }
 

@@ -285,3 +285,74 @@ fn help_teaches() {
     let r = sluice_in(&example_dir(), &["plan", "--help"]);
     r.success().stdout_has("modified").stdout_has("affected");
 }
+
+/// Each mistake that used to pass without a word: `check` names the file,
+/// the line and what to write instead.
+#[test]
+fn silent_mistakes_are_errors_with_path_and_line() {
+    let r = Repo::new();
+    r.file(
+        "common/g/Visits.sql",
+        "-- @param min_visits=1\n-- @key id\nSELECT 1 AS id WHERE {{min_visits}} > 0;\n\n-- @assert rows > 100\n",
+    )
+    .file(
+        "common/g/Checked.sql",
+        "-- @assert sql: SELECT * FROM Checked WHERE n > {{max_n}}\nSELECT 1 AS n;\n",
+    )
+    .file(
+        "clinics/a/g.sql",
+        "-- @include common/g\n-- @param min_visit=3\n",
+    )
+    .file("clinics/a/Lab Results.sql", "SELECT 1 AS x;\n");
+    let out = r.sluice(&["check"]);
+    out.failure();
+    let expected = [
+        "clinics/a/Lab Results.sql:1: node name `Lab Results` (the file name without its extension) must be letters, digits and `_`: `@depend ./Lab Results` could not name it; rename the file, e.g. to clinics/a/Lab_Results.sql",
+        "clinics/a/g.sql:2: @param min_visit is set here, but no node of clinics/a declares or uses `min_visit` (did you mean `min_visits`?)",
+        "common/g/Checked.sql:1: undefined parameter `{{max_n}}`: declare it with `@param max_n=...` in the node or set it in the pipeline's mount file (in pipeline clinics/a)",
+        "common/g/Visits.sql:5: @assert below the body is not read: directives go in the leading comment block; move this line above line 3",
+        "sluice: 4 problems found",
+    ];
+    assert_eq!(out.stderr.lines().collect::<Vec<_>>(), expected);
+}
+
+#[test]
+fn zero_workers_are_refused() {
+    let r = two_clinics();
+    let out = r.sluice(&["run", "-j", "0"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    out.stderr_has("0 workers would run nothing; use -j 1 or more");
+}
+
+#[test]
+fn a_missing_config_is_the_same_error_with_or_without_repo() {
+    let r = Repo::empty();
+    r.file("clinics/a/A.sql", "SELECT 1;\n");
+    let without = sluice_in(r.path(), &["check"]);
+    let with = r.sluice(&["check"]);
+    assert_eq!(
+        (without.code, with.code),
+        (2, 2),
+        "{}\n{}",
+        without.stderr,
+        with.stderr
+    );
+    with.stderr_has("no sluice.toml in")
+        .stderr_has("pipelines = [");
+}
+
+#[test]
+fn one_is_singular() {
+    let r = Repo::new();
+    r.file("clinics/a/T.csv", "id\n1\n");
+    r.sluice(&["check"])
+        .success()
+        .stdout_has("ok: 1 pipeline, 1 node\n");
+    r.sluice(&["plan"])
+        .success()
+        .stdout_has("  1 node: 1 new; 1 to run");
+    r.sluice(&["run"])
+        .success()
+        .stdout_has("computed          1 row   T")
+        .stdout_has("  1 node: 1 computed");
+}

@@ -4,6 +4,7 @@
 // Helpers outside #[test] functions may unwrap too: a panic is a test failure.
 #![allow(clippy::unwrap_used)]
 
+mod analyst;
 mod bench;
 mod check;
 mod ci;

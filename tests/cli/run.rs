@@ -81,6 +81,7 @@ fn example_tables_equal_an_independent_computation() {
 #[test]
 fn rerun_computes_nothing_and_shared_edits_recompute_exactly_their_path() {
     let r = Repo::example();
+    r.commit_all("example");
     r.sluice(&["run", "--json", "--promote"]).success();
     let again = r.sluice(&["run", "--json"]);
     again.success();
@@ -202,7 +203,9 @@ fn a_failing_node_skips_only_its_descendants() {
         "independent nodes still run"
     );
     let text = r.sluice(&["run"]);
-    text.failure().stdout_has("common/varian/Albumin.sql: ");
+    // At the line and column of the mounted file the query came from.
+    text.failure()
+        .stdout_has("common/varian/Albumin.sql:20:6: SQL error: no such table: Labz");
 }
 
 #[test]
@@ -488,8 +491,10 @@ fn promotion_follows_the_production_branch_and_chains_manifests() {
     let r = crate::check::two_clinics();
     r.commit_all("first");
     r.git(&["checkout", "-q", "-b", "experiment"]);
+    r.file("clinics/a/Extra.sql", "SELECT 1 AS x;\n");
+    r.commit_all("an experiment");
     r.sluice(&["run", "--promote"])
-        .stderr_has("follows the production branch `main`; this is `experiment`");
+        .stderr_has("branch `experiment`) is not on the production branch `main`");
     r.git(&["checkout", "-q", "main"]);
     let first = r.sluice(&["run", "--json", "--promote"]);
     first.success();
@@ -503,6 +508,7 @@ fn promotion_follows_the_production_branch_and_chains_manifests() {
         "common/g/Stats.sql",
         "-- @depend /reference/codes\nSELECT count(*) * 2 AS n FROM codes;\n",
     );
+    r.commit_all("second");
     let second = r.sluice(&["run", "--json", "--promote"]);
     second.success();
     let m2 = second.json()["runs"][0]["manifest"]
@@ -516,6 +522,7 @@ fn promotion_follows_the_production_branch_and_chains_manifests() {
     );
     // A run with a failure is recorded but not promoted.
     r.file("clinics/a/Bad.sql", "SELECT * FROM nowhere;\n");
+    r.commit_all("third");
     let third = r.sluice(&["run", "--json", "--promote"]);
     third.failure();
     assert_eq!(third.json()["runs"][0]["promoted"], false);
@@ -535,6 +542,7 @@ fn diff_counts_keyed_changes_including_null_to_empty() {
         "clinics/a/K.sql",
         "-- @depend ./T\n-- @key id\nSELECT id, v FROM T;\n",
     );
+    r.commit_all("first");
     r.sluice(&["run", "--promote"]).success();
     // Row 1: NULL -> "", row 3 removed, row 4 added, a column added.
     r.file("clinics/a/T.csv", "id,v\n1,\"\"\n2,b\n4,d\n").file(
@@ -629,4 +637,156 @@ fn a_new_interpreter_version_is_a_new_definition() {
         a,
         "upgrading python3 changes the node's definition"
     );
+}
+
+/// Promotion needs a clean tree at a commit that is the production
+/// branch's tip or reachable from it, and says which condition failed.
+#[test]
+fn promotion_requires_a_clean_commit_of_the_production_branch() {
+    let r = Repo::new();
+    r.file("clinics/a/T.csv", "id\n1\n");
+    let refused = |what: &str| {
+        let out = r.sluice(&["run", "--promote"]);
+        assert_eq!(out.code, 2, "{what}: {}", out.stderr);
+        out.stderr_has(what);
+    };
+    // Not in git at all (the temp dir is outside any repository).
+    refused("is not in a git repository");
+    r.git(&["init", "-q"]);
+    refused("the repository has no commit yet");
+    r.commit_all("first");
+    // The state dir (.sluice) is no change; an edited node is.
+    r.file("clinics/a/T.csv", "id\n2\n");
+    refused("the working tree is not clean (1 file differs from HEAD: clinics/a/T.csv)");
+    r.file("clinics/a/New.sql", "SELECT 1 AS x;\n");
+    refused("the working tree is not clean (2 files differ from HEAD");
+    r.git(&["checkout", "-q", "--", "."]);
+    r.remove("clinics/a/New.sql");
+    // A detached HEAD on main's history (as CI checks out) promotes.
+    let first = r.git(&["rev-parse", "HEAD"]);
+    r.file("clinics/a/T.csv", "id\n3\n");
+    r.commit_all("second");
+    r.git(&["checkout", "-q", "--detach", &first]);
+    let out = r.sluice(&["run", "--json", "--promote"]);
+    out.success();
+    assert_eq!(out.json()["runs"][0]["promoted"], true);
+    // A detached commit that is not on main is refused.
+    r.file("clinics/a/T.csv", "id\n4\n");
+    r.commit_all("off main");
+    refused(
+        "detached) is not on the production branch `main`: it is neither its tip nor reachable from it",
+    );
+    // And `--at` a commit that is not on main.
+    let off = r.git(&["rev-parse", "HEAD"]);
+    r.git(&["checkout", "-q", "main"]);
+    let out = r.sluice(&["--at", &off, "run", "--promote"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    out.stderr_has(&format!("--at {off}"));
+    r.sluice(&["--at", "main", "run", "--promote"]).success();
+}
+
+/// `diff` says what a table did against production (not how the run got
+/// it), and a failed node's line does not read as dropped columns.
+#[test]
+fn diff_describes_changes_not_cache_hits_and_failed_nodes_drop_no_columns() {
+    let r = Repo::new();
+    r.file("clinics/a/T.csv", "id,v\n1,a\n2,b\n").file(
+        "clinics/a/K.sql",
+        "-- @depend ./T\n-- @key id\nSELECT id, v FROM T;\n",
+    );
+    r.commit_all("first");
+    r.sluice(&["run", "--promote"]).success();
+    r.file("clinics/a/T.csv", "id,v\n1,a\n2,c\n");
+    r.sluice(&["run"]).success();
+    // The second run takes K from the cache; its table still differs.
+    let again = r.sluice(&["run"]);
+    again.success().stderr_lacks("[1/2]");
+    let diff = r.sluice(&["diff", "--json"]);
+    let v = diff.json();
+    let k = v["diffs"][0]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "K")
+        .cloned()
+        .unwrap();
+    assert_eq!(k["status"], "changed", "{k}");
+
+    r.file(
+        "clinics/a/K.sql",
+        "-- @depend ./T\nSELECT id, v FROM Nowhere;\n",
+    );
+    r.sluice(&["run"]).failure();
+    let diff = r.sluice(&["diff", "--json"]);
+    let nodes = diff.json()["diffs"][0]["nodes"].clone();
+    let k = &nodes[0];
+    assert_eq!(k["name"], "K");
+    assert_eq!(k["status"], "failed");
+    assert_eq!(k["columns_removed"], serde_json::json!([]), "{k}");
+    let text = r.sluice(&["diff"]);
+    text.success()
+        .stdout_has("failed in this run: no table to compare");
+    assert!(!text.stdout.contains("-cols"), "{}", text.stdout);
+}
+
+/// Outside a terminal, cached nodes get no line: the lines say how many
+/// were cached so the numbers do not seem to skip.
+#[test]
+fn progress_lines_account_for_cached_nodes() {
+    let r = Repo::new();
+    r.file("clinics/a/A.csv", "id\n1\n")
+        .file("clinics/a/B.sql", "-- @depend ./A\nSELECT id FROM A;\n");
+    r.sluice(&["run"]).success();
+    r.file("clinics/a/C.sql", "-- @depend ./B\nSELECT id FROM B;\n");
+    r.sluice(&["run"])
+        .success()
+        .stderr_has("[3/3] computed clinics/a/C (")
+        .stderr_has("1 row; 2 cached so far)");
+}
+
+/// South depends on north's Patient: in south's summary it is an input
+/// from north, computed once, not one of south's own nodes.
+#[test]
+fn a_node_of_another_pipeline_is_an_input_described_once() {
+    let r = Repo::new();
+    r.file("clinics/north/Patient.csv", "id\n1\n2\n")
+        .file(
+            "clinics/south/Both.sql",
+            "-- @depend /clinics/north/Patient\nSELECT count(*) AS n FROM Patient;\n",
+        )
+        .file("reference/codes.csv", "code\nA\n")
+        .file(
+            "clinics/north/Codes.sql",
+            "-- @depend /reference/codes\nSELECT * FROM codes;\n",
+        )
+        .file(
+            "clinics/south/Codes.sql",
+            "-- @depend /reference/codes\nSELECT code FROM codes;\n",
+        );
+    let out = r.sluice(&["run"]);
+    out.success();
+    let south = out.stdout.split("clinics/south").nth(1).unwrap();
+    assert!(
+        south.contains("inputs from other directories: clinics/north/Patient (see clinics/north), reference/codes (see clinics/north)"),
+        "{}",
+        out.stdout
+    );
+    assert!(south.contains("2 nodes: 2 computed"), "{}", out.stdout);
+    let north = out.stdout.split("clinics/south").next().unwrap();
+    assert!(
+        north.contains("inputs from other directories: reference/codes (computed)"),
+        "{}",
+        out.stdout
+    );
+    // Only south: north's Patient is computed for it, and said so.
+    let only = r.sluice(&["run", "--json", "clinics/south"]);
+    let v = only.json();
+    let patient = v["runs"][0]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "/clinics/north/Patient")
+        .cloned()
+        .unwrap();
+    assert_eq!(patient["input_from"], "clinics/north");
 }
