@@ -1,13 +1,16 @@
 //! The working tree on disk as a read-only [`Vfs`], refusing symlinks that
-//! lead out of the repository.
+//! lead out of the repository and submodules, as the git VFS does.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::pipeline::path::RepoPath;
-use crate::pipeline::vfs::{DirEntry, EntryKind, Vfs, VfsError};
+use crate::pipeline::vfs::{
+    DirEntry, EntryKind, SUBMODULE_REASON, Vfs, VfsError, trailing_slash_reason,
+};
 
 /// A directory on disk (the repository root) served as a [`Vfs`].
 ///
@@ -17,6 +20,10 @@ use crate::pipeline::vfs::{DirEntry, EntryKind, Vfs, VfsError};
 #[derive(Debug, Clone)]
 pub struct WorktreeVfs {
     root: PathBuf,
+    /// The submodules (gitlinks) of the index, as paths below `root`: an
+    /// uninitialised one is a plain empty directory on disk. Read on first
+    /// need.
+    gitlinks: OnceLock<HashSet<PathBuf>>,
 }
 
 /// Where a repo path lands on disk once every symlink has been followed.
@@ -37,7 +44,25 @@ impl WorktreeVfs {
                 format!("{} is not a directory", root.display()),
             ));
         }
-        Ok(WorktreeVfs { root })
+        Ok(WorktreeVfs {
+            root,
+            gitlinks: OnceLock::new(),
+        })
+    }
+
+    /// True when the directory `real` (canonical, below the root) is a
+    /// submodule: a gitlink in the index, or a directory holding its own
+    /// `.git` (a checked-out submodule, or a repository nested inside).
+    fn is_submodule(&self, real: &Path) -> bool {
+        if real == self.root {
+            return false;
+        }
+        if fs::symlink_metadata(real.join(".git")).is_ok() {
+            return true;
+        }
+        let gitlinks = self.gitlinks.get_or_init(|| index_gitlinks(&self.root));
+        real.strip_prefix(&self.root)
+            .is_ok_and(|rel| gitlinks.contains(rel))
     }
 
     /// The canonical root directory.
@@ -88,7 +113,11 @@ impl WorktreeVfs {
         let meta = fs::metadata(&real).map_err(|err| Self::io_error(&real, &err))?;
         let file_type = meta.file_type();
         Ok(if file_type.is_dir() {
-            Located::Dir(real)
+            if self.is_submodule(&real) {
+                Located::Unusable(SUBMODULE_REASON.to_string())
+            } else {
+                Located::Dir(real)
+            }
         } else if file_type.is_file() {
             Located::File(real)
         } else {
@@ -113,7 +142,10 @@ impl WorktreeVfs {
         match fs::symlink_metadata(disk) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 let target = link_text(disk);
-                Ok(Located::Unusable(if missing {
+                let not_dir = err.kind() == io::ErrorKind::NotADirectory;
+                Ok(Located::Unusable(if not_dir && target.ends_with('/') {
+                    trailing_slash_reason(&target)
+                } else if missing {
                     format!("dangling symlink to {target}")
                 } else {
                     format!("symlink to {target} cannot be resolved: {err}")
@@ -172,6 +204,33 @@ impl WorktreeVfs {
         }
         None
     }
+}
+
+/// The gitlinks of the index of the repository holding `root`, relative
+/// to `root`; none when it is not in a git work tree.
+fn index_gitlinks(root: &Path) -> HashSet<PathBuf> {
+    let mut out = HashSet::new();
+    let Ok(repo) = gix::discover(root) else {
+        return out;
+    };
+    let Some(workdir) = repo.workdir().and_then(|w| fs::canonicalize(w).ok()) else {
+        return out;
+    };
+    let Ok(index) = repo.index_or_empty() else {
+        return out;
+    };
+    for entry in index.entries() {
+        if entry.mode != gix::index::entry::Mode::COMMIT {
+            continue;
+        }
+        let Ok(path) = std::str::from_utf8(entry.path(&index)) else {
+            continue;
+        };
+        if let Ok(rel) = workdir.join(path).strip_prefix(root) {
+            out.insert(rel.to_path_buf());
+        }
+    }
+    out
 }
 
 /// The text of a symlink, for messages.
@@ -233,7 +292,11 @@ impl Vfs for WorktreeVfs {
             // `real` is canonical and inside the root, so plain files and
             // directories in it are too; only symlinks need resolving.
             let kind = if file_type.is_dir() {
-                EntryKind::Dir
+                if self.is_submodule(&real.join(&name)) {
+                    EntryKind::Unusable(SUBMODULE_REASON.to_string())
+                } else {
+                    EntryKind::Dir
+                }
             } else if file_type.is_file() {
                 EntryKind::File
             } else if file_type.is_symlink() {
@@ -260,6 +323,11 @@ impl Vfs for WorktreeVfs {
             Located::Dir(_) => Err(VfsError::Io(format!("`{path}` is a directory"))),
             Located::Unusable(why) => Err(VfsError::Unusable(why)),
         }
+    }
+
+    fn is_symlink(&self, path: &RepoPath) -> bool {
+        !path.is_root()
+            && fs::symlink_metadata(self.disk_path(path)).is_ok_and(|m| m.file_type().is_symlink())
     }
 }
 

@@ -970,7 +970,13 @@ fn directive_name(kind: &DirectiveKind) -> &'static str {
 }
 
 /// Expands the `pipelines` globs of `sluice.toml` into directories.
-/// Returns the directories and, per pattern that matched nothing, a message.
+/// Returns the directories and, per pattern that matched nothing or matched
+/// something unusable (a submodule, a dangling link), a message.
+///
+/// A glob never walks through a directory symlink (`clinics/l1 -> .` would
+/// make `**` copy the tree into itself until the path grows too long), so
+/// expansion visits each real directory at most once per pattern; a
+/// literal segment naming a symlink is still followed.
 pub fn find_pipelines(vfs: &dyn Vfs, patterns: &[String]) -> (Vec<RepoPath>, Vec<String>) {
     let mut found = Vec::new();
     let mut problems = Vec::new();
@@ -1015,17 +1021,41 @@ fn match_segments(
     let is_glob = seg.contains(['*', '?', '[', '{']);
     if !is_glob {
         let child = dir.child(seg);
-        if vfs.kind(&child) == Ok(EntryKind::Dir) {
-            match_segments(vfs, &child, rest, found, problems);
+        match vfs.kind(&child) {
+            Ok(EntryKind::Dir) => match_segments(vfs, &child, rest, found, problems),
+            Ok(EntryKind::Unusable(why)) => {
+                problems.push(format!(
+                    "pipeline directory `{child}` cannot be used: {why}"
+                ));
+            }
+            _ => {}
         }
         return;
     }
     let Ok(entries) = vfs.read_dir(dir) else {
         return;
     };
-    let subdirs = entries.iter().filter(|e| {
-        e.kind == EntryKind::Dir && !e.name.starts_with('.') && !e.name.starts_with('_')
-    });
+    let visible: Vec<&super::vfs::DirEntry> = entries
+        .iter()
+        .filter(|e| !e.name.starts_with('.') && !e.name.starts_with('_'))
+        .collect();
+    let matches_seg = |name: &str| -> bool {
+        *seg == "**" || globset::Glob::new(seg).is_ok_and(|g| g.compile_matcher().is_match(name))
+    };
+    for e in &visible {
+        if let EntryKind::Unusable(why) = &e.kind
+            && rest.is_empty()
+            && matches_seg(&e.name)
+        {
+            problems.push(format!(
+                "pipeline directory `{}` cannot be used: {why}",
+                dir.child(&e.name)
+            ));
+        }
+    }
+    let subdirs = visible
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Dir && !vfs.is_symlink(&dir.child(&e.name)));
     if *seg == "**" {
         match_segments(vfs, dir, rest, found, problems);
         for e in subdirs {

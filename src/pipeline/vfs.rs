@@ -5,9 +5,14 @@
 //! Implementations that touch the disk or git live outside this pure layer
 //! (`crate::worktree`, `crate::git`); this module only defines the contract.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::sync::Arc;
 
+use unicode_normalization::UnicodeNormalization;
+
+use super::attributes::{self, Rule};
 use super::path::RepoPath;
 
 /// What a directory entry is, after following symlinks that stay inside the
@@ -46,6 +51,46 @@ pub trait Vfs {
     fn read_dir(&self, path: &RepoPath) -> Result<Vec<DirEntry>, VfsError>;
     /// The bytes of a file.
     fn read_file(&self, path: &RepoPath) -> Result<Arc<[u8]>, VfsError>;
+    /// True when the last component of `path` is itself a symlink (not
+    /// followed), so that glob expansion can refuse to walk through it.
+    fn is_symlink(&self, _path: &RepoPath) -> bool {
+        false
+    }
+}
+
+/// Why a git submodule (a gitlink) cannot be read, in every VFS alike: on
+/// disk it is an empty or foreign directory, in git objects a commit id.
+pub const SUBMODULE_REASON: &str = "a git submodule (gitlink): its files are not part of this repository's commit, so a checkout and git objects disagree on them; copy the files in instead of using a submodule";
+
+/// Why a symlink whose target ends in `/` but names a file is refused: a
+/// checkout cannot follow it (the kernel says ENOTDIR).
+pub fn trailing_slash_reason(target: &str) -> String {
+    format!(
+        "symlink to {target} ends in `/` but names a file, which a checkout cannot follow; drop the trailing `/`"
+    )
+}
+
+/// Why a tree entry that no checkout can hold (`.git`, `.`, `..`, an empty
+/// name, a name with `/` or NUL) is refused.
+pub fn impossible_entry_reason(name: &str) -> String {
+    format!(
+        "the commit's tree has an entry named {name:?}, which git never writes into a checkout (the tree was built by hand); remove the entry"
+    )
+}
+
+/// True for a tree entry name no checkout can hold.
+pub fn is_impossible_name(name: &str) -> bool {
+    name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.eq_ignore_ascii_case(".git")
+        || name.contains(['/', '\0'])
+}
+
+/// The key under which names collide on case-insensitive, normalising
+/// file systems (macOS, Windows): NFC, then lower case.
+fn folded(name: &str) -> String {
+    name.nfc().collect::<String>().to_lowercase()
 }
 
 /// The built-in layer: the actions every repository can include.
@@ -186,6 +231,118 @@ impl<'a> Layered<'a> {
     }
 }
 
+/// A VFS seen as every checkout of it would agree: the rules that do not
+/// depend on where the tree comes from (a directory on disk or git
+/// objects), applied on top of either, so that both refuse the same files
+/// with the same message.
+///
+/// - Names that collide on macOS and Windows (case, or NFC against NFD)
+///   are all unusable: a checkout there keeps only one of them.
+/// - A file that `.gitattributes` (`working-tree-encoding`, `ident`,
+///   `filter`) would rewrite on checkout cannot be read; the message names
+///   the line. A file that is a Git LFS pointer cannot be read either.
+pub struct CheckoutView {
+    inner: Box<dyn Vfs>,
+    /// The parsed `.gitattributes` of each directory asked about.
+    attributes: RefCell<HashMap<RepoPath, Rc<Vec<Rule>>>>,
+}
+
+impl CheckoutView {
+    pub fn new(inner: Box<dyn Vfs>) -> Self {
+        CheckoutView {
+            inner,
+            attributes: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The rules of `dir/.gitattributes` (none when it is absent or cannot
+    /// be read).
+    fn rules(&self, dir: &RepoPath) -> Rc<Vec<Rule>> {
+        if let Some(r) = self.attributes.borrow().get(dir) {
+            return Rc::clone(r);
+        }
+        let file = dir.child(".gitattributes");
+        let rules = match self.inner.read_file(&file) {
+            Ok(bytes) => attributes::parse(&String::from_utf8_lossy(&bytes)),
+            Err(_) => Vec::new(),
+        };
+        let rules = Rc::new(rules);
+        self.attributes
+            .borrow_mut()
+            .insert(dir.clone(), Rc::clone(&rules));
+        rules
+    }
+
+    /// Why a checkout would not hold the committed bytes of `path`.
+    fn transformed(&self, path: &RepoPath) -> Option<String> {
+        let mut dirs = vec![RepoPath::root()];
+        let parent = path.parent();
+        let mut here = RepoPath::root();
+        for name in parent.components() {
+            here = here.child(name);
+            dirs.push(here.clone());
+        }
+        let rules: Vec<(RepoPath, Rc<Vec<Rule>>)> = dirs
+            .into_iter()
+            .map(|d| (d.clone(), self.rules(&d)))
+            .collect();
+        let files: Vec<(RepoPath, &[Rule])> = rules
+            .iter()
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(d, r)| (d.clone(), r.as_slice()))
+            .collect();
+        if files.is_empty() {
+            return None;
+        }
+        attributes::transforming(path, &files)
+    }
+}
+
+impl Vfs for CheckoutView {
+    fn kind(&self, path: &RepoPath) -> Result<EntryKind, VfsError> {
+        self.inner.kind(path)
+    }
+
+    fn read_dir(&self, path: &RepoPath) -> Result<Vec<DirEntry>, VfsError> {
+        let mut entries = self.inner.read_dir(path)?;
+        let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            by_key.entry(folded(&e.name)).or_default().push(i);
+        }
+        for same in by_key.values().filter(|v| v.len() > 1) {
+            let names: Vec<String> = same
+                .iter()
+                .map(|&i| format!("`{}`", entries[i].name))
+                .collect();
+            let why = format!(
+                "{} are one name on macOS and Windows (case or Unicode normalisation), where a checkout keeps only one of them; rename all but one",
+                names.join(" and ")
+            );
+            for &i in same {
+                entries[i].kind = EntryKind::Unusable(why.clone());
+            }
+        }
+        Ok(entries)
+    }
+
+    fn read_file(&self, path: &RepoPath) -> Result<Arc<[u8]>, VfsError> {
+        let bytes = self.inner.read_file(path)?;
+        if let Some(why) = self.transformed(path) {
+            return Err(VfsError::Unusable(why));
+        }
+        if attributes::is_lfs_pointer(&bytes) {
+            return Err(VfsError::Unusable(
+                attributes::LFS_POINTER_REASON.to_string(),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    fn is_symlink(&self, path: &RepoPath) -> bool {
+        self.inner.is_symlink(path)
+    }
+}
+
 impl Vfs for Layered<'_> {
     fn kind(&self, path: &RepoPath) -> Result<EntryKind, VfsError> {
         match self.repo.kind(path) {
@@ -206,6 +363,10 @@ impl Vfs for Layered<'_> {
             Err(VfsError::NotFound) => self.builtin.read_file(path),
             other => other,
         }
+    }
+
+    fn is_symlink(&self, path: &RepoPath) -> bool {
+        self.repo.is_symlink(path)
     }
 }
 

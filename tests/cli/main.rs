@@ -10,6 +10,7 @@ mod ci;
 mod daemon;
 mod fake_forge;
 mod forge;
+mod git_truth;
 mod hooks;
 mod run;
 mod trust_exec;
