@@ -51,14 +51,21 @@ impl WorktreeVfs {
     }
 
     /// True when the directory `real` (canonical, below the root) is a
-    /// submodule: a gitlink in the index, or a directory holding its own
-    /// `.git` (a checked-out submodule, or a repository nested inside).
+    /// submodule: a directory holding its own `.git` (a checked-out
+    /// submodule, or a repository nested inside), or an empty one that the
+    /// index says is a gitlink (a submodule not checked out). The index is
+    /// read only when an empty directory is met, which git itself never
+    /// leaves behind otherwise.
     fn is_submodule(&self, real: &Path) -> bool {
         if real == self.root {
             return false;
         }
         if fs::symlink_metadata(real.join(".git")).is_ok() {
             return true;
+        }
+        let empty = fs::read_dir(real).is_ok_and(|mut it| it.next().is_none());
+        if !empty {
+            return false;
         }
         let gitlinks = self.gitlinks.get_or_init(|| index_gitlinks(&self.root));
         real.strip_prefix(&self.root)

@@ -1006,6 +1006,46 @@ mod tests {
     }
 
     #[test]
+    fn dot_dot_in_a_link_climbs_from_where_the_walk_really_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("repo");
+        fs::create_dir_all(&root).unwrap();
+        git(&root, &["init", "-q"]);
+        write(&root, "deep/a/t.sql", "deep\n");
+        write(&root, "deep/a/b/keep", "");
+        write(&root, "c/x/t.sql", "lexical\n");
+        write(&root, "c/x/Labs.sql", "labs\n");
+        symlink("../../deep/a/b", root.join("c/x/sub")).unwrap();
+        symlink("sub/../t.sql", root.join("c/x/N.sql")).unwrap();
+        symlink("Labs.sql/", root.join("c/x/slash.sql")).unwrap();
+        symlink("sub/../../../..", root.join("c/x/up")).unwrap();
+        commit_all(&root, "links");
+        let v = GitVfs::open(&root, "HEAD").unwrap();
+        // As on disk: `sub` is deep/a/b, so `sub/..` is deep/a.
+        assert_eq!(
+            text(&v, "c/x/N.sql"),
+            fs::read_to_string(root.join("c/x/N.sql")).unwrap()
+        );
+        assert_eq!(text(&v, "c/x/N.sql"), "deep\n");
+        assert_eq!(
+            v.kind(&p("c/x/slash.sql")),
+            Ok(EntryKind::Unusable(trailing_slash_reason("Labs.sql/")))
+        );
+        assert!(
+            fs::read(root.join("c/x/slash.sql")).is_err(),
+            "a checkout cannot follow it"
+        );
+        assert_eq!(
+            v.kind(&p("c/x/up")),
+            Ok(EntryKind::Unusable(
+                "symlink to sub/../../../.. leaves the repository".to_string()
+            ))
+        );
+        assert!(v.is_symlink(&p("c/x/sub")));
+        assert!(!v.is_symlink(&p("c/x")));
+    }
+
+    #[test]
     fn executables_are_files_and_submodules_unusable() {
         let (_tmp, root) = two_commits();
         write(&root, "run.sh", "#!/bin/sh\n");

@@ -90,6 +90,9 @@ pub fn is_impossible_name(name: &str) -> bool {
 /// The key under which names collide on case-insensitive, normalising
 /// file systems (macOS, Windows): NFC, then lower case.
 fn folded(name: &str) -> String {
+    if name.is_ascii() {
+        return name.to_ascii_lowercase();
+    }
     name.nfc().collect::<String>().to_lowercase()
 }
 
@@ -245,13 +248,19 @@ pub struct CheckoutView {
     inner: Box<dyn Vfs>,
     /// The parsed `.gitattributes` of each directory asked about.
     attributes: RefCell<HashMap<RepoPath, Rc<Vec<Rule>>>>,
+    /// Per directory, the non-empty `.gitattributes` files that apply to
+    /// its files (its own and its ancestors'), shallowest first.
+    applying: RefCell<HashMap<RepoPath, Rc<AttributeFiles>>>,
 }
+
+type AttributeFiles = Vec<(RepoPath, Rc<Vec<Rule>>)>;
 
 impl CheckoutView {
     pub fn new(inner: Box<dyn Vfs>) -> Self {
         CheckoutView {
             inner,
             attributes: RefCell::new(HashMap::new()),
+            applying: RefCell::new(HashMap::new()),
         }
     }
 
@@ -273,27 +282,37 @@ impl CheckoutView {
         rules
     }
 
+    /// The `.gitattributes` files that apply to the files of `dir`.
+    fn applying(&self, dir: &RepoPath) -> Rc<AttributeFiles> {
+        if let Some(a) = self.applying.borrow().get(dir) {
+            return Rc::clone(a);
+        }
+        let mut files = if dir.is_root() {
+            Vec::new()
+        } else {
+            (*self.applying(&dir.parent())).clone()
+        };
+        let own = self.rules(dir);
+        if !own.is_empty() {
+            files.push((dir.clone(), own));
+        }
+        let files = Rc::new(files);
+        self.applying
+            .borrow_mut()
+            .insert(dir.clone(), Rc::clone(&files));
+        files
+    }
+
     /// Why a checkout would not hold the committed bytes of `path`.
     fn transformed(&self, path: &RepoPath) -> Option<String> {
-        let mut dirs = vec![RepoPath::root()];
-        let parent = path.parent();
-        let mut here = RepoPath::root();
-        for name in parent.components() {
-            here = here.child(name);
-            dirs.push(here.clone());
-        }
-        let rules: Vec<(RepoPath, Rc<Vec<Rule>>)> = dirs
-            .into_iter()
-            .map(|d| (d.clone(), self.rules(&d)))
-            .collect();
-        let files: Vec<(RepoPath, &[Rule])> = rules
-            .iter()
-            .filter(|(_, r)| !r.is_empty())
-            .map(|(d, r)| (d.clone(), r.as_slice()))
-            .collect();
-        if files.is_empty() {
+        let applying = self.applying(&path.parent());
+        if applying.is_empty() {
             return None;
         }
+        let files: Vec<(RepoPath, &[Rule])> = applying
+            .iter()
+            .map(|(d, r)| (d.clone(), r.as_slice()))
+            .collect();
         attributes::transforming(path, &files)
     }
 }
@@ -397,6 +416,75 @@ mod tests {
             v.kind(&RepoPath::parse("zz").unwrap()),
             Err(VfsError::NotFound)
         );
+    }
+
+    fn checkout(files: &[(&str, &str)]) -> CheckoutView {
+        let mut v = MemVfs::new();
+        for (path, text) in files {
+            v.insert(path, *text);
+        }
+        CheckoutView::new(Box::new(v))
+    }
+
+    #[test]
+    fn checkout_view_refuses_names_one_on_macos_and_windows() {
+        let v = checkout(&[
+            ("a/Patient.sql", "1"),
+            ("a/patient.sql", "2"),
+            ("a/Caf\u{e9}.sql", "3"),
+            ("a/Cafe\u{301}.sql", "4"),
+            ("a/Other.sql", "5"),
+        ]);
+        let listing = v.read_dir(&RepoPath::parse("a").unwrap()).unwrap();
+        let unusable: Vec<&str> = listing
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::Unusable(_)))
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(unusable.len(), 4, "{listing:?}");
+        assert!(!unusable.contains(&"Other.sql"));
+        let patient = listing.iter().find(|e| e.name == "patient.sql").unwrap();
+        assert!(
+            matches!(&patient.kind, EntryKind::Unusable(w) if w.starts_with("`Patient.sql` and `patient.sql` are one name")),
+            "{patient:?}"
+        );
+    }
+
+    #[test]
+    fn checkout_view_refuses_rewritten_files_and_lfs_pointers() {
+        let v = checkout(&[
+            (".gitattributes", "*.sql text eol=crlf\n"),
+            ("a/.gitattributes", "X.sql ident\n"),
+            ("a/X.sql", "SELECT 1;\n"),
+            ("a/Y.sql", "SELECT 2;\n"),
+            (
+                "a/P.sql",
+                "version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n",
+            ),
+        ]);
+        let read = |p: &str| v.read_file(&RepoPath::parse(p).unwrap());
+        assert!(
+            matches!(read("a/X.sql"), Err(VfsError::Unusable(w)) if w.starts_with("a/.gitattributes:1 (`X.sql ident`)"))
+        );
+        assert_eq!(&*read("a/Y.sql").unwrap(), b"SELECT 2;\n");
+        assert!(
+            matches!(read("a/P.sql"), Err(VfsError::Unusable(w)) if w.contains("Git LFS pointer"))
+        );
+        // The kind is unchanged: the refusal comes when the file is read.
+        assert_eq!(
+            v.kind(&RepoPath::parse("a/X.sql").unwrap()),
+            Ok(EntryKind::File)
+        );
+    }
+
+    #[test]
+    fn impossible_names() {
+        for name in ["", ".", "..", ".git", ".GIT", "a/b", "a\0b"] {
+            assert!(is_impossible_name(name), "{name:?}");
+        }
+        for name in [".gitattributes", "git", "..a", ".gitx"] {
+            assert!(!is_impossible_name(name), "{name:?}");
+        }
     }
 
     #[test]
