@@ -1025,7 +1025,7 @@ fn match_segments(
             Ok(EntryKind::Dir) => match_segments(vfs, &child, rest, found, problems),
             Ok(EntryKind::Unusable(why)) => {
                 problems.push(format!(
-                    "pipeline directory `{child}` cannot be used: {why}"
+                    "`{child}` (named by `pipelines`) cannot be used: {why}"
                 ));
             }
             _ => {}
@@ -1039,16 +1039,20 @@ fn match_segments(
         .iter()
         .filter(|e| !e.name.starts_with('.') && !e.name.starts_with('_'))
         .collect();
-    let matches_seg = |name: &str| -> bool {
-        *seg == "**" || globset::Glob::new(seg).is_ok_and(|g| g.compile_matcher().is_match(name))
+    // An unusable entry where the last segment asks for a pipeline (a
+    // submodule, a dangling link) is said, not skipped; under `**` the
+    // files of every pipeline would match, and those the resolver reports.
+    let matches_last = |name: &str| -> bool {
+        rest.is_empty()
+            && *seg != "**"
+            && globset::Glob::new(seg).is_ok_and(|g| g.compile_matcher().is_match(name))
     };
     for e in &visible {
         if let EntryKind::Unusable(why) = &e.kind
-            && rest.is_empty()
-            && matches_seg(&e.name)
+            && matches_last(&e.name)
         {
             problems.push(format!(
-                "pipeline directory `{}` cannot be used: {why}",
+                "`{}` (matched by `pipelines`) cannot be used: {why}",
                 dir.child(&e.name)
             ));
         }

@@ -225,7 +225,7 @@ fn gitlinks_are_refused_alike_as_pipeline_node_and_mount() {
     );
     let why = "a git submodule (gitlink): its files are not part of this repository's commit";
     b.refuse(&format!(
-        "sluice.toml:1: pipeline directory `clinics/sub` cannot be used: {why}"
+        "sluice.toml:1: `clinics/sub` (matched by `pipelines`) cannot be used: {why}"
     ))
     .refuse(&format!("clinics/a/N.sql:1: {why}"))
     .refuse(&format!("clinics/a/m.sql:1: @include /vendor/lib: {why}"));

@@ -404,3 +404,22 @@ fn a_hook_that_cannot_run_sluice_says_so() {
     );
     assert!(!err.contains("do not check"), "{err}");
 }
+
+#[test]
+fn a_push_of_more_than_100_commits_checks_the_newest_100_and_says_so() {
+    let (_server, bare, work) = guarded();
+    let mut head = work.git(&["rev-parse", "HEAD"]);
+    let tree = work.git(&["rev-parse", "HEAD^{tree}"]);
+    for i in 0..101 {
+        head = work.git(&["commit-tree", &tree, "-p", &head, "-m", &format!("c{i}")]);
+    }
+    work.git(&["reset", "-q", "--hard", &head]);
+    let (ok, err) = push(&work, &bare);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(
+            "sluice: refs/heads/main: more than 100 new commits; only the 100 newest are checked"
+        ),
+        "{err}"
+    );
+}
