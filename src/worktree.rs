@@ -9,7 +9,8 @@ use std::sync::{Arc, OnceLock};
 
 use crate::pipeline::path::RepoPath;
 use crate::pipeline::vfs::{
-    DirEntry, EntryKind, SUBMODULE_REASON, Vfs, VfsError, trailing_slash_reason,
+    DirEntry, EntryKind, SUBMODULE_REASON, Vfs, VfsError, escape_on_way_reason, loop_reason,
+    trailing_slash_reason, unresolvable_on_way_reason,
 };
 
 /// A directory on disk (the repository root) served as a [`Vfs`].
@@ -150,15 +151,24 @@ impl WorktreeVfs {
             Ok(meta) if meta.file_type().is_symlink() => {
                 let target = link_text(disk);
                 let not_dir = err.kind() == io::ErrorKind::NotADirectory;
+                // Linux's ELOOP: the link loops or chains too many links.
+                let looped = err.raw_os_error() == Some(40);
                 Ok(Located::Unusable(if not_dir && target.ends_with('/') {
                     trailing_slash_reason(&target)
+                } else if looped {
+                    loop_reason(&target)
                 } else if missing {
                     format!("dangling symlink to {target}")
                 } else {
                     format!("symlink to {target} cannot be resolved: {err}")
                 }))
             }
-            Err(_) if missing => Err(VfsError::NotFound),
+            // Below a submodule or a link out of the repository, as git
+            // objects say, rather than "not found".
+            Err(_) if missing => match self.refusal_on_way(path) {
+                Some(why) => Ok(Located::Unusable(why)),
+                None => Err(VfsError::NotFound),
+            },
             // The last component is not a link, yet the path cannot be
             // resolved: a link higher up loops, or the disk refused us.
             _ => match self.first_symlink_on_way(path) {
@@ -185,7 +195,7 @@ impl WorktreeVfs {
                 return if prefix == *path {
                     format!("symlink to {target} leaves the repository")
                 } else {
-                    format!("`{prefix}` is a symlink to {target}, which leaves the repository")
+                    escape_on_way_reason(&prefix, &target)
                 };
             }
         }
@@ -193,6 +203,28 @@ impl WorktreeVfs {
             "`{path}` resolves to {}, outside the repository",
             real.display()
         )
+    }
+
+    /// For a missing `path`, a directory above it that is a submodule or a
+    /// symlink leaving the repository: the reason git objects give.
+    fn refusal_on_way(&self, path: &RepoPath) -> Option<String> {
+        let mut prefix = RepoPath::root();
+        let mut names = path.components().peekable();
+        while let Some(name) = names.next() {
+            if names.peek().is_none() {
+                break;
+            }
+            prefix = prefix.child(name);
+            let disk = self.disk_path(&prefix);
+            let real = fs::canonicalize(&disk).ok()?;
+            if !real.starts_with(&self.root) {
+                return Some(escape_on_way_reason(&prefix, &link_text(&disk)));
+            }
+            if real.is_dir() && self.is_submodule(&real) {
+                return Some(SUBMODULE_REASON.to_string());
+            }
+        }
+        None
     }
 
     /// For an unresolvable path, the first symlink on it, if any, as the
@@ -203,10 +235,7 @@ impl WorktreeVfs {
             prefix = prefix.child(name);
             let disk = self.disk_path(&prefix);
             if fs::symlink_metadata(&disk).is_ok_and(|m| m.file_type().is_symlink()) {
-                return Some(format!(
-                    "`{prefix}` is a symlink to {} that cannot be resolved",
-                    link_text(&disk)
-                ));
+                return Some(unresolvable_on_way_reason(&prefix, &link_text(&disk)));
             }
         }
         None

@@ -14,8 +14,9 @@ use gix::objs::tree::EntryKind as GitKind;
 
 use crate::pipeline::path::RepoPath;
 use crate::pipeline::vfs::{
-    DirEntry, EntryKind, SUBMODULE_REASON, Vfs, VfsError, impossible_entry_reason,
-    is_impossible_name, trailing_slash_reason,
+    DirEntry, EntryKind, SUBMODULE_REASON, Vfs, VfsError, escape_on_way_reason,
+    impossible_entry_reason, is_impossible_name, loop_reason, trailing_slash_reason,
+    unresolvable_on_way_reason,
 };
 
 /// How many symlinks one lookup may follow, as in Linux's `MAXSYMLINKS`;
@@ -367,14 +368,49 @@ impl GitVfs {
 
     /// Resolves `path`, following symlinks; `depth` counts the links followed
     /// so far in this lookup.
+    ///
+    /// A refusal is worded as the working tree words it for the same path,
+    /// naming the link as it stands on the path asked for.
     fn resolve(&self, path: &RepoPath, depth: &mut u32) -> Result<Node, VfsError> {
-        let names: Vec<&str> = path.components().collect();
-        match self.walk(self.root_tree, RepoPath::root(), &names, false, depth) {
-            Ok(node) => Ok(node),
-            Err(Miss::Io(e)) => Err(e),
-            // A lookup path is normalised: it neither climbs nor ends in `/`.
-            Err(_) => Err(VfsError::NotFound),
+        let mut id = self.root_tree;
+        let mut dir = RepoPath::root();
+        let mut names = path.components().peekable();
+        while let Some(name) = names.next() {
+            let last = names.peek().is_none();
+            let listing = self.listing(id)?;
+            let entry = listing.get(name).ok_or(VfsError::NotFound)?;
+            let node = self.entry_node(id, &dir, name, entry, depth)?;
+            let node = match node {
+                Node::Unusable(why) if entry.mode == Mode::Link => {
+                    let target = self.link_target(entry.id, &dir.child(name))?;
+                    if last {
+                        Node::Unusable(final_link_reason(&why, &target))
+                    } else if why.starts_with("dangling symlink") {
+                        return Err(VfsError::NotFound);
+                    } else if why.ends_with("leaves the repository") {
+                        Node::Unusable(escape_on_way_reason(&dir.child(name), &target))
+                    } else {
+                        Node::Unusable(unresolvable_on_way_reason(&dir.child(name), &target))
+                    }
+                }
+                other => other,
+            };
+            match node {
+                Node::Dir { id: next, path } => {
+                    id = next;
+                    dir = path;
+                }
+                Node::File(_) if !last => return Err(VfsError::NotFound),
+                other => return Ok(other),
+            }
         }
+        Ok(Node::Dir { id, path: dir })
+    }
+
+    /// The text of the symlink blob `id` at `link`, for messages.
+    fn link_target(&self, id: ObjectId, link: &RepoPath) -> Result<String, VfsError> {
+        let bytes = self.read_blob(id, &format_args!("symlink `{link}`"))?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// Walks `names` from the directory `dir` (tree `id`), one component at
@@ -500,6 +536,21 @@ impl GitVfs {
     }
 }
 
+/// Why the symlink to `target`, the last component of a path, cannot be
+/// used, given why its walk stopped (`why` may name a link further on):
+/// worded for the link itself, as the working tree words it.
+fn final_link_reason(why: &str, target: &str) -> String {
+    if why.ends_with("leaves the repository") {
+        format!("symlink to {target} leaves the repository")
+    } else if why.starts_with("dangling symlink") {
+        format!("dangling symlink to {target}")
+    } else if why.starts_with("too many levels") {
+        loop_reason(target)
+    } else {
+        why.to_string()
+    }
+}
+
 /// Wraps a gix error under our own message, keeping it as the cause so that
 /// `{:#}` prints the whole chain. (`gix::Error`'s own alternate `Display`
 /// prints a multi-line debug dump, so it is never formatted directly.)
@@ -576,6 +627,10 @@ impl Vfs for GitVfs {
             let kind = match self.entry_node(id, &dir, name, entry, &mut 0)? {
                 Node::Dir { .. } => EntryKind::Dir,
                 Node::File(_) => EntryKind::File,
+                Node::Unusable(why) if entry.mode == Mode::Link => {
+                    let target = self.link_target(entry.id, &dir.child(name))?;
+                    EntryKind::Unusable(final_link_reason(&why, &target))
+                }
                 Node::Unusable(why) => EntryKind::Unusable(why),
             };
             out.push(DirEntry {
@@ -968,7 +1023,8 @@ mod tests {
         assert_eq!(
             v.read_file(&p("clinics/escape/passwd")),
             Err(VfsError::Unusable(
-                "symlink to ../../etc leaves the repository".to_string()
+                "`clinics/escape` is a symlink to ../../etc, which leaves the repository"
+                    .to_string()
             ))
         );
         assert_eq!(v.kind(&p("passwd")), Ok(leaves("/etc/passwd")));

@@ -70,6 +70,23 @@ pub fn trailing_slash_reason(target: &str) -> String {
     )
 }
 
+/// Why a symlink that loops (or chains more than 40 links) is refused.
+pub fn loop_reason(target: &str) -> String {
+    format!("symlink to {target} loops (too many levels of symlinks)")
+}
+
+/// Why a path below the symlink `prefix` (to `target`) that leaves the
+/// repository is refused.
+pub fn escape_on_way_reason(prefix: &RepoPath, target: &str) -> String {
+    format!("`{prefix}` is a symlink to {target}, which leaves the repository")
+}
+
+/// Why a path below the symlink `prefix` (to `target`) that loops is
+/// refused.
+pub fn unresolvable_on_way_reason(prefix: &RepoPath, target: &str) -> String {
+    format!("`{prefix}` is a symlink to {target} that cannot be resolved")
+}
+
 /// Why a tree entry that no checkout can hold (`.git`, `.`, `..`, an empty
 /// name, a name with `/` or NUL) is refused.
 pub fn impossible_entry_reason(name: &str) -> String {

@@ -422,3 +422,21 @@ fn a_bare_repository_and_a_shallow_clone_read_with_clear_answers() {
     );
     sluice_in(&shallow, &["--at", "HEAD~1", "check"]).stderr_has("this clone is shallow");
 }
+
+#[test]
+fn links_that_loop_dangle_or_leave_are_refused_alike() {
+    let r = repo();
+    r.file("clinics/a/A.sql", "SELECT 1 AS x;\n")
+        .file("clinics/a/I.sql", "-- @include /lib/out/base.sql\n");
+    link(&r, "clinics/a/Loop.sql", "Loop2.sql");
+    link(&r, "clinics/a/Loop2.sql", "Loop.sql");
+    link(&r, "clinics/a/Gone.sql", "Nowhere.sql");
+    link(&r, "clinics/a/Etc.sql", "/etc/hostname");
+    link(&r, "lib/out", "../..");
+    r.commit_all("bad links");
+    both(&r)
+        .refuse("clinics/a/Loop.sql:1: symlink to Loop2.sql loops (too many levels of symlinks)")
+        .refuse("clinics/a/Gone.sql:1: dangling symlink to Nowhere.sql")
+        .refuse("clinics/a/Etc.sql:1: symlink to /etc/hostname leaves the repository")
+        .refuse("clinics/a/I.sql:1: @include /lib/out/base.sql: `lib/out` is a symlink to ../.., which leaves the repository");
+}
