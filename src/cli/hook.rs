@@ -43,6 +43,10 @@ pub enum HookCommand {
     ///   git --git-dir DIR config sluice.server https://sluice.example.org
     ///   git --git-dir DIR config sluice.secretFile /etc/sluice/hook-secret
     ///   git --git-dir DIR config sluice.repo pipelines
+    ///
+    /// pre-receive checks each new commit (the 100 newest per ref) within
+    /// `sluice.hookTimeout` seconds (default 30):
+    ///   git --git-dir DIR config sluice.hookTimeout 60
     Install(InstallArgs),
     /// Remove sluice's hooks and restore the ones they replaced.
     Uninstall(InstallArgs),

@@ -247,6 +247,19 @@ fn the_shipped_hook_scripts_call_sluice() {
         err.contains("clinics/a/Bad.sql:1: unknown directive @depnd (did you mean @depend?)"),
         "{err}"
     );
+    // Without a sluice to run, the push is refused and the pusher told why.
+    let out = Command::new("git")
+        .args(["push", "-q", bare.to_str().unwrap(), "HEAD:refs/heads/main"])
+        .current_dir(work.path())
+        .env("SLUICE_BIN", server.path().join("no-sluice"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("sluice: could not run sluice:") && err.contains("the push is refused"),
+        "{err}"
+    );
 }
 
 /// A bare repository with sluice's hooks installed, and a work repository
