@@ -27,6 +27,14 @@ pub struct WorktreeVfs {
     gitlinks: OnceLock<HashSet<PathBuf>>,
 }
 
+/// Whether the path given to [`WorktreeVfs::climbs_out`] is the one asked
+/// about, or a directory above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Itself,
+    Below,
+}
+
 /// Where a repo path lands on disk once every symlink has been followed.
 enum Located {
     File(PathBuf),
@@ -113,6 +121,14 @@ impl WorktreeVfs {
         if !real.starts_with(&self.root) {
             return Ok(Located::Unusable(self.escape_reason(path, &real)));
         }
+        // A link on the way was followed: refuse it, as git objects do, if
+        // its target climbs above the root even to come back in (a checkout
+        // elsewhere, under another directory name, would not come back).
+        if real != disk
+            && let Some(why) = self.climbs_out(path, Asked::Itself)
+        {
+            return Ok(Located::Unusable(why));
+        }
         if self.is_git_dir(&real) {
             return Ok(Located::Unusable(format!(
                 "`{path}` is a symlink into .git, which is not part of the repository"
@@ -153,10 +169,16 @@ impl WorktreeVfs {
                 let not_dir = err.kind() == io::ErrorKind::NotADirectory;
                 // Linux's ELOOP: the link loops or chains too many links.
                 let looped = err.raw_os_error() == Some(40);
+                let climbs = || {
+                    self.real_components(&path.parent())
+                        .is_some_and(|from| self.target_climbs_out(from, &target, &mut 0))
+                };
                 Ok(Located::Unusable(if not_dir && target.ends_with('/') {
                     trailing_slash_reason(&target)
                 } else if looped {
                     loop_reason(&target)
+                } else if missing && climbs() {
+                    format!("symlink to {target} leaves the repository")
                 } else if missing {
                     format!("dangling symlink to {target}")
                 } else {
@@ -205,9 +227,102 @@ impl WorktreeVfs {
         )
     }
 
+    /// The first symlink on `path` (as named) whose target, walked one
+    /// component at a time from where the link really is, climbs above the
+    /// root: the refusal, worded as git objects word it.
+    fn climbs_out(&self, path: &RepoPath, asked: Asked) -> Option<String> {
+        let mut prefix = RepoPath::root();
+        let mut names = path.components().peekable();
+        while let Some(name) = names.next() {
+            let parent = prefix.clone();
+            prefix = prefix.child(name);
+            let disk = self.disk_path(&prefix);
+            let is_link = fs::symlink_metadata(&disk).is_ok_and(|m| m.file_type().is_symlink());
+            if !is_link {
+                continue;
+            }
+            let from = self.real_components(&parent)?;
+            let target = link_text(&disk);
+            if self.target_climbs_out(from, &target, &mut 0) {
+                return Some(if names.peek().is_none() && asked == Asked::Itself {
+                    format!("symlink to {target} leaves the repository")
+                } else {
+                    escape_on_way_reason(&prefix, &target)
+                });
+            }
+        }
+        None
+    }
+
+    /// The components of where `dir` really is below the root.
+    fn real_components(&self, dir: &RepoPath) -> Option<Vec<String>> {
+        let real = fs::canonicalize(self.disk_path(dir)).ok()?;
+        let rel = real.strip_prefix(&self.root).ok()?;
+        rel.components()
+            .map(|c| c.as_os_str().to_str().map(str::to_string))
+            .collect()
+    }
+
+    /// True when `target`, walked from the directory `from` (real
+    /// components below the root), passes above the root. Links met on the
+    /// way are walked the same way; a loop or a missing entry ends the walk
+    /// (other checks name those).
+    fn target_climbs_out(&self, from: Vec<String>, target: &str, depth: &mut u32) -> bool {
+        if target.starts_with('/') {
+            return true;
+        }
+        let mut here = from;
+        for name in target.split('/') {
+            match name {
+                "" | "." => {}
+                ".." => {
+                    if here.pop().is_none() {
+                        return true;
+                    }
+                }
+                _ => {
+                    here.push(name.to_string());
+                    let disk = self.root.join(here.join("/"));
+                    let Ok(meta) = fs::symlink_metadata(&disk) else {
+                        return false;
+                    };
+                    if !meta.file_type().is_symlink() {
+                        continue;
+                    }
+                    *depth += 1;
+                    if *depth > 40 {
+                        return false;
+                    }
+                    here.pop();
+                    if self.target_climbs_out(here.clone(), &link_text(&disk), depth) {
+                        return true;
+                    }
+                    let Some(real) = fs::canonicalize(&disk)
+                        .ok()
+                        .and_then(|r| r.strip_prefix(&self.root).ok().map(Path::to_path_buf))
+                    else {
+                        return false;
+                    };
+                    let Some(comps) = real
+                        .components()
+                        .map(|c| c.as_os_str().to_str().map(str::to_string))
+                        .collect::<Option<Vec<String>>>()
+                    else {
+                        return false;
+                    };
+                    here = comps;
+                }
+            }
+        }
+        false
+    }
+
     /// For a missing `path`, a directory above it that is a submodule or a
     /// symlink leaving the repository: the reason git objects give.
     fn refusal_on_way(&self, path: &RepoPath) -> Option<String> {
+        if let Some(why) = self.climbs_out(&path.parent(), Asked::Below) {
+            return Some(why);
+        }
         let mut prefix = RepoPath::root();
         let mut names = path.components().peekable();
         while let Some(name) = names.next() {

@@ -67,17 +67,23 @@ struct Both {
 }
 
 fn both(src: &Repo) -> Both {
+    both_in(src, "")
+}
+
+/// As [`both`], with sluice's root at `sub` inside the clone.
+fn both_in(src: &Repo, sub: &str) -> Both {
     let dir = tempfile::tempdir().unwrap();
-    let checkout = dir.path().join("checkout");
+    let clone = dir.path().join("checkout");
     git(
         dir.path(),
         &[
             "clone",
             "-q",
             src.path().to_str().unwrap(),
-            checkout.to_str().unwrap(),
+            clone.to_str().unwrap(),
         ],
     );
+    let checkout = clone.join(sub);
     let repo = checkout.to_str().unwrap();
     let start = Instant::now();
     let disk = sluice_in(&checkout, &["--repo", repo, "plan", "--json"]);
@@ -439,4 +445,24 @@ fn links_that_loop_dangle_or_leave_are_refused_alike() {
         .refuse("clinics/a/Gone.sql:1: dangling symlink to Nowhere.sql")
         .refuse("clinics/a/Etc.sql:1: symlink to /etc/hostname leaves the repository")
         .refuse("clinics/a/I.sql:1: @include /lib/out/base.sql: `lib/out` is a symlink to ../.., which leaves the repository");
+}
+
+#[test]
+fn a_link_that_climbs_above_the_root_is_refused_even_if_it_comes_back() {
+    let r = Repo::empty();
+    r.file("proj/sluice.toml", TOML)
+        .file("proj/lib/s.sql", "SELECT 1 AS x;\n")
+        .file("proj/clinics/a/A.sql", "SELECT 1 AS x;\n")
+        .file("proj/clinics/a/I.sql", "-- @include /lib2/x/base.sql\n")
+        .file("other/keep", "");
+    // Out of `proj` through the clone's own directory and back in: on disk
+    // it lands inside, but it depends on where `proj` sits.
+    link(&r, "proj/clinics/a/Back.sql", "../../../proj/lib/s.sql");
+    link(&r, "proj/clinics/a/Out.sql", "../../../nothing.sql");
+    link(&r, "proj/lib2", "../other");
+    r.commit_all("climbs");
+    both_in(&r, "proj")
+        .refuse("clinics/a/Back.sql:1: symlink to ../../../proj/lib/s.sql leaves the repository")
+        .refuse("clinics/a/Out.sql:1: symlink to ../../../nothing.sql leaves the repository")
+        .refuse("clinics/a/I.sql:1: @include /lib2/x/base.sql: `lib2` is a symlink to ../other, which leaves the repository");
 }
