@@ -1,13 +1,17 @@
 //! The working tree on disk as a read-only [`Vfs`], refusing symlinks that
-//! lead out of the repository.
+//! lead out of the repository and submodules, as the git VFS does.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::pipeline::path::RepoPath;
-use crate::pipeline::vfs::{DirEntry, EntryKind, Vfs, VfsError};
+use crate::pipeline::vfs::{
+    DirEntry, EntryKind, SUBMODULE_REASON, Vfs, VfsError, escape_on_way_reason, loop_reason,
+    trailing_slash_reason, unresolvable_on_way_reason,
+};
 
 /// A directory on disk (the repository root) served as a [`Vfs`].
 ///
@@ -17,6 +21,18 @@ use crate::pipeline::vfs::{DirEntry, EntryKind, Vfs, VfsError};
 #[derive(Debug, Clone)]
 pub struct WorktreeVfs {
     root: PathBuf,
+    /// The submodules (gitlinks) of the index, as paths below `root`: an
+    /// uninitialised one is a plain empty directory on disk. Read on first
+    /// need.
+    gitlinks: OnceLock<HashSet<PathBuf>>,
+}
+
+/// Whether the path given to [`WorktreeVfs::climbs_out`] is the one asked
+/// about, or a directory above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Itself,
+    Below,
 }
 
 /// Where a repo path lands on disk once every symlink has been followed.
@@ -37,7 +53,32 @@ impl WorktreeVfs {
                 format!("{} is not a directory", root.display()),
             ));
         }
-        Ok(WorktreeVfs { root })
+        Ok(WorktreeVfs {
+            root,
+            gitlinks: OnceLock::new(),
+        })
+    }
+
+    /// True when the directory `real` (canonical, below the root) is a
+    /// submodule: a directory holding its own `.git` (a checked-out
+    /// submodule, or a repository nested inside), or an empty one that the
+    /// index says is a gitlink (a submodule not checked out). The index is
+    /// read only when an empty directory is met, which git itself never
+    /// leaves behind otherwise.
+    fn is_submodule(&self, real: &Path) -> bool {
+        if real == self.root {
+            return false;
+        }
+        if fs::symlink_metadata(real.join(".git")).is_ok() {
+            return true;
+        }
+        let empty = fs::read_dir(real).is_ok_and(|mut it| it.next().is_none());
+        if !empty {
+            return false;
+        }
+        let gitlinks = self.gitlinks.get_or_init(|| index_gitlinks(&self.root));
+        real.strip_prefix(&self.root)
+            .is_ok_and(|rel| gitlinks.contains(rel))
     }
 
     /// The canonical root directory.
@@ -80,6 +121,14 @@ impl WorktreeVfs {
         if !real.starts_with(&self.root) {
             return Ok(Located::Unusable(self.escape_reason(path, &real)));
         }
+        // A link on the way was followed: refuse it, as git objects do, if
+        // its target climbs above the root even to come back in (a checkout
+        // elsewhere, under another directory name, would not come back).
+        if real != disk
+            && let Some(why) = self.climbs_out(path, Asked::Itself)
+        {
+            return Ok(Located::Unusable(why));
+        }
         if self.is_git_dir(&real) {
             return Ok(Located::Unusable(format!(
                 "`{path}` is a symlink into .git, which is not part of the repository"
@@ -88,7 +137,11 @@ impl WorktreeVfs {
         let meta = fs::metadata(&real).map_err(|err| Self::io_error(&real, &err))?;
         let file_type = meta.file_type();
         Ok(if file_type.is_dir() {
-            Located::Dir(real)
+            if self.is_submodule(&real) {
+                Located::Unusable(SUBMODULE_REASON.to_string())
+            } else {
+                Located::Dir(real)
+            }
         } else if file_type.is_file() {
             Located::File(real)
         } else {
@@ -113,13 +166,31 @@ impl WorktreeVfs {
         match fs::symlink_metadata(disk) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 let target = link_text(disk);
-                Ok(Located::Unusable(if missing {
+                let not_dir = err.kind() == io::ErrorKind::NotADirectory;
+                // Linux's ELOOP: the link loops or chains too many links.
+                let looped = err.raw_os_error() == Some(40);
+                let climbs = || {
+                    self.real_components(&path.parent())
+                        .is_some_and(|from| self.target_climbs_out(from, &target, &mut 0))
+                };
+                Ok(Located::Unusable(if not_dir && target.ends_with('/') {
+                    trailing_slash_reason(&target)
+                } else if looped {
+                    loop_reason(&target)
+                } else if missing && climbs() {
+                    format!("symlink to {target} leaves the repository")
+                } else if missing {
                     format!("dangling symlink to {target}")
                 } else {
                     format!("symlink to {target} cannot be resolved: {err}")
                 }))
             }
-            Err(_) if missing => Err(VfsError::NotFound),
+            // Below a submodule or a link out of the repository, as git
+            // objects say, rather than "not found".
+            Err(_) if missing => match self.refusal_on_way(path) {
+                Some(why) => Ok(Located::Unusable(why)),
+                None => Err(VfsError::NotFound),
+            },
             // The last component is not a link, yet the path cannot be
             // resolved: a link higher up loops, or the disk refused us.
             _ => match self.first_symlink_on_way(path) {
@@ -146,7 +217,7 @@ impl WorktreeVfs {
                 return if prefix == *path {
                     format!("symlink to {target} leaves the repository")
                 } else {
-                    format!("`{prefix}` is a symlink to {target}, which leaves the repository")
+                    escape_on_way_reason(&prefix, &target)
                 };
             }
         }
@@ -154,6 +225,121 @@ impl WorktreeVfs {
             "`{path}` resolves to {}, outside the repository",
             real.display()
         )
+    }
+
+    /// The first symlink on `path` (as named) whose target, walked one
+    /// component at a time from where the link really is, climbs above the
+    /// root: the refusal, worded as git objects word it.
+    fn climbs_out(&self, path: &RepoPath, asked: Asked) -> Option<String> {
+        let mut prefix = RepoPath::root();
+        let mut names = path.components().peekable();
+        while let Some(name) = names.next() {
+            let parent = prefix.clone();
+            prefix = prefix.child(name);
+            let disk = self.disk_path(&prefix);
+            let is_link = fs::symlink_metadata(&disk).is_ok_and(|m| m.file_type().is_symlink());
+            if !is_link {
+                continue;
+            }
+            let from = self.real_components(&parent)?;
+            let target = link_text(&disk);
+            if self.target_climbs_out(from, &target, &mut 0) {
+                return Some(if names.peek().is_none() && asked == Asked::Itself {
+                    format!("symlink to {target} leaves the repository")
+                } else {
+                    escape_on_way_reason(&prefix, &target)
+                });
+            }
+        }
+        None
+    }
+
+    /// The components of where `dir` really is below the root.
+    fn real_components(&self, dir: &RepoPath) -> Option<Vec<String>> {
+        let real = fs::canonicalize(self.disk_path(dir)).ok()?;
+        let rel = real.strip_prefix(&self.root).ok()?;
+        rel.components()
+            .map(|c| c.as_os_str().to_str().map(str::to_string))
+            .collect()
+    }
+
+    /// True when `target`, walked from the directory `from` (real
+    /// components below the root), passes above the root. Links met on the
+    /// way are walked the same way; a loop or a missing entry ends the walk
+    /// (other checks name those).
+    fn target_climbs_out(&self, from: Vec<String>, target: &str, depth: &mut u32) -> bool {
+        if target.starts_with('/') {
+            return true;
+        }
+        let mut here = from;
+        for name in target.split('/') {
+            match name {
+                "" | "." => {}
+                ".." => {
+                    if here.pop().is_none() {
+                        return true;
+                    }
+                }
+                _ => {
+                    here.push(name.to_string());
+                    let disk = self.root.join(here.join("/"));
+                    let Ok(meta) = fs::symlink_metadata(&disk) else {
+                        return false;
+                    };
+                    if !meta.file_type().is_symlink() {
+                        continue;
+                    }
+                    *depth += 1;
+                    if *depth > 40 {
+                        return false;
+                    }
+                    here.pop();
+                    if self.target_climbs_out(here.clone(), &link_text(&disk), depth) {
+                        return true;
+                    }
+                    let Some(real) = fs::canonicalize(&disk)
+                        .ok()
+                        .and_then(|r| r.strip_prefix(&self.root).ok().map(Path::to_path_buf))
+                    else {
+                        return false;
+                    };
+                    let Some(comps) = real
+                        .components()
+                        .map(|c| c.as_os_str().to_str().map(str::to_string))
+                        .collect::<Option<Vec<String>>>()
+                    else {
+                        return false;
+                    };
+                    here = comps;
+                }
+            }
+        }
+        false
+    }
+
+    /// For a missing `path`, a directory above it that is a submodule or a
+    /// symlink leaving the repository: the reason git objects give.
+    fn refusal_on_way(&self, path: &RepoPath) -> Option<String> {
+        if let Some(why) = self.climbs_out(&path.parent(), Asked::Below) {
+            return Some(why);
+        }
+        let mut prefix = RepoPath::root();
+        let mut names = path.components().peekable();
+        while let Some(name) = names.next() {
+            if names.peek().is_none() {
+                break;
+            }
+            prefix = prefix.child(name);
+            let disk = self.disk_path(&prefix);
+            let real = fs::canonicalize(&disk).ok()?;
+            if !real.starts_with(&self.root) {
+                return Some(escape_on_way_reason(&prefix, &link_text(&disk)));
+            }
+            if real.is_dir() && self.is_submodule(&real) {
+                return Some(SUBMODULE_REASON.to_string());
+            }
+        }
+        None
     }
 
     /// For an unresolvable path, the first symlink on it, if any, as the
@@ -164,14 +350,38 @@ impl WorktreeVfs {
             prefix = prefix.child(name);
             let disk = self.disk_path(&prefix);
             if fs::symlink_metadata(&disk).is_ok_and(|m| m.file_type().is_symlink()) {
-                return Some(format!(
-                    "`{prefix}` is a symlink to {} that cannot be resolved",
-                    link_text(&disk)
-                ));
+                return Some(unresolvable_on_way_reason(&prefix, &link_text(&disk)));
             }
         }
         None
     }
+}
+
+/// The gitlinks of the index of the repository holding `root`, relative
+/// to `root`; none when it is not in a git work tree.
+fn index_gitlinks(root: &Path) -> HashSet<PathBuf> {
+    let mut out = HashSet::new();
+    let Ok(repo) = gix::discover(root) else {
+        return out;
+    };
+    let Some(workdir) = repo.workdir().and_then(|w| fs::canonicalize(w).ok()) else {
+        return out;
+    };
+    let Ok(index) = repo.index_or_empty() else {
+        return out;
+    };
+    for entry in index.entries() {
+        if entry.mode != gix::index::entry::Mode::COMMIT {
+            continue;
+        }
+        let Ok(path) = std::str::from_utf8(entry.path(&index)) else {
+            continue;
+        };
+        if let Ok(rel) = workdir.join(path).strip_prefix(root) {
+            out.insert(rel.to_path_buf());
+        }
+    }
+    out
 }
 
 /// The text of a symlink, for messages.
@@ -233,7 +443,11 @@ impl Vfs for WorktreeVfs {
             // `real` is canonical and inside the root, so plain files and
             // directories in it are too; only symlinks need resolving.
             let kind = if file_type.is_dir() {
-                EntryKind::Dir
+                if self.is_submodule(&real.join(&name)) {
+                    EntryKind::Unusable(SUBMODULE_REASON.to_string())
+                } else {
+                    EntryKind::Dir
+                }
             } else if file_type.is_file() {
                 EntryKind::File
             } else if file_type.is_symlink() {
@@ -260,6 +474,11 @@ impl Vfs for WorktreeVfs {
             Located::Dir(_) => Err(VfsError::Io(format!("`{path}` is a directory"))),
             Located::Unusable(why) => Err(VfsError::Unusable(why)),
         }
+    }
+
+    fn is_symlink(&self, path: &RepoPath) -> bool {
+        !path.is_root()
+            && fs::symlink_metadata(self.disk_path(path)).is_ok_and(|m| m.file_type().is_symlink())
     }
 }
 

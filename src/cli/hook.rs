@@ -3,22 +3,29 @@
 //! - `install --git-dir DIR` writes thin `pre-receive` and `post-receive`
 //!   scripts calling this binary; a hook already there is kept and chained,
 //!   and `uninstall` puts it back.
-//! - `pre-receive` checks every pipeline at each pushed branch commit,
+//! - `pre-receive` checks every new commit of each pushed ref (branches
+//!   and review refs such as `refs/for/*`; not tags, not deletions),
 //!   reading the push's quarantined objects straight from the object
-//!   database (no checkout), and refuses the push with `path:line:
-//!   message` lines.
+//!   database with the same [`GitVfs`] the daemon and `--at` use (no
+//!   checkout, nothing written), each check bounded in time, and refuses
+//!   the push with `path:line: message` lines naming the commit.
 //! - `post-receive` tells the daemon (`git config sluice.server`) about the
 //!   pushed branches; a daemon that is down costs a warning, never the push.
 
 use std::io::{BufRead, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
 use super::GlobalArgs;
-use crate::engine::{Settings, Source, Workspace};
+use crate::engine::{Settings, Workspace};
+use crate::git::GitVfs;
+use crate::pipeline::RepoPath;
+use crate::pipeline::vfs::{Vfs, VfsError};
 
 #[derive(Debug, Args)]
 pub struct HookArgs {
@@ -36,6 +43,10 @@ pub enum HookCommand {
     ///   git --git-dir DIR config sluice.server https://sluice.example.org
     ///   git --git-dir DIR config sluice.secretFile /etc/sluice/hook-secret
     ///   git --git-dir DIR config sluice.repo pipelines
+    ///
+    /// pre-receive checks each new commit (the 100 newest per ref) within
+    /// `sluice.hookTimeout` seconds (default 30):
+    ///   git --git-dir DIR config sluice.hookTimeout 60
     Install(InstallArgs),
     /// Remove sluice's hooks and restore the ones they replaced.
     Uninstall(InstallArgs),
@@ -102,22 +113,33 @@ fn script(name: &str, sluice: &Path) -> anyhow::Result<String> {
         .to_str()
         .context("the sluice binary's path is not UTF-8")?;
     let quoted = format!("'{}'", bin.replace('\'', r"'\''"));
-    let chained_fails = if name == "pre-receive" {
-        "exit $?"
+    let (chained_fails, cannot_run) = if name == "pre-receive" {
+        ("exit $?", "the push is refused")
     } else {
         // post-receive cannot undo a push: run sluice's part anyway.
-        ":"
+        (":", "the push is in, but the daemon was not told")
     };
     Ok(format!(
         "#!/bin/sh\n{MARK}: written by `sluice hook install`; `sluice hook uninstall` restores\n\
          # the hook that was here before (kept as {name}.{CHAINED}).\n\
          input=$(mktemp) || exit 1\n\
          trap 'rm -f \"$input\"' EXIT\n\
+         trap 'exit 1' HUP INT TERM\n\
          cat > \"$input\"\n\
          if [ -x \"$0.{CHAINED}\" ]; then\n\
          \x20 \"$0.{CHAINED}\" \"$@\" < \"$input\" || {chained_fails}\n\
          fi\n\
-         {quoted} hook {name} < \"$input\"\n"
+         if [ ! -x {quoted} ]; then\n\
+         \x20 echo \"sluice: could not run sluice: {bin_msg} is not an executable file; {cannot_run} (reinstall: sluice hook install)\" >&2\n\
+         \x20 exit 1\n\
+         fi\n\
+         {quoted} hook {name} < \"$input\"\n\
+         code=$?\n\
+         if [ $code -gt 1 ]; then\n\
+         \x20 echo \"sluice: could not run sluice's {name} check to the end (exit $code); {cannot_run}\" >&2\n\
+         fi\n\
+         exit $code\n",
+        bin_msg = bin.replace(['"', '\\', '$', '`'], "?"),
     ))
 }
 
@@ -204,55 +226,133 @@ fn is_deleted(sha: &str) -> bool {
     sha.bytes().all(|b| b == b'0')
 }
 
-/// The push's objects, seen without a checkout: a scratch git directory
-/// whose object store is the quarantine (`GIT_OBJECT_DIRECTORY`) with the
-/// repository's own store (`GIT_ALTERNATE_OBJECT_DIRECTORIES`) as
-/// alternates. gix does not read those variables itself; nothing is
-/// written into the repository.
-struct PushView {
-    dir: tempfile::TempDir,
+/// How long one commit's check may take unless `sluice.hookTimeout` (git
+/// config, in seconds) says otherwise.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most commits of one ref update that are checked: the newest ones.
+const MAX_COMMITS: usize = 100;
+
+/// A new commit of a push: its id and its parents' ids.
+type NewCommit = (String, Vec<String>);
+
+/// What the hook knows about where the push's objects are.
+struct Push {
+    git_dir: PathBuf,
+    /// The quarantine and the alternates, read after the repository's own
+    /// store.
+    objects: Vec<PathBuf>,
+    path_env: std::ffi::OsString,
 }
 
-impl PushView {
-    fn new(
-        git_dir: &Path,
-        objects: Option<PathBuf>,
-        alternates: Option<String>,
-    ) -> anyhow::Result<PushView> {
-        let dir = tempfile::Builder::new().prefix("sluice-push-").tempdir()?;
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("objects/info"))?;
-        std::fs::create_dir_all(root.join("refs/heads"))?;
-        std::fs::write(root.join("HEAD"), "ref: refs/heads/main\n")?;
-        std::fs::write(
-            root.join("config"),
-            "[core]\n\trepositoryformatversion = 0\n\tbare = true\n",
-        )?;
-        let abs = |p: PathBuf| if p.is_absolute() { p } else { git_dir.join(p) };
-        let mut stores = Vec::new();
-        if let Some(o) = objects {
-            stores.push(abs(o));
+impl Push {
+    fn vfs(&self, commit: &str) -> anyhow::Result<GitVfs> {
+        GitVfs::open_push(&self.git_dir, commit, &self.objects)
+    }
+
+    /// True when `commit` has a `sluice.toml` entry of any kind (a file, a
+    /// link, a gitlink): a pipelines commit, even if that entry is broken.
+    fn has_config(&self, commit: &str) -> bool {
+        let path = RepoPath::parse(crate::config::FILE_NAME).expect("constant path is valid");
+        self.vfs(commit)
+            .is_ok_and(|v| !matches!(v.kind(&path), Err(VfsError::NotFound)))
+    }
+
+    /// `git` in the pushed-to repository; it honours the quarantine itself.
+    fn git(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("git")
+            .arg("--git-dir")
+            .arg(&self.git_dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run git")?;
+        if !out.status.success() {
+            bail!(
+                "git {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
-        for a in alternates
-            .iter()
-            .flat_map(|s| s.split(':'))
-            .filter(|s| !s.is_empty())
-        {
-            stores.push(abs(PathBuf::from(a)));
+        String::from_utf8(out.stdout).context("git printed something that is not UTF-8")
+    }
+
+    /// The new commits of an update to `new`, newest first, each with its
+    /// parents: at most [`MAX_COMMITS`], and how many more there were.
+    /// When the update brings no new commit (a ref moved to a known one),
+    /// its tip alone.
+    fn new_commits(&self, new: &str) -> anyhow::Result<(Vec<NewCommit>, bool)> {
+        let max = format!("--max-count={}", MAX_COMMITS + 1);
+        let text = self.git(&["rev-list", "--parents", &max, new, "--not", "--all"])?;
+        let mut commits: Vec<NewCommit> = text
+            .lines()
+            .filter_map(|l| {
+                let mut ids = l.split_whitespace().map(str::to_string);
+                Some((ids.next()?, ids.collect()))
+            })
+            .collect();
+        let more = commits.len() > MAX_COMMITS;
+        commits.truncate(MAX_COMMITS);
+        if commits.is_empty() {
+            commits.push((new.to_string(), Vec::new()));
         }
-        // Outside a push (a test, a manual run) the repository's own store.
-        stores.push(git_dir.join("objects"));
-        let mut text = String::new();
-        for s in stores {
-            let s = s.canonicalize().unwrap_or(s);
-            let s = s
-                .to_str()
-                .context("an object directory's path is not UTF-8")?;
-            text.push_str(s);
-            text.push('\n');
+        Ok((commits, more))
+    }
+
+    fn subject(&self, commit: &str) -> String {
+        self.git(&["log", "-1", "--format=%s", commit])
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    }
+
+    /// The problems of `commit`, as lines for the pusher; empty when it
+    /// checks. `was_sluice`: the ref or a parent had a `sluice.toml`, so a
+    /// missing or broken one is a problem, not a sign of another project.
+    fn check(&self, commit: &str, was_sluice: bool) -> anyhow::Result<Vec<String>> {
+        let vfs = self.vfs(commit)?;
+        let settings = Settings {
+            data_root: None,
+            state_dir: None,
+            path_env: self.path_env.clone(),
+        };
+        let id = vfs.commit_id();
+        let ws = Workspace::from_vfs(&self.git_dir, Box::new(vfs), Some(id), settings)?;
+        let no_config = ws.config.is_none()
+            && ws.diagnostics.iter().any(|d| {
+                d.path.as_str() == crate::config::FILE_NAME && d.message.starts_with("cannot read")
+            });
+        if no_config && !was_sluice && !self.has_config(commit) {
+            // Not a pipelines commit at all.
+            return Ok(Vec::new());
         }
-        std::fs::write(root.join("objects/info/alternates"), text)?;
-        Ok(PushView { dir })
+        let mut lines: Vec<String> = ws.diagnostics.iter().map(|d| d.to_string()).collect();
+        if no_config {
+            lines.push(format!(
+                "{}:1: the branch had a sluice.toml before this commit, so it is still a pipelines branch: restore the file (a regular file at the top of the repository)",
+                crate::config::FILE_NAME
+            ));
+        }
+        Ok(lines)
+    }
+}
+
+/// The check's time bound: `git config sluice.hookTimeout` (seconds), else
+/// [`DEFAULT_TIMEOUT`].
+fn timeout(git_dir: &Path) -> Duration {
+    let Ok(repo) = gix::open(git_dir) else {
+        return DEFAULT_TIMEOUT;
+    };
+    let Some(text) = repo.config_snapshot().string("sluice.hookTimeout") else {
+        return DEFAULT_TIMEOUT;
+    };
+    match text.to_string().trim().parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() => Duration::from_secs_f64(secs),
+        _ => {
+            eprintln!(
+                "sluice: sluice.hookTimeout = {text:?} is not a number of seconds; using {} s",
+                DEFAULT_TIMEOUT.as_secs()
+            );
+            DEFAULT_TIMEOUT
+        }
     }
 }
 
@@ -260,48 +360,89 @@ fn pre_receive(global: &GlobalArgs, a: &PreReceiveArgs) -> anyhow::Result<ExitCo
     let updates = ref_updates()?;
     // A hook runs with GIT_DIR set (`.` in a bare repository).
     let git_dir = std::path::absolute(&a.git_dir)?;
-    let view = PushView::new(
-        &git_dir,
-        a.object_directory.clone(),
-        a.alternate_object_directories.clone(),
-    )?;
+    let abs = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            git_dir.join(p)
+        }
+    };
+    let mut objects: Vec<PathBuf> = a.object_directory.iter().map(|p| abs(p)).collect();
+    objects.extend(
+        a.alternate_object_directories
+            .iter()
+            .flat_map(|s| s.split(':'))
+            .filter(|s| !s.is_empty())
+            .map(|s| abs(Path::new(s))),
+    );
+    let push = std::sync::Arc::new(Push {
+        git_dir: git_dir.clone(),
+        objects,
+        path_env: global.path_env.clone(),
+    });
+    let limit = timeout(&git_dir);
     let mut refused = false;
-    for (_, new, git_ref) in updates {
-        // Deleting a branch and pushing tags are not checked.
-        if is_deleted(&new) || !git_ref.starts_with("refs/heads/") {
+    for (old, new, git_ref) in updates {
+        // A deletion has nothing to check; a tag is not a pipelines branch.
+        if is_deleted(&new) || git_ref.starts_with("refs/tags/") {
             continue;
         }
-        let settings = Settings {
-            data_root: None,
-            state_dir: None,
-            path_env: global.path_env.clone(),
-        };
-        let ws = match Workspace::open(view.dir.path(), &Source::Bare(new.clone()), settings) {
-            Ok(ws) => ws,
+        let (commits, more) = match push.new_commits(&new) {
+            Ok(c) => c,
             Err(e) => {
-                eprintln!("sluice: cannot read {git_ref} at {}: {e:#}", short(&new));
+                eprintln!("sluice: push of {git_ref} refused: cannot list its new commits: {e:#}");
                 refused = true;
                 continue;
             }
         };
-        // A commit with no sluice.toml is not a pipelines repository.
-        if ws.config.is_none()
-            && ws.diagnostics.iter().any(|d| {
-                d.path.as_str() == crate::config::FILE_NAME && d.message.starts_with("cannot read")
-            })
-        {
-            continue;
-        }
-        if !ws.diagnostics.is_empty() {
-            refused = true;
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(
-                err,
-                "sluice: push of {git_ref} refused: the pipelines at {} do not check",
-                short(&new)
+        if more {
+            eprintln!(
+                "sluice: {git_ref}: more than {MAX_COMMITS} new commits; only the {MAX_COMMITS} newest are checked"
             );
-            for d in &ws.diagnostics {
-                let _ = writeln!(err, "{d}");
+        }
+        let old_was_sluice = !is_deleted(&old) && push.has_config(&old);
+        for (commit, parents) in commits {
+            let was_sluice = old_was_sluice || parents.iter().any(|p| push.has_config(p));
+            let (tx, rx) = mpsc::channel();
+            let job = std::sync::Arc::clone(&push);
+            let sha = commit.clone();
+            // The check runs beside us so that a hung one can be abandoned:
+            // the process exits, the thread with it, and nothing was written
+            // to disk that could be left behind.
+            std::thread::spawn(move || {
+                let _ = tx.send(job.check(&sha, was_sluice));
+            });
+            let name = || format!("{} ({})", short(&commit), push.subject(&commit));
+            match rx.recv_timeout(limit) {
+                Ok(Ok(lines)) if lines.is_empty() => {}
+                Ok(Ok(lines)) => {
+                    refused = true;
+                    let mut err = std::io::stderr().lock();
+                    let _ = writeln!(
+                        err,
+                        "sluice: push of {git_ref} refused: commit {} does not check:",
+                        name()
+                    );
+                    for l in lines {
+                        let _ = writeln!(err, "{l}");
+                    }
+                }
+                Ok(Err(e)) => {
+                    refused = true;
+                    eprintln!(
+                        "sluice: push of {git_ref} refused: cannot read commit {}: {e:#}",
+                        name()
+                    );
+                }
+                Err(_) => {
+                    eprintln!(
+                        "sluice: push of {git_ref} refused: checking commit {} took longer than {} s (git config sluice.hookTimeout, default {} s)",
+                        name(),
+                        limit.as_secs_f64(),
+                        DEFAULT_TIMEOUT.as_secs()
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
             }
         }
     }

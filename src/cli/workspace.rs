@@ -72,7 +72,10 @@ fn find_root(repo: Option<&Path>, at_commit: bool) -> anyhow::Result<PathBuf> {
     }
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     for dir in cwd.ancestors() {
-        if dir.join(config::FILE_NAME).is_file() || (at_commit && dir.join(".git").exists()) {
+        // With `--at`, a work tree or a bare repository (`HEAD` and `objects/`).
+        let is_git = dir.join(".git").exists()
+            || (dir.join("HEAD").is_file() && dir.join("objects").is_dir());
+        if dir.join(config::FILE_NAME).is_file() || (at_commit && is_git) {
             return Ok(dir.to_path_buf());
         }
     }

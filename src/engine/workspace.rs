@@ -142,7 +142,8 @@ impl Workspace {
         };
         let mut ws = Workspace {
             root: root.to_path_buf(),
-            vfs,
+            // What every checkout of the tree agrees on, whichever VFS reads it.
+            vfs: Box::new(pipeline::vfs::CheckoutView::new(vfs)),
             commit,
             config: None,
             graph: Graph::default(),

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -12,8 +12,12 @@ use anyhow::{Context, anyhow, bail};
 use gix::ObjectId;
 use gix::objs::tree::EntryKind as GitKind;
 
-use crate::pipeline::path::{PathError, RepoPath};
-use crate::pipeline::vfs::{DirEntry, EntryKind, Vfs, VfsError};
+use crate::pipeline::path::RepoPath;
+use crate::pipeline::vfs::{
+    DirEntry, EntryKind, SUBMODULE_REASON, Vfs, VfsError, escape_on_way_reason,
+    impossible_entry_reason, is_impossible_name, loop_reason, trailing_slash_reason,
+    unresolvable_on_way_reason,
+};
 
 /// How many symlinks one lookup may follow, as in Linux's `MAXSYMLINKS`;
 /// past it we assume a loop.
@@ -27,6 +31,10 @@ const MAX_SYMLINK_DEPTH: u32 = 40;
 /// `gix::Repository` is not `Sync`, and neither is this type.
 pub struct GitVfs {
     repo: gix::Repository,
+    /// Object stores read after the repository's own: a push's quarantine
+    /// (`GIT_OBJECT_DIRECTORY`) and its alternates, which gix does not take
+    /// from the environment.
+    extra_objects: Vec<gix::odb::Handle>,
     commit: ObjectId,
     /// The tree at `prefix` in the commit: what `RepoPath::root()` means.
     root_tree: ObjectId,
@@ -56,6 +64,28 @@ enum Mode {
     /// The name in the tree is not UTF-8; it is listed under a lossy name
     /// that could never be looked up again.
     BadName,
+    /// A name no checkout can hold (`.git`, `..`, empty, with a `/`): a
+    /// hand-built tree.
+    Impossible,
+}
+
+/// Why a walk along a path stopped short.
+enum Miss {
+    NotFound,
+    /// `..` above the served root.
+    Escapes,
+    /// A trailing `/` (or a component below) on something not a directory.
+    NotDir,
+    Io(VfsError),
+}
+
+impl From<VfsError> for Miss {
+    fn from(e: VfsError) -> Miss {
+        match e {
+            VfsError::NotFound => Miss::NotFound,
+            other => Miss::Io(other),
+        }
+    }
 }
 
 /// What a path resolves to after following symlinks.
@@ -131,7 +161,17 @@ impl GitVfs {
         };
         let (commit, top_tree) = {
             let id = repo.rev_parse_single(spec.as_str()).map_err(|e| {
-                with_cause(e, format!("cannot resolve revision `{rev}` in {location}"))
+                // A shallow clone lacks the history `main~3` may need; gix
+                // only says the commit "has 0 ancestors".
+                let shallow = if repo.is_shallow().unwrap_or(false) {
+                    " (this clone is shallow: fetch more history with `git fetch --deepen N` or `git fetch --unshallow`)"
+                } else {
+                    ""
+                };
+                with_cause(
+                    e,
+                    format!("cannot resolve revision `{rev}` in {location}{shallow}"),
+                )
             })?;
             let commit = id
                 .object()
@@ -144,14 +184,71 @@ impl GitVfs {
             })?;
             (commit.id, tree.detach())
         };
-        let mut vfs = GitVfs {
+        GitVfs::at_commit(repo, Vec::new(), commit, top_tree, prefix, ambiguity, rev)
+    }
+
+    /// Serves commit `commit` (full hex) of the bare repository `git_dir`
+    /// during a push: the commit and the objects it needs may still sit in
+    /// the quarantine `objects` (git's `GIT_OBJECT_DIRECTORY`) or in
+    /// `alternates`, read after the repository's own store. Nothing is
+    /// written anywhere.
+    pub fn open_push(git_dir: &Path, commit: &str, objects: &[PathBuf]) -> anyhow::Result<GitVfs> {
+        let repo = gix::open(git_dir)
+            .map_err(|e| with_cause(e, format!("{} is not a git repository", git_dir.display())))?;
+        let hash = repo.object_hash();
+        let mut extra = Vec::new();
+        for dir in objects {
+            if dir.is_dir() {
+                let odb = gix::odb::at(dir, hash)
+                    .with_context(|| format!("cannot open the object store {}", dir.display()))?;
+                extra.push(odb);
+            }
+        }
+        let id = ObjectId::from_hex(commit.as_bytes())
+            .with_context(|| format!("`{commit}` is not a full commit id"))?;
+        let mut vfs = GitVfs::bare_view(repo, extra, id);
+        let (kind, data) = vfs
+            .object(id)
+            .map_err(|e| anyhow!("cannot read commit {commit}: {e}"))?;
+        if kind != gix::object::Kind::Commit {
+            bail!("{commit} is a {kind}, not a commit");
+        }
+        let tree = gix::objs::CommitRef::from_bytes(&data, hash)
+            .map_err(|e| anyhow!("cannot decode commit {commit}: {e}"))?
+            .tree();
+        vfs.root_tree = tree;
+        Ok(vfs)
+    }
+
+    fn bare_view(repo: gix::Repository, extra: Vec<gix::odb::Handle>, commit: ObjectId) -> GitVfs {
+        GitVfs {
             repo,
+            extra_objects: extra,
             commit,
-            root_tree: top_tree,
+            root_tree: commit,
             prefix: RepoPath::root(),
             trees: RefCell::new(HashMap::new()),
-            ambiguity,
-        };
+            ambiguity: None,
+        }
+    }
+
+    fn at_commit(
+        repo: gix::Repository,
+        extra: Vec<gix::odb::Handle>,
+        commit: ObjectId,
+        top_tree: ObjectId,
+        prefix: &RepoPath,
+        ambiguity: Option<String>,
+        rev: &str,
+    ) -> anyhow::Result<GitVfs> {
+        let location = repo
+            .workdir()
+            .unwrap_or_else(|| repo.git_dir())
+            .display()
+            .to_string();
+        let mut vfs = GitVfs::bare_view(repo, extra, commit);
+        vfs.root_tree = top_tree;
+        vfs.ambiguity = ambiguity;
         // Walk down to the prefix without following symlinks: it names a real
         // directory of the work tree, so it must be a real tree in the commit.
         let mut tree = top_tree;
@@ -190,22 +287,50 @@ impl GitVfs {
         &self.prefix
     }
 
+    /// True when the repository is a shallow clone.
+    pub fn is_shallow(&self) -> bool {
+        self.repo.is_shallow().unwrap_or(false)
+    }
+
+    /// The kind and bytes of object `id`, from the repository's store or,
+    /// during a push, the quarantine.
+    fn object(&self, id: ObjectId) -> Result<(gix::object::Kind, Vec<u8>), String> {
+        match self.repo.try_find_object(id) {
+            Ok(Some(mut o)) => return Ok((o.kind, std::mem::take(&mut o.data))),
+            Ok(None) => {}
+            Err(e) => return Err(chain(&e)),
+        }
+        for odb in &self.extra_objects {
+            let mut buf = Vec::new();
+            match gix::objs::Find::try_find(odb, &id, &mut buf) {
+                Ok(Some(data)) => return Ok((data.kind, data.data.to_vec())),
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err(format!("object {id} not found"))
+    }
+
     /// The decoded tree `id`, from the cache when it was decoded before.
     fn listing(&self, id: ObjectId) -> Result<Rc<Listing>, VfsError> {
         if let Some(listing) = self.trees.borrow().get(&id) {
             return Ok(Rc::clone(listing));
         }
-        let io = |e: gix::Error| VfsError::Io(format!("cannot read git tree {id}: {}", chain(&e)));
-        let tree = self.repo.find_tree(id).map_err(io)?;
-        let decoded = tree.decode().map_err(io)?;
+        let io = |e: String| VfsError::Io(format!("cannot read git tree {id}: {e}"));
+        let (kind, data) = self.object(id).map_err(io)?;
+        if kind != gix::object::Kind::Tree {
+            return Err(io(format!("it is a {kind}")));
+        }
         let mut listing = Listing::new();
-        for entry in &decoded.entries {
+        for entry in gix::objs::TreeRefIter::from_bytes(&data, self.repo.object_hash()) {
+            let entry = entry.map_err(|e| io(e.to_string()))?;
             let (name, bad_name) = match std::str::from_utf8(entry.filename) {
                 Ok(name) => (name.to_string(), false),
                 Err(_) => (String::from_utf8_lossy(entry.filename).into_owned(), true),
             };
             let mode = match entry.mode.kind() {
                 _ if bad_name => Mode::BadName,
+                _ if is_impossible_name(&name) => Mode::Impossible,
                 GitKind::Tree => Mode::Tree,
                 GitKind::Blob | GitKind::BlobExecutable => Mode::Blob,
                 GitKind::Link => Mode::Link,
@@ -220,41 +345,126 @@ impl GitVfs {
     }
 
     fn read_blob(&self, id: ObjectId, what: &dyn fmt::Display) -> Result<Vec<u8>, VfsError> {
-        let mut blob = self
-            .repo
-            .find_blob(id)
-            .map_err(|e| VfsError::Io(format!("cannot read {what} (blob {id}): {}", chain(&e))))?;
-        // `Blob` returns its buffer to the repository's pool on drop, so the
-        // data is taken rather than moved out.
-        Ok(blob.take_data())
+        let io = |e: String| VfsError::Io(format!("cannot read {what} (blob {id}): {e}"));
+        let (kind, data) = self.object(id).map_err(io)?;
+        if kind != gix::object::Kind::Blob {
+            return Err(io(format!("it is a {kind}")));
+        }
+        Ok(data)
+    }
+
+    /// The tree of `dir`, a path free of symlinks in the served view.
+    fn tree_at(&self, dir: &RepoPath) -> Result<ObjectId, Miss> {
+        let mut id = self.root_tree;
+        for name in dir.components() {
+            let listing = self.listing(id)?;
+            match listing.get(name) {
+                Some(e) if e.mode == Mode::Tree => id = e.id,
+                _ => return Err(Miss::NotFound),
+            }
+        }
+        Ok(id)
     }
 
     /// Resolves `path`, following symlinks; `depth` counts the links followed
     /// so far in this lookup.
+    ///
+    /// A refusal is worded as the working tree words it for the same path,
+    /// naming the link as it stands on the path asked for.
     fn resolve(&self, path: &RepoPath, depth: &mut u32) -> Result<Node, VfsError> {
-        let mut here = Node::Dir {
-            id: self.root_tree,
-            path: RepoPath::root(),
-        };
-        for name in path.components() {
-            let Node::Dir { id, path: dir } = here else {
-                // Only a directory can have something below it.
-                return match here {
-                    Node::Unusable(why) => Ok(Node::Unusable(why)),
-                    _ => Err(VfsError::NotFound),
-                };
-            };
+        let mut id = self.root_tree;
+        let mut dir = RepoPath::root();
+        let mut names = path.components().peekable();
+        while let Some(name) = names.next() {
+            let last = names.peek().is_none();
             let listing = self.listing(id)?;
             let entry = listing.get(name).ok_or(VfsError::NotFound)?;
-            here = self.entry_node(&dir, name, entry, depth)?;
+            let node = self.entry_node(id, &dir, name, entry, depth)?;
+            let node = match node {
+                Node::Unusable(why) if entry.mode == Mode::Link => {
+                    let target = self.link_target(entry.id, &dir.child(name))?;
+                    if last {
+                        Node::Unusable(final_link_reason(&why, &target))
+                    } else if why.starts_with("dangling symlink") {
+                        return Err(VfsError::NotFound);
+                    } else if why.ends_with("leaves the repository") {
+                        Node::Unusable(escape_on_way_reason(&dir.child(name), &target))
+                    } else {
+                        Node::Unusable(unresolvable_on_way_reason(&dir.child(name), &target))
+                    }
+                }
+                other => other,
+            };
+            match node {
+                Node::Dir { id: next, path } => {
+                    id = next;
+                    dir = path;
+                }
+                Node::File(_) if !last => return Err(VfsError::NotFound),
+                other => return Ok(other),
+            }
+        }
+        Ok(Node::Dir { id, path: dir })
+    }
+
+    /// The text of the symlink blob `id` at `link`, for messages.
+    fn link_target(&self, id: ObjectId, link: &RepoPath) -> Result<String, VfsError> {
+        let bytes = self.read_blob(id, &format_args!("symlink `{link}`"))?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Walks `names` from the directory `dir` (tree `id`), one component at
+    /// a time as the kernel does: a symlink is followed where it stands, and
+    /// `..` climbs from where the walk really is, not from the path as
+    /// written. `want_dir` is a trailing `/`: the end must be a directory.
+    fn walk(
+        &self,
+        id: ObjectId,
+        dir: RepoPath,
+        names: &[&str],
+        want_dir: bool,
+        depth: &mut u32,
+    ) -> Result<Node, Miss> {
+        let mut here = Node::Dir { id, path: dir };
+        for name in names {
+            // Only a directory goes on; anything else returned below.
+            let Node::Dir { id, path } = here else {
+                return Err(Miss::NotDir);
+            };
+            here = match *name {
+                "" | "." => Node::Dir { id, path },
+                ".." => {
+                    if path.is_root() {
+                        return Err(Miss::Escapes);
+                    }
+                    let parent = path.parent();
+                    Node::Dir {
+                        id: self.tree_at(&parent)?,
+                        path: parent,
+                    }
+                }
+                _ => {
+                    let listing = self.listing(id)?;
+                    let entry = listing.get(*name).ok_or(Miss::NotFound)?;
+                    let node = self.entry_node(id, &path, name, entry, depth)?;
+                    if let Node::Unusable(_) = node {
+                        return Ok(node);
+                    }
+                    node
+                }
+            };
+        }
+        if want_dir && !matches!(here, Node::Dir { .. }) {
+            return Err(Miss::NotDir);
         }
         Ok(here)
     }
 
-    /// What the entry `name` of directory `dir` is, following it if it is a
-    /// symlink.
+    /// What the entry `name` of directory `dir` (tree `dir_id`) is,
+    /// following it if it is a symlink.
     fn entry_node(
         &self,
+        dir_id: ObjectId,
         dir: &RepoPath,
         name: &str,
         entry: &TreeEntry,
@@ -266,17 +476,19 @@ impl GitVfs {
                 path: dir.child(name),
             },
             Mode::Blob => Node::File(entry.id),
-            Mode::Submodule => Node::Unusable("submodule".to_string()),
+            Mode::Submodule => Node::Unusable(SUBMODULE_REASON.to_string()),
             Mode::BadName => Node::Unusable("file name is not valid UTF-8".to_string()),
-            Mode::Link => self.follow_link(dir, name, entry.id, depth)?,
+            Mode::Impossible => Node::Unusable(impossible_entry_reason(name)),
+            Mode::Link => self.follow_link(dir_id, dir, name, entry.id, depth)?,
         })
     }
 
-    /// Follows the symlink `name` in `dir`. Its target is resolved lexically
-    /// against `dir` in the prefix view, as a checkout would on disk, and it
-    /// is refused if it leaves that view.
+    /// Follows the symlink `name` in `dir`. Its target is walked from `dir`
+    /// component by component, as a checkout's kernel would, and refused if
+    /// it leaves the served view.
     fn follow_link(
         &self,
+        dir_id: ObjectId,
         dir: &RepoPath,
         name: &str,
         blob: ObjectId,
@@ -295,26 +507,47 @@ impl GitVfs {
                 "symlink target is not valid UTF-8".to_string(),
             ));
         };
-        let leaves = || Node::Unusable(format!("symlink to {target} leaves the repository"));
-        // An absolute target points into the machine, never into the tree;
-        // `RepoPath::join` would read it as repo-absolute instead.
+        // An absolute target points into the machine, never into the tree.
         if target.starts_with('/') {
-            return Ok(leaves());
+            return Ok(Node::Unusable(format!(
+                "symlink to {target} leaves the repository"
+            )));
         }
-        let joined = match dir.join(&target) {
-            Ok(joined) => joined,
-            Err(PathError::Escapes(_)) => return Ok(leaves()),
-            Err(e) => return Ok(Node::Unusable(format!("symlink to {target}: {e}"))),
-        };
-        match self.resolve(&joined, depth) {
-            Err(VfsError::NotFound) => Ok(Node::Unusable(format!("dangling symlink to {target}"))),
-            other => other,
+        if target.is_empty() || target.contains(['\\', '\0']) {
+            return Ok(Node::Unusable(format!("dangling symlink to {target}")));
+        }
+        let names: Vec<&str> = target.split('/').collect();
+        let want_dir = target.ends_with('/');
+        match self.walk(dir_id, dir.clone(), &names, want_dir, depth) {
+            Ok(node) => Ok(node),
+            Err(Miss::NotFound) => Ok(Node::Unusable(format!("dangling symlink to {target}"))),
+            Err(Miss::Escapes) => Ok(Node::Unusable(format!(
+                "symlink to {target} leaves the repository"
+            ))),
+            Err(Miss::NotDir) if want_dir => Ok(Node::Unusable(trailing_slash_reason(&target))),
+            Err(Miss::NotDir) => Ok(Node::Unusable(format!("dangling symlink to {target}"))),
+            Err(Miss::Io(e)) => Err(e),
         }
     }
 
     #[cfg(test)]
     fn cached_trees(&self) -> usize {
         self.trees.borrow().len()
+    }
+}
+
+/// Why the symlink to `target`, the last component of a path, cannot be
+/// used, given why its walk stopped (`why` may name a link further on):
+/// worded for the link itself, as the working tree words it.
+fn final_link_reason(why: &str, target: &str) -> String {
+    if why.ends_with("leaves the repository") {
+        format!("symlink to {target} leaves the repository")
+    } else if why.starts_with("dangling symlink") {
+        format!("dangling symlink to {target}")
+    } else if why.starts_with("too many levels") {
+        loop_reason(target)
+    } else {
+        why.to_string()
     }
 }
 
@@ -391,9 +624,13 @@ impl Vfs for GitVfs {
         let listing = self.listing(id)?;
         let mut out = Vec::with_capacity(listing.len());
         for (name, entry) in listing.iter() {
-            let kind = match self.entry_node(&dir, name, entry, &mut 0)? {
+            let kind = match self.entry_node(id, &dir, name, entry, &mut 0)? {
                 Node::Dir { .. } => EntryKind::Dir,
                 Node::File(_) => EntryKind::File,
+                Node::Unusable(why) if entry.mode == Mode::Link => {
+                    let target = self.link_target(entry.id, &dir.child(name))?;
+                    EntryKind::Unusable(final_link_reason(&why, &target))
+                }
                 Node::Unusable(why) => EntryKind::Unusable(why),
             };
             out.push(DirEntry {
@@ -410,6 +647,16 @@ impl Vfs for GitVfs {
             Node::Dir { .. } => Err(VfsError::Io(format!("`{path}` is a directory"))),
             Node::Unusable(why) => Err(VfsError::Unusable(why)),
         }
+    }
+
+    fn is_symlink(&self, path: &RepoPath) -> bool {
+        let Ok(Node::Dir { id, .. }) = self.resolve(&path.parent(), &mut 0) else {
+            return false;
+        };
+        self.listing(id).is_ok_and(|l| {
+            l.get(path.file_name())
+                .is_some_and(|e| e.mode == Mode::Link)
+        })
     }
 }
 
@@ -776,7 +1023,8 @@ mod tests {
         assert_eq!(
             v.read_file(&p("clinics/escape/passwd")),
             Err(VfsError::Unusable(
-                "symlink to ../../etc leaves the repository".to_string()
+                "`clinics/escape` is a symlink to ../../etc, which leaves the repository"
+                    .to_string()
             ))
         );
         assert_eq!(v.kind(&p("passwd")), Ok(leaves("/etc/passwd")));
@@ -814,6 +1062,46 @@ mod tests {
     }
 
     #[test]
+    fn dot_dot_in_a_link_climbs_from_where_the_walk_really_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("repo");
+        fs::create_dir_all(&root).unwrap();
+        git(&root, &["init", "-q"]);
+        write(&root, "deep/a/t.sql", "deep\n");
+        write(&root, "deep/a/b/keep", "");
+        write(&root, "c/x/t.sql", "lexical\n");
+        write(&root, "c/x/Labs.sql", "labs\n");
+        symlink("../../deep/a/b", root.join("c/x/sub")).unwrap();
+        symlink("sub/../t.sql", root.join("c/x/N.sql")).unwrap();
+        symlink("Labs.sql/", root.join("c/x/slash.sql")).unwrap();
+        symlink("sub/../../../..", root.join("c/x/up")).unwrap();
+        commit_all(&root, "links");
+        let v = GitVfs::open(&root, "HEAD").unwrap();
+        // As on disk: `sub` is deep/a/b, so `sub/..` is deep/a.
+        assert_eq!(
+            text(&v, "c/x/N.sql"),
+            fs::read_to_string(root.join("c/x/N.sql")).unwrap()
+        );
+        assert_eq!(text(&v, "c/x/N.sql"), "deep\n");
+        assert_eq!(
+            v.kind(&p("c/x/slash.sql")),
+            Ok(EntryKind::Unusable(trailing_slash_reason("Labs.sql/")))
+        );
+        assert!(
+            fs::read(root.join("c/x/slash.sql")).is_err(),
+            "a checkout cannot follow it"
+        );
+        assert_eq!(
+            v.kind(&p("c/x/up")),
+            Ok(EntryKind::Unusable(
+                "symlink to sub/../../../.. leaves the repository".to_string()
+            ))
+        );
+        assert!(v.is_symlink(&p("c/x/sub")));
+        assert!(!v.is_symlink(&p("c/x")));
+    }
+
+    #[test]
     fn executables_are_files_and_submodules_unusable() {
         let (_tmp, root) = two_commits();
         write(&root, "run.sh", "#!/bin/sh\n");
@@ -827,7 +1115,7 @@ mod tests {
         let v = GitVfs::open(&root, "HEAD").unwrap();
         assert_eq!(v.kind(&p("run.sh")), Ok(EntryKind::File));
         assert_eq!(text(&v, "run.sh"), "#!/bin/sh\n");
-        let sub = EntryKind::Unusable("submodule".to_string());
+        let sub = EntryKind::Unusable(SUBMODULE_REASON.to_string());
         assert_eq!(v.kind(&p("vendor/sub")), Ok(sub.clone()));
         assert_eq!(v.read_dir(&p("vendor")).unwrap()[0].kind, sub);
         assert!(matches!(

@@ -1,6 +1,7 @@
 //! The pipeline language: directives, the VFS, includes and mounts,
 //! templates and the DAG. Pure: everything is read through [`vfs::Vfs`].
 
+pub mod attributes;
 pub mod diag;
 pub mod directive;
 pub mod graph;

@@ -1104,7 +1104,13 @@ fn directive_name(kind: &DirectiveKind) -> &'static str {
 }
 
 /// Expands the `pipelines` globs of `sluice.toml` into directories.
-/// Returns the directories and, per pattern that matched nothing, a message.
+/// Returns the directories and, per pattern that matched nothing or matched
+/// something unusable (a submodule, a dangling link), a message.
+///
+/// A glob never walks through a directory symlink (`clinics/l1 -> .` would
+/// make `**` copy the tree into itself until the path grows too long), so
+/// expansion visits each real directory at most once per pattern; a
+/// literal segment naming a symlink is still followed.
 pub fn find_pipelines(vfs: &dyn Vfs, patterns: &[String]) -> (Vec<RepoPath>, Vec<String>) {
     let mut found = Vec::new();
     let mut problems = Vec::new();
@@ -1149,17 +1155,45 @@ fn match_segments(
     let is_glob = seg.contains(['*', '?', '[', '{']);
     if !is_glob {
         let child = dir.child(seg);
-        if vfs.kind(&child) == Ok(EntryKind::Dir) {
-            match_segments(vfs, &child, rest, found, problems);
+        match vfs.kind(&child) {
+            Ok(EntryKind::Dir) => match_segments(vfs, &child, rest, found, problems),
+            Ok(EntryKind::Unusable(why)) => {
+                problems.push(format!(
+                    "`{child}` (named by `pipelines`) cannot be used: {why}"
+                ));
+            }
+            _ => {}
         }
         return;
     }
     let Ok(entries) = vfs.read_dir(dir) else {
         return;
     };
-    let subdirs = entries.iter().filter(|e| {
-        e.kind == EntryKind::Dir && !e.name.starts_with('.') && !e.name.starts_with('_')
-    });
+    let visible: Vec<&super::vfs::DirEntry> = entries
+        .iter()
+        .filter(|e| !e.name.starts_with('.') && !e.name.starts_with('_'))
+        .collect();
+    // An unusable entry where the last segment asks for a pipeline (a
+    // submodule, a dangling link) is said, not skipped; under `**` the
+    // files of every pipeline would match, and those the resolver reports.
+    let matches_last = |name: &str| -> bool {
+        rest.is_empty()
+            && *seg != "**"
+            && globset::Glob::new(seg).is_ok_and(|g| g.compile_matcher().is_match(name))
+    };
+    for e in &visible {
+        if let EntryKind::Unusable(why) = &e.kind
+            && matches_last(&e.name)
+        {
+            problems.push(format!(
+                "`{}` (matched by `pipelines`) cannot be used: {why}",
+                dir.child(&e.name)
+            ));
+        }
+    }
+    let subdirs = visible
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Dir && !vfs.is_symlink(&dir.child(&e.name)));
     if *seg == "**" {
         match_segments(vfs, dir, rest, found, problems);
         for e in subdirs {
