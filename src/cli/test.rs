@@ -189,7 +189,13 @@ pub fn run(global: &GlobalArgs, args: &TestArgs) -> anyhow::Result<ExitCode> {
         };
         let key = node.key.as_ref().map(|(k, _)| k.as_slice());
         let asserts: Vec<_> = node.asserts.iter().map(|(a, _)| a.clone()).collect();
-        let counts = exec::checks::check_table(&path, &node.name, key, &asserts);
+        let counts = exec::checks::check_table(
+            &path,
+            &node.name,
+            key,
+            &asserts,
+            &exec::sqlite::SqlLimits::default(),
+        );
         let Err(fails) = counts else {
             writeln!(
                 out,

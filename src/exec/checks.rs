@@ -7,7 +7,10 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
-use super::sqlite::{ExecError, RELATIVE as RELATIVE_BIAS, load_file, open_memory, quote_ident};
+use super::sqlite::{
+    ExecError, RELATIVE as RELATIVE_BIAS, SqlLimits, explain_stop, install_limits, load_file,
+    open_memory, quote_ident,
+};
 use super::table::ReadMode;
 use crate::pipeline::directive::Assert;
 
@@ -46,13 +49,16 @@ pub fn check_table(
     table_name: &str,
     key: Option<&[String]>,
     asserts: &[Assert],
+    limits: &SqlLimits,
 ) -> Result<(), Vec<Failure>> {
     let whole = |message: String| Failure {
         message,
         assert: None,
         query_offset: None,
     };
-    let conn = open_memory().map_err(|e| vec![whole(e.to_string())])?;
+    let mut conn = open_memory().map_err(|e| vec![whole(e.to_string())])?;
+    // `@assert sql:` is the analyst's SQL: bounded like the body.
+    let why = install_limits(&mut conn, limits).map_err(|e| vec![whole(e.to_string())])?;
     let stats = load_file(&conn, table_name, csv_path, ReadMode::Exact)
         .map_err(|e| vec![whole(format!("cannot load the table for its tests: {e}"))])?;
     let checker = Checker {
@@ -75,6 +81,12 @@ pub fn check_table(
                 query_offset,
             });
         }
+    }
+    if why.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+        // Stopped by the deadline or the run's cancellation: that is the
+        // one failure, not the "interrupted" of each check it cut short.
+        let e = explain_stop(ExecError::new("interrupted"), &why, limits);
+        return Err(vec![whole(e.message().to_string())]);
     }
     if failures.is_empty() {
         Ok(())
@@ -340,6 +352,38 @@ fn plural<'a>(n: u64, one: &'a str, many: &'a str) -> &'a str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check(
+        csv: &Path,
+        table: &str,
+        key: Option<&[String]>,
+        asserts: &[Assert],
+    ) -> Result<(), Vec<Failure>> {
+        check_table(csv, table, key, asserts, &SqlLimits::default())
+    }
+
+    #[test]
+    fn an_endless_assert_sql_stops_at_the_timeout() {
+        let p = table("id\n1\n2\n");
+        let asserts = vec![Assert::Sql(
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) \
+             SELECT n FROM r WHERE n < 0"
+                .into(),
+        )];
+        let limits = SqlLimits {
+            timeout: std::time::Duration::from_millis(300),
+            cancel: None,
+        };
+        let t = std::time::Instant::now();
+        let e = check_table(&p, "T", None, &asserts, &limits).unwrap_err();
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].message.contains("timed out"), "{e:?}");
+    }
     use crate::pipeline::directive::CmpOp;
 
     fn table(csv: &str) -> std::path::PathBuf {
@@ -367,7 +411,7 @@ mod tests {
     #[test]
     fn key_failures_are_counts() {
         let p = table(PATIENTS);
-        let e = check_table(&p, "Patient", Some(&keys(&["patient_id"])), &[])
+        let e = check(&p, "Patient", Some(&keys(&["patient_id"])), &[])
             .map_err(messages)
             .unwrap_err();
         assert_eq!(
@@ -377,16 +421,16 @@ mod tests {
                 "@key patient_id: 1 row with a NULL key column",
             ]
         );
-        check_table(&p, "Patient", Some(&keys(&["site", "mrn"])), &[])
+        check(&p, "Patient", Some(&keys(&["site", "mrn"])), &[])
             .map_err(messages)
             .unwrap_err();
         assert_eq!(
-            check_table(&p, "Patient", Some(&keys(&["patient_id", "mrn"])), &[])
+            check(&p, "Patient", Some(&keys(&["patient_id", "mrn"])), &[])
                 .map_err(messages)
                 .unwrap_err(),
             vec!["@key patient_id, mrn: 2 rows with a NULL key column"]
         );
-        let e = check_table(&p, "Patient", Some(&keys(&["patient_id", "nope"])), &[])
+        let e = check(&p, "Patient", Some(&keys(&["patient_id", "nope"])), &[])
             .map_err(messages)
             .unwrap_err();
         assert_eq!(
@@ -396,8 +440,8 @@ mod tests {
             ]
         );
         let ok = table("id,v\n1,a\n2,a\n");
-        check_table(&ok, "T", Some(&keys(&["id"])), &[]).unwrap();
-        check_table(&ok, "T", Some(&keys(&["id", "v"])), &[]).unwrap();
+        check(&ok, "T", Some(&keys(&["id"])), &[]).unwrap();
+        check(&ok, "T", Some(&keys(&["id", "v"])), &[]).unwrap();
     }
 
     #[test]
@@ -421,7 +465,7 @@ mod tests {
             Assert::NotNull("gone".into()),
             Assert::Sql("SELECT * FROM Nope".into()),
         ];
-        let e = check_table(&p, "Patient", None, &asserts)
+        let e = check(&p, "Patient", None, &asserts)
             .map_err(messages)
             .unwrap_err();
         assert_eq!(
@@ -450,12 +494,12 @@ mod tests {
                 value: 6,
             },
         ];
-        let e = check_table(&p, "Patient", None, &passing)
+        let e = check(&p, "Patient", None, &passing)
             .map_err(messages)
             .unwrap_err();
         assert_eq!(e, vec!["@assert not_null(site): 1 row has NULL site"]);
         let ok = table("id,v\n1,a\n2,b\n");
-        check_table(
+        check(
             &ok,
             "T",
             Some(&keys(&["id"])),
@@ -475,7 +519,7 @@ mod tests {
     #[test]
     fn rows_on_an_empty_table() {
         let p = table("id\n");
-        let e = check_table(
+        let e = check(
             &p,
             "T",
             None,
@@ -528,13 +572,12 @@ mod tests {
     #[test]
     fn a_query_error_is_placed_in_the_query() {
         let p = table("id\n1\n");
-        let f = check_table(&p, "T", None, &[Assert::Sql("SELECT * FORM T".into())]).unwrap_err();
+        let f = check(&p, "T", None, &[Assert::Sql("SELECT * FORM T".into())]).unwrap_err();
         assert_eq!(f[0].assert, Some(0));
         // `FORM` starts at byte 9 of the query.
         assert_eq!(f[0].query_offset, Some(9), "{}", f[0].message);
         // SQLite gives no offset for a missing table: its name is found.
-        let f =
-            check_table(&p, "T", None, &[Assert::Sql("SELECT * FROM Nope".into())]).unwrap_err();
+        let f = check(&p, "T", None, &[Assert::Sql("SELECT * FROM Nope".into())]).unwrap_err();
         assert_eq!(f[0].query_offset, Some(14), "{}", f[0].message);
     }
 }

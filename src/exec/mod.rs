@@ -767,7 +767,11 @@ fn compute(
                     .open_verified(&digest)
                     .map_err(|e| infra(e.to_string()))?,
             };
-            checks::check_table(&path, &node.name, key, &asserts).map_err(|fails| {
+            let limits = sqlite::SqlLimits {
+                timeout,
+                cancel: Some(opts.cancel.clone()),
+            };
+            checks::check_table(&path, &node.name, key, &asserts, &limits).map_err(|fails| {
                 failed_checks = Some((digest, stats.clone()));
                 // Assertions are SQL too: keep only what the node itself says.
                 let own = format!("{}\n{:?}", node.body, asserts);

@@ -144,7 +144,10 @@ const STOP_CANCEL: u8 = 2;
 
 /// Installs the progress handler; the returned cell says why SQLite was
 /// interrupted, if it was.
-fn install_limits(conn: &mut Connection, limits: &SqlLimits) -> Result<Arc<AtomicU8>, ExecError> {
+pub(super) fn install_limits(
+    conn: &mut Connection,
+    limits: &SqlLimits,
+) -> Result<Arc<AtomicU8>, ExecError> {
     let why = Arc::new(AtomicU8::new(STOP_NONE));
     let deadline = Instant::now().checked_add(limits.timeout);
     let cancel = limits.cancel.clone();
@@ -168,7 +171,7 @@ fn install_limits(conn: &mut Connection, limits: &SqlLimits) -> Result<Arc<Atomi
 
 /// Replaces what SQLite says when the progress handler stopped it
 /// ("interrupted") with the reason.
-fn explain_stop(e: ExecError, why: &AtomicU8, limits: &SqlLimits) -> ExecError {
+pub(super) fn explain_stop(e: ExecError, why: &AtomicU8, limits: &SqlLimits) -> ExecError {
     match why.load(Ordering::SeqCst) {
         STOP_TIMEOUT => ExecError::new(format!(
             "timed out after {}s (@timeout, or [limits] timeout in sluice.toml)",
