@@ -18,12 +18,7 @@ pub fn run(global: &GlobalArgs, json: bool) -> anyhow::Result<ExitCode> {
     if super::workspace::report_diagnostics(&ws) {
         return Ok(ExitCode::FAILURE);
     }
-    let nodes: usize = ws
-        .graph
-        .pipelines
-        .iter()
-        .map(|p| ws.graph.pipeline_nodes(p).len())
-        .sum();
+    let nodes = node_count(&ws);
     let mut out = std::io::stdout().lock();
     let pipelines = ws.graph.pipelines.len();
     writeln!(
@@ -38,12 +33,7 @@ pub fn run(global: &GlobalArgs, json: bool) -> anyhow::Result<ExitCode> {
 /// `check --json`: the same verdict on stdout, problems included; the exit
 /// code is the same as without it.
 fn write_json(ws: &crate::engine::Workspace) -> anyhow::Result<ExitCode> {
-    let nodes: usize = ws
-        .graph
-        .pipelines
-        .iter()
-        .map(|p| ws.graph.pipeline_nodes(p).len())
-        .sum();
+    let nodes = node_count(ws);
     let problems: Vec<serde_json::Value> = ws
         .diagnostics
         .iter()
@@ -62,4 +52,13 @@ fn write_json(ws: &crate::engine::Workspace) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The nodes the pipelines run (a node two pipelines share counts twice).
+fn node_count(ws: &crate::engine::Workspace) -> usize {
+    ws.graph
+        .pipelines
+        .iter()
+        .map(|p| ws.graph.pipeline_nodes(p).len())
+        .sum()
 }

@@ -43,8 +43,10 @@ pub fn pipeline_diff(
     prod: Option<&Manifest>,
 ) -> anyhow::Result<Vec<NodeDiff>> {
     let mut nodes = Vec::new();
+    let prod_nodes = prod.map(Manifest::by_name).unwrap_or_default();
+    let last_nodes = last.by_name();
     for n in &last.nodes {
-        let before = prod.and_then(|m| m.node(&n.name));
+        let before = prod_nodes.get(n.name.as_str()).copied();
         if before.is_some_and(|b| b.output.is_some() && b.output == n.output) {
             continue;
         }
@@ -52,7 +54,7 @@ pub fn pipeline_diff(
     }
     if let Some(m) = prod {
         for b in &m.nodes {
-            if last.node(&b.name).is_none() {
+            if !last_nodes.contains_key(b.name.as_str()) {
                 nodes.push(diff::compare_nodes(&b.name, Some(b), None));
             }
         }

@@ -386,10 +386,12 @@ fn node_reports<'a>(
         .into_iter()
         .map(|id| (ws.graph.nodes[id].display_name(pipeline), id))
         .collect();
+    let current = manifest.by_name();
+    let prod_nodes = production.map(Manifest::by_name).unwrap_or_default();
     let mut out = Vec::new();
     for np in &plan.nodes {
-        let cur = manifest.node(&np.name);
-        let prod = production.and_then(|m| m.node(&np.name));
+        let cur = current.get(np.name.as_str()).copied();
+        let prod = prod_nodes.get(np.name.as_str()).copied();
         let id = ids.get(&np.name).copied();
         let node = id.map(|i| &ws.graph.nodes[i]);
         let result = id.and_then(|i| results.get(&i));
@@ -457,22 +459,24 @@ fn carry_over(
     manifest: &mut Manifest,
 ) {
     let mut nodes = Vec::new();
+    let current = manifest.by_name();
+    let previous = last.by_name();
     for id in ws.graph.pipeline_nodes(pipeline) {
         let name = ws.graph.nodes[id].display_name(pipeline);
         if results.contains_key(&id) {
-            if let Some(n) = manifest.node(&name) {
-                nodes.push(n.clone());
+            if let Some(n) = current.get(name.as_str()) {
+                nodes.push((*n).clone());
             }
             continue;
         }
-        let (Some(h), Some(old)) = (hashes[id], last.node(&name)) else {
+        let (Some(h), Some(old)) = (hashes[id], previous.get(name.as_str())) else {
             continue;
         };
         if old.local_hash == h.local
             && old.definition_hash == h.definition
             && matches!(old.status, Some(Status::Computed | Status::Cached))
         {
-            nodes.push(old.clone());
+            nodes.push((*old).clone());
         }
     }
     manifest.nodes = nodes;

@@ -97,7 +97,13 @@ pub struct ManifestNode {
 }
 
 impl Manifest {
+    /// One node by name (a linear search: for many lookups, [`Self::by_name`]).
     pub fn node(&self, name: &str) -> Option<&ManifestNode> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Every node by name.
+    pub fn by_name(&self) -> std::collections::HashMap<&str, &ManifestNode> {
+        self.nodes.iter().map(|n| (n.name.as_str(), n)).collect()
     }
 }

@@ -284,7 +284,13 @@ impl App {
         let (answer, rx) = tokio::sync::oneshot::channel();
         let sender = self.enqueuer.get_or_init(|| {
             let (tx, rx) = std::sync::mpsc::channel::<EnqueueRequest>();
-            let db = Arc::clone(&self.db);
+            // Its own connection to the database: a delivery never waits
+            // behind a worker or the outbox holding the shared one, only
+            // (briefly) for SQLite's write lock.
+            let db = match self.db.path().map(StateDb::open) {
+                Some(Ok(own)) => Arc::new(own),
+                _ => Arc::clone(&self.db),
+            };
             // The thread ends when the App (the only sender) is dropped.
             let spawned = std::thread::Builder::new()
                 .name("sluice-enqueue".into())
