@@ -168,6 +168,24 @@ impl<'a> Vocabulary<'a> {
     }
 }
 
+/// Whether `text` names `column` the way [`Vocabulary::names`] would, for
+/// one text, without building a vocabulary: as a whole word, or verbatim
+/// for a name with other characters.
+pub fn mentions(text: &str, column: &str) -> bool {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    if column.is_empty() {
+        return false;
+    }
+    if !column.chars().all(word) {
+        return text.contains(column);
+    }
+    text.match_indices(column).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + column.len()..].chars().next();
+        !before.is_some_and(word) && !after.is_some_and(word)
+    })
+}
+
 /// The entry that stands for `n` column names the data chose.
 pub fn data_named(n: usize) -> String {
     if n == 1 {
@@ -199,5 +217,10 @@ mod tests {
         );
         assert_eq!(v.hide(&cols[..2]), cols[..2].to_vec());
         assert_eq!(v.hide(&cols[2..3]), vec![data_named(1)]);
+        let text = "SELECT patient_id, count(*) AS \"n visits\" FROM Visit";
+        for c in &cols {
+            assert_eq!(mentions(text, c), v.names(c), "{c}");
+        }
+        assert!(!mentions(text, "patient") && !mentions(text, "id"));
     }
 }

@@ -371,9 +371,16 @@ fn node_reports<'a>(
 ) -> anyhow::Result<Vec<NodeReport>> {
     // Column names leave the machine in the report: those the data chose
     // are counted instead (see `diff::Vocabulary`).
-    let hide = |cols: &[String]| -> Vec<String> {
+    // Most names are in the node's own text; the whole repository's words
+    // are gathered only for the others.
+    let hide = |cols: &[String], own: Option<&str>| -> Vec<String> {
         if cols.is_empty() {
             return Vec::new();
+        }
+        if let Some(body) = own
+            && cols.iter().all(|c| diff::mentions(body, c))
+        {
+            return cols.to_vec();
         }
         vocab
             .get_or_init(|| diff::Vocabulary::of_graph(&ws.graph))
@@ -413,8 +420,8 @@ fn node_reports<'a>(
             // keyed counts, not the run.
             let mut d = diff::node_diff(stores, &np.name, prod, cur)
                 .unwrap_or_else(|_| crate::plan::diff::compare_nodes(&np.name, prod, cur));
-            d.columns_added = hide(&d.columns_added);
-            d.columns_removed = hide(&d.columns_removed);
+            d.columns_added = hide(&d.columns_added, None);
+            d.columns_removed = hide(&d.columns_removed, None);
             Some(d)
         } else {
             None
@@ -426,7 +433,9 @@ fn node_reports<'a>(
             failure: result.and_then(|r| r.failure),
             error: result.and_then(|r| r.error.clone()),
             rows: result.and_then(|r| r.rows),
-            columns: result.map(|r| hide(&r.columns)).unwrap_or_default(),
+            columns: result
+                .map(|r| hide(&r.columns, node.map(|n| n.body.as_str())))
+                .unwrap_or_default(),
             output: result.and_then(|r| r.output),
             duration_ms: result.map_or(0, |r| r.duration.as_millis() as u64),
             file: node.map(|n| n.file.to_string()),
