@@ -36,7 +36,12 @@ pub struct RunArgs {
     /// Print JSON: {"runs":[{"pipeline":..,"manifest":..,"nodes":[{"name":..,"status":..,"rows":..,"output":..}]}]}.
     #[arg(long)]
     pub json: bool,
-    /// Move production/<pipeline> to this run's manifest when it has no failures.
+    /// Move production/<pipeline> to this run's manifest when it has no
+    /// failures. Only from a commit of the production branch: a clean
+    /// working tree (the state directory and data root aside) whose HEAD
+    /// is the tip of refs/heads/<production_branch> or reachable from it
+    /// (a detached HEAD, as CI checks out, is fine), or with --at a
+    /// revision reachable from that branch. Refused with --select.
     #[arg(long)]
     pub promote: bool,
 }
