@@ -529,7 +529,7 @@ fn section(
         }
     }
     if cut.graphs {
-        out.push_str(&graph(&described));
+        out.push_str(&graph(p, &described));
     }
     out
 }
@@ -583,10 +583,11 @@ fn name_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
 }
 
 /// The changed subgraph as a collapsed mermaid flowchart: every edge into
-/// a changed node, nodes styled by what happened to them. Empty when no
-/// changed node has an input.
-fn graph(p: &PipelineReport) -> String {
-    let changed: Vec<&NodeReport> = p
+/// a changed node `described` (`p`'s nodes this section describes)
+/// holds, nodes styled by what happened to them. Empty when no changed
+/// node has an input.
+fn graph(p: &PipelineReport, described: &PipelineReport) -> String {
+    let changed: Vec<&NodeReport> = described
         .changed_nodes()
         .into_iter()
         .filter(|n| n.change != Change::Removed)
@@ -613,8 +614,11 @@ fn graph(p: &PipelineReport) -> String {
     names.dedup();
     edges.sort_by_key(|&(a, b)| (order.get(a), order.get(b), a, b));
     let id: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
-    let by_name: HashMap<&str, &NodeReport> =
-        p.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let by_name: HashMap<&str, &NodeReport> = described
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n))
+        .collect();
 
     let mut out =
         String::from("<details><summary>Changed subgraph</summary>\n\n```mermaid\ngraph LR\n");
@@ -938,6 +942,12 @@ mod tests {
             md.contains("<sub>2 computed · 0 cached · 1 failed · 2 skipped"),
             "{md}"
         );
+        // In south's graph the input stands first, by its label, unstyled.
+        assert!(
+            south.contains("graph LR\n  n0[\"clinics/north/Patient\"]\n  n1[\"Both\"]"),
+            "{md}"
+        );
+        assert!(south.contains("  class n1 modified\n"), "{md}");
     }
 
     #[test]
