@@ -10,8 +10,10 @@
 //! a GitHub user.
 //!
 //! This module also holds what the renderers share: number and duration
-//! formats, the order of pipelines (failures first), run totals, and which
-//! skipped nodes each failure took down.
+//! formats, the order of pipelines (failures first), run totals, which
+//! skipped nodes each failure took down, and where a node of another
+//! directory is described ([`Inputs`]: once, as an input, never counted as
+//! a pipeline's own; `sluice run`'s summary uses it too).
 
 pub mod comment;
 pub mod html;
