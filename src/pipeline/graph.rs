@@ -150,11 +150,10 @@ impl Node {
     /// `offset` of `query`, the `index`-th assertion's query after
     /// templates, in the query as written.
     pub fn assert_position(&self, index: usize, query: &str, offset: usize) -> (usize, usize) {
-        self.assert_maps
-            .get(&index)
-            .cloned()
-            .unwrap_or_default()
-            .line_column(query, offset)
+        match self.assert_maps.get(&index) {
+            Some(map) => map.line_column(query, offset),
+            None => super::template::TemplateMap::default().line_column(query, offset),
+        }
     }
 
     /// The line of `body_from` that the body's `index`-th line (0-based)
