@@ -17,6 +17,7 @@ use crate::engine::run::{RunError, RunRequest};
 use crate::engine::{Outcome, PipelineReport};
 use crate::exec::{CancelToken, Status};
 use crate::plan::digest::Digest;
+use crate::report::{Inputs, input_from, node_label};
 use crate::store::Stores;
 
 #[derive(Debug, Args)]
@@ -35,7 +36,12 @@ pub struct RunArgs {
     /// Print JSON: {"runs":[{"pipeline":..,"manifest":..,"nodes":[{"name":..,"status":..,"rows":..,"output":..}]}]}.
     #[arg(long)]
     pub json: bool,
-    /// Move production/<pipeline> to this run's manifest when it has no failures.
+    /// Move production/<pipeline> to this run's manifest when it has no
+    /// failures. Only from a commit of the production branch: a clean
+    /// working tree (the state directory and data root aside) whose HEAD
+    /// is the tip of refs/heads/<production_branch> or reachable from it
+    /// (a detached HEAD, as CI checks out, is fine), or with --at a
+    /// revision reachable from that branch. Refused with --select.
     #[arg(long)]
     pub promote: bool,
 }
@@ -352,16 +358,10 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         writeln!(stdout)?;
     } else {
         // A node of another directory that several pipelines need ran once:
-        // it is described once, under the first pipeline that needed it.
-        // A pipeline's own nodes are described there.
-        let mut shown: BTreeMap<String, String> = BTreeMap::new();
+        // it is described once, as the reports describe it.
+        let inputs = Inputs::of(&report.pipelines);
         for p in &report.pipelines {
-            for n in p.nodes.iter().filter(|n| foreign(&n.name).is_none()) {
-                shown.insert(format!("{}/{}", p.pipeline, n.name), p.pipeline.clone());
-            }
-        }
-        for p in &report.pipelines {
-            write_summary(&mut stdout, p, &stores, &mut shown)?;
+            write_summary(&mut stdout, p, &stores, &inputs)?;
         }
     }
     for p in &report.pipelines {
@@ -402,7 +402,7 @@ fn pipeline_run(p: &PipelineReport) -> PipelineRun {
                 let status = n.status?;
                 Some(NodeOut {
                     name: n.name.clone(),
-                    input_from: foreign(&n.name).map(|(dir, _)| dir.to_string()),
+                    input_from: input_from(&n.name).map(|(dir, _)| dir.to_string()),
                     status,
                     rows: n.rows,
                     output: n.output,
@@ -414,16 +414,11 @@ fn pipeline_run(p: &PipelineReport) -> PipelineRun {
     }
 }
 
-/// `(dir, name)` of a node of another directory, written `/dir/name`.
-fn foreign(name: &str) -> Option<(&str, &str)> {
-    name.strip_prefix('/')?.rsplit_once('/')
-}
-
 fn write_summary(
     out: &mut impl Write,
     p: &PipelineReport,
     stores: &Stores,
-    inputs_shown: &mut BTreeMap<String, String>,
+    inputs_described: &Inputs,
 ) -> std::io::Result<()> {
     let manifest = p.manifest.map(|d| d.short()).unwrap_or_else(|| "-".into());
     writeln!(out, "{}  (manifest {manifest})", p.pipeline)?;
@@ -432,14 +427,13 @@ fn write_summary(
     let mut inputs: Vec<String> = Vec::new();
     for n in &p.nodes {
         let Some(status) = n.status else { continue };
-        if let Some((dir, name)) = foreign(&n.name) {
-            let full = format!("{dir}/{name}");
-            if let Some(first) = inputs_shown.get(&full) {
-                inputs.push(format!("{full} (see {first})"));
+        if input_from(&n.name).is_some() {
+            let label = node_label(&n.name);
+            if let Some(first) = inputs_described.elsewhere(p, n) {
+                inputs.push(format!("{label} (see {first})"));
                 continue;
             }
-            inputs_shown.insert(full.clone(), p.pipeline.clone());
-            inputs.push(format!("{full} ({})", status.as_str()));
+            inputs.push(format!("{label} ({})", status.as_str()));
             // Its failure is shown in full, once.
             if status != Status::Failed {
                 continue;

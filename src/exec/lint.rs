@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use super::sqlite::{line_column, syntax_error};
+use super::sqlite::syntax_error;
 use crate::pipeline::diag::Diagnostic;
 use crate::pipeline::directive::Assert;
 use crate::pipeline::graph::{Action, Graph};
@@ -18,19 +18,20 @@ pub fn sql_syntax(graph: &Graph) -> Vec<Diagnostic> {
             && !node.body.trim().is_empty()
             && let Some((at, msg)) = syntax_error(&node.body)
         {
-            let (line, column) = line_column(&node.body, at);
+            let (line, column) = node.body_position(at);
             out.insert(Diagnostic::at(
                 &node.body_from,
-                node.body_file_line(line),
+                line,
                 u32::try_from(column).unwrap_or(u32::MAX),
                 msg,
             ));
         }
-        for (a, origin) in &node.asserts {
-            let Assert::Sql(q) = a else { continue };
-            let q = q.trim().trim_end_matches(';').trim_end();
+        for (i, (a, origin)) in node.asserts.iter().enumerate() {
+            let Assert::Sql(query) = a else { continue };
+            let lead = query.len() - query.trim_start().len();
+            let q = query.trim().trim_end_matches(';').trim_end();
             if let Some((at, msg)) = syntax_error(q) {
-                let (line, column) = line_column(q, at);
+                let (line, column) = node.assert_position(i, query, lead + at);
                 let column = u32::try_from(column).unwrap_or(u32::MAX);
                 out.insert(Diagnostic::at(
                     &origin.file,

@@ -506,8 +506,8 @@ fn locate_source_error(message: &str, node: &Node) -> Option<String> {
 /// `path:line:column` of byte `offset` of a node's body, in the file the
 /// body came from.
 fn body_location(node: &Node, offset: usize) -> String {
-    let (line, column) = sqlite::line_column(&node.body, offset);
-    format!("{}:{}:{column}", node.body_from, node.body_file_line(line))
+    let (line, column) = node.body_position(offset);
+    format!("{}:{line}:{column}", node.body_from)
 }
 
 /// The failures of a node's data tests, each `@assert sql:` that could
@@ -516,10 +516,10 @@ fn describe_failures(node: &Node, fails: &[checks::Failure]) -> String {
     let parts: Vec<String> = fails
         .iter()
         .map(|f| {
-            let at = f.assert.and_then(|i| node.asserts.get(i));
+            let at = f.assert.and_then(|i| Some((i, node.asserts.get(i)?)));
             match (at, f.query_offset) {
-                (Some((Assert::Sql(q), origin)), Some(offset)) => {
-                    let (line, column) = sqlite::line_column(q, offset);
+                (Some((i, (Assert::Sql(q), origin))), Some(offset)) => {
+                    let (line, column) = node.assert_position(i, q, offset);
                     let column = if line == 0 {
                         origin.column.max(1) as usize + column - 1
                     } else {

@@ -123,15 +123,39 @@ pub struct Node {
     /// For each line of `body`, the 1-based line of `body_from` it stands
     /// on (templates never add lines: a parameter value is one line).
     pub body_lines: Vec<u32>,
+    /// Where templates put values in `body`, to place an offset of `body`
+    /// on the column of the text as written.
+    pub body_map: super::template::TemplateMap,
     pub params: BTreeMap<String, ParamValue>,
     pub deps: Vec<Dep>,
     pub sources: Vec<SourceRef>,
     pub key: Option<(Vec<String>, Origin)>,
     pub asserts: Vec<(Assert, Origin)>,
+    /// Where templates put values in each `@assert sql:` query, by its
+    /// index in `asserts` (none for a query without templates).
+    pub assert_maps: BTreeMap<usize, super::template::TemplateMap>,
     pub timeout: Option<(u64, Origin)>,
 }
 
 impl Node {
+    /// The line of `body_from` and the 1-based column (in characters) of
+    /// byte `offset` of `body`, in the text as written (before
+    /// templates).
+    pub fn body_position(&self, offset: usize) -> (u32, usize) {
+        let (line, column) = self.body_map.line_column(&self.body, offset);
+        (self.body_file_line(line), column)
+    }
+
+    /// The 0-based line and 1-based column (in characters) of byte
+    /// `offset` of `query`, the `index`-th assertion's query after
+    /// templates, in the query as written.
+    pub fn assert_position(&self, index: usize, query: &str, offset: usize) -> (usize, usize) {
+        match self.assert_maps.get(&index) {
+            Some(map) => map.line_column(query, offset),
+            None => super::template::TemplateMap::default().line_column(query, offset),
+        }
+    }
+
     /// The line of `body_from` that the body's `index`-th line (0-based)
     /// came from.
     pub fn body_file_line(&self, index: usize) -> u32 {

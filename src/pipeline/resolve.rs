@@ -700,11 +700,13 @@ impl<'a> Compiler<'a> {
             body: String::new(),
             body_from: entry.file.clone(),
             body_lines: Vec::new(),
+            body_map: Default::default(),
             params: BTreeMap::new(),
             deps: Vec::new(),
             sources: Vec::new(),
             key: None,
             asserts: Vec::new(),
+            assert_maps: BTreeMap::new(),
             timeout: None,
         };
         // Problems that hold only in this pipeline say which one.
@@ -825,8 +827,8 @@ impl<'a> Compiler<'a> {
             Some(b) => {
                 node.body_from = b.file.clone();
                 node.body_lines = b.parsed.body_lines.clone();
-                match template::substitute(&b.parsed.body, &values) {
-                    Ok(text) => node.body = text,
+                match template::substitute_mapped(&b.parsed.body, &values) {
+                    Ok((text, map)) => (node.body, node.body_map) = (text, map),
                     Err(errs) => {
                         for e in errs {
                             let line = b.parsed.file_line(e.line);
@@ -914,8 +916,11 @@ impl<'a> Compiler<'a> {
         // Templates apply to every piece of user SQL, `@assert sql:` too.
         for (a, origin) in &t.asserts {
             let a = match a {
-                Assert::Sql(q) => match template::substitute(q, &values) {
-                    Ok(q) => Assert::Sql(q),
+                Assert::Sql(q) => match template::substitute_mapped(q, &values) {
+                    Ok((q, map)) => {
+                        node.assert_maps.insert(node.asserts.len(), map);
+                        Assert::Sql(q)
+                    }
                     Err(errs) => {
                         for e in errs {
                             self.diags.push(

@@ -26,6 +26,57 @@ pub fn references(text: &str) -> Vec<String> {
     out
 }
 
+/// Where the substitution put each value: enough to place an offset of
+/// the text after templates (where SQLite reports an error) on the line
+/// and column of the text as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TemplateMap {
+    /// In the order of the text.
+    replaced: Vec<Replaced>,
+}
+
+/// One `{{ K }}` and the value standing in its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Replaced {
+    /// The value's bytes in the text after templates.
+    start: usize,
+    end: usize,
+    /// Characters of the `{{ K }}` as written and of the value.
+    written_chars: usize,
+    value_chars: usize,
+}
+
+impl TemplateMap {
+    /// The 0-based line and 1-based column (in characters) in the text as
+    /// written of byte `offset` of `out`, the text after templates (what
+    /// [`substitute_mapped`] returned with this map). An offset inside a
+    /// value is placed at its `{{`.
+    pub fn line_column(&self, out: &str, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(out.len());
+        while !out.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        if let Some(r) = self
+            .replaced
+            .iter()
+            .find(|r| r.start < offset && offset < r.end)
+        {
+            offset = r.start;
+        }
+        let before = &out[..offset];
+        let line = before.matches('\n').count();
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let mut column = before[line_start..].chars().count() + 1;
+        // A value is one line: those before the offset on its line moved it.
+        for r in &self.replaced {
+            if r.start >= line_start && r.end <= offset {
+                column = column + r.written_chars - r.value_chars;
+            }
+        }
+        (line, column)
+    }
+}
+
 /// Replaces every `{{ K }}` in `text` with its value. An undefined name is
 /// an error, never an empty string. Braces around anything that is not a
 /// parameter name (`"{{}}".format()` in Python, `{{ .x }}` in a template
@@ -35,8 +86,17 @@ pub fn substitute(
     text: &str,
     params: &BTreeMap<String, String>,
 ) -> Result<String, Vec<TemplateError>> {
+    substitute_mapped(text, params).map(|(out, _)| out)
+}
+
+/// [`substitute`], with where each value went.
+pub fn substitute_mapped(
+    text: &str,
+    params: &BTreeMap<String, String>,
+) -> Result<(String, TemplateMap), Vec<TemplateError>> {
+    let mut map = TemplateMap::default();
     if !text.contains("{{") {
-        return Ok(text.to_string());
+        return Ok((text.to_string(), map));
     }
     let mut out = String::with_capacity(text.len());
     let mut errors = Vec::new();
@@ -52,7 +112,14 @@ pub fn substitute(
         } else {
             out.push_str(&rest[..start]);
             if let Some(v) = params.get(key) {
+                let at = out.len();
                 out.push_str(v);
+                map.replaced.push(Replaced {
+                    start: at,
+                    end: out.len(),
+                    written_chars: rest[start..used].chars().count(),
+                    value_chars: v.chars().count(),
+                });
             } else {
                 errors.push(TemplateError {
                     line: text[..consumed + start].matches('\n').count(),
@@ -67,7 +134,7 @@ pub fn substitute(
     }
     out.push_str(rest);
     if errors.is_empty() {
-        Ok(out)
+        Ok((out, map))
     } else {
         Err(errors)
     }
@@ -95,6 +162,26 @@ mod tests {
         let err = substitute("a\nb {{missing}}\n", &params(&[])).unwrap_err();
         assert_eq!(err[0].line, 1);
         assert!(err[0].message.contains("undefined parameter `{{missing}}`"));
+    }
+
+    #[test]
+    fn offsets_after_templates_are_placed_in_the_text_as_written() {
+        let p = params(&[("min", "120000"), ("t", "é"), ("empty", "")]);
+        let written = "SELECT 1\nWHERE x > {{ min }} AND {{t}}{{empty}} oops\n";
+        let (out, map) = substitute_mapped(written, &p).unwrap();
+        assert_eq!(out, "SELECT 1\nWHERE x > 120000 AND é oops\n");
+        // `oops` is at column 39 as written, 26 after templates.
+        let at = out.find("oops").unwrap();
+        let want = written.find("oops").unwrap() - written.find('\n').unwrap();
+        assert_eq!(map.line_column(&out, at), (1, want));
+        // Inside a value: at its `{{`.
+        let inside = out.find("20000").unwrap();
+        assert_eq!(map.line_column(&out, inside), (1, 11));
+        // Before any value, and on a line without one, as is.
+        assert_eq!(map.line_column(&out, 3), (0, 4));
+        assert_eq!(map.line_column(&out, out.find("WHERE").unwrap()), (1, 1));
+        // Past the end: clamped.
+        assert_eq!(map.line_column(&out, usize::MAX).0, 2);
     }
 
     #[test]

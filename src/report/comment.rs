@@ -20,9 +20,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{
-    Blame, Totals, by_severity, column_changes, common_production, count_of, delta_text,
-    display_time, duration, keyed_text, one_line, outcome_icon, rows_text, short_sha, status_word,
-    thousands, truncate_chars,
+    Blame, Inputs, Totals, by_severity, column_changes, common_production, count_of, delta_text,
+    display_time, duration, input_from, inputs_line, keyed_text, node_label, one_line,
+    outcome_icon, rows_text, short_sha, status_word, thousands, truncate_chars,
 };
 use crate::engine::outcome::{FailureKind, NodeReport, Outcome, PipelineReport, RunReport, Status};
 use crate::plan::Change;
@@ -302,12 +302,14 @@ fn render(r: &RunReport, opts: &CommentOptions, cut: Cut) -> String {
 
     let per_pipeline_production = common_production(r).is_err();
     let mut failures_left = cut.failures;
+    let inputs = Inputs::of(pipelines.iter().copied());
     for p in pipelines.iter().take(cut.summary_rows) {
         out.push_str(&section(
             p,
             cut,
             per_pipeline_production,
             &mut failures_left,
+            &inputs,
         ));
     }
 
@@ -359,12 +361,14 @@ fn verdict(r: &RunReport, t: &Totals, opts: &CommentOptions) -> String {
 }
 
 /// One pipeline: failures (taken from `failures_left`), skipped nodes,
-/// the changed nodes, why they ran, the changed subgraph.
+/// its inputs from other directories, the changed nodes, why they ran,
+/// the changed subgraph. An input is described only where `inputs` says.
 fn section(
     p: &PipelineReport,
     cut: Cut,
     own_production: bool,
     failures_left: &mut usize,
+    inputs: &Inputs,
 ) -> String {
     let error_chars = if cut.short_errors {
         SHORT_ERROR_CHARS
@@ -396,17 +400,29 @@ fn section(
     let shown = blame.failures.len().min(*failures_left);
     *failures_left -= shown;
     for (node, skipped) in &blame.failures[..shown] {
-        out.push_str(&format!("**{} failed**", code(&node.name)));
-        if node.failure == Some(FailureKind::Infra) {
-            out.push_str(" (an infrastructure error, not the pipeline's code)");
-        }
-        if let Some(e) = &node.error {
-            out.push_str(&format!(" — {}", error_code(e)));
+        let label = node_label(&node.name);
+        match (inputs.elsewhere(p, node), input_from(&node.name)) {
+            (Some(q), _) => {
+                out.push_str(&format!("Input {} failed (see {})", code(&label), code(q)));
+            }
+            (None, from) => {
+                out.push_str(&format!("**{} failed**", code(&label)));
+                if let Some((dir, _)) = from {
+                    out.push_str(&format!(" (an input from {})", code(dir)));
+                }
+                if node.failure == Some(FailureKind::Infra) {
+                    out.push_str(" (an infrastructure error, not the pipeline's code)");
+                }
+                if let Some(e) = &node.error {
+                    out.push_str(&format!(" — {}", error_code(e)));
+                }
+            }
         }
         if !skipped.is_empty() {
+            let labels: Vec<String> = skipped.iter().map(|n| node_label(&n.name)).collect();
             out.push_str(&format!(
                 "\nSkipped because of it: {}.",
-                name_list(skipped.iter().map(|n| n.name.as_str()))
+                name_list(labels.iter().map(String::as_str))
             ));
         }
         out.push_str("\n\n");
@@ -421,22 +437,34 @@ fn section(
         out.push_str(&format!("{what}: {}.\n\n", SEE_REPORT));
     }
     // Skipped without a failure upstream (a cancelled run), by reason.
-    let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut by_reason: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for n in &blame.other_skipped {
+        if inputs.elsewhere(p, n).is_some() {
+            continue;
+        }
         by_reason
             .entry(n.error.as_deref().unwrap_or(""))
             .or_default()
-            .push(&n.name);
+            .push(node_label(&n.name));
     }
     for (reason, names) in by_reason {
-        out.push_str(&format!("Skipped: {}", name_list(names.into_iter())));
+        out.push_str(&format!(
+            "Skipped: {}",
+            name_list(names.iter().map(String::as_str))
+        ));
         if !reason.is_empty() {
             out.push_str(&format!(" — {}", error_code(reason)));
         }
         out.push_str("\n\n");
     }
 
-    let changed = p.changed_nodes();
+    let own_inputs = inputs.of_pipeline(p);
+    if let Some(line) = inputs_line(&own_inputs, code, code) {
+        out.push_str(&format!("Inputs from other directories: {line}.\n\n"));
+    }
+
+    let described = inputs.described(p);
+    let changed = described.changed_nodes();
     if changed.is_empty() {
         out.push_str("No change against production.\n\n");
         return out;
@@ -491,13 +519,17 @@ fn section(
             out.push_str("<details><summary>Why these ran</summary>\n\n");
             for n in why {
                 let reasons: Vec<String> = n.why.iter().map(|w| code(w)).collect();
-                out.push_str(&format!("- {}: {}\n", code(&n.name), reasons.join("; ")));
+                out.push_str(&format!(
+                    "- {}: {}\n",
+                    code(&node_label(&n.name)),
+                    reasons.join("; ")
+                ));
             }
             out.push_str("\n</details>\n\n");
         }
     }
     if cut.graphs {
-        out.push_str(&graph(p));
+        out.push_str(&graph(p, &described));
     }
     out
 }
@@ -514,7 +546,7 @@ fn node_row(n: &NodeReport) -> String {
     columns.extend(listed(removed, |c| format!("\u{2212}{}", cell(c))));
     format!(
         "| {} | {} | {} | {} | {} | {} | {} |\n",
-        cell(&n.name),
+        cell(&node_label(&n.name)),
         n.change.as_str(),
         status,
         rows_text(n),
@@ -551,10 +583,11 @@ fn name_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
 }
 
 /// The changed subgraph as a collapsed mermaid flowchart: every edge into
-/// a changed node, nodes styled by what happened to them. Empty when no
-/// changed node has an input.
-fn graph(p: &PipelineReport) -> String {
-    let changed: Vec<&NodeReport> = p
+/// a changed node `described` (`p`'s nodes this section describes)
+/// holds, nodes styled by what happened to them. Empty when no changed
+/// node has an input.
+fn graph(p: &PipelineReport, described: &PipelineReport) -> String {
+    let changed: Vec<&NodeReport> = described
         .changed_nodes()
         .into_iter()
         .filter(|n| n.change != Change::Removed)
@@ -581,13 +614,16 @@ fn graph(p: &PipelineReport) -> String {
     names.dedup();
     edges.sort_by_key(|&(a, b)| (order.get(a), order.get(b), a, b));
     let id: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
-    let by_name: HashMap<&str, &NodeReport> =
-        p.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let by_name: HashMap<&str, &NodeReport> = described
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n))
+        .collect();
 
     let mut out =
         String::from("<details><summary>Changed subgraph</summary>\n\n```mermaid\ngraph LR\n");
     for (i, n) in names.iter().enumerate() {
-        out.push_str(&format!("  n{i}[\"{}\"]\n", mermaid_label(n)));
+        out.push_str(&format!("  n{i}[\"{}\"]\n", mermaid_label(&node_label(n))));
     }
     for (a, b) in &edges {
         out.push_str(&format!("  n{} --> n{}\n", id[a], id[b]));
@@ -862,6 +898,56 @@ mod tests {
         let md = comment_markdown(&r, &opts(GITHUB_MAX_CHARS));
         assert!(md.contains("✅ **no failures** · 1 pipeline · 3 nodes changed · 3 cached"));
         assert!(md.contains("Promoted: `production/clinics/clinic_a` now points at this run."));
+    }
+
+    #[test]
+    fn nodes_of_other_directories_are_inputs_described_once() {
+        let md = comment_markdown(
+            &crate::report::shared_inputs_report(),
+            &opts(GITHUB_MAX_CHARS),
+        );
+        let (north, south) = md
+            .split_once("#### ❌ `clinics/south`")
+            .expect("a south section");
+        assert!(!south.contains("/clinics/north/Patient"), "{md}");
+        assert!(!south.contains("| `clinics/north/Patient` |"), "{md}");
+        assert!(
+            south.contains(
+                "Inputs from other directories: `clinics/north/Patient` (see `clinics/north`), `reference/codes` (see `clinics/north`)."
+            ),
+            "{md}"
+        );
+        assert!(
+            south.contains("Input `reference/codes` failed (see `clinics/north`)\nSkipped because of it: `Codes`."),
+            "{md}"
+        );
+        assert!(
+            north.contains("**`reference/codes` failed** (an input from `reference`) — `no such table: code_list`"),
+            "{md}"
+        );
+        assert!(
+            north.contains("| `reference/codes` | new | **failed** |"),
+            "{md}"
+        );
+        assert_eq!(md.matches("no such table").count(), 1, "{md}");
+        assert!(
+            md.contains("| `clinics/south` | ❌ failure | 2 | 0 | 1 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("❌ **1 failure** · 2 pipelines · 5 nodes changed"),
+            "{md}"
+        );
+        assert!(
+            md.contains("<sub>2 computed · 0 cached · 1 failed · 2 skipped"),
+            "{md}"
+        );
+        // In south's graph the input stands first, by its label, unstyled.
+        assert!(
+            south.contains("graph LR\n  n0[\"clinics/north/Patient\"]\n  n1[\"Both\"]"),
+            "{md}"
+        );
+        assert!(south.contains("  class n1 modified\n"), "{md}");
     }
 
     #[test]

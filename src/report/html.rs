@@ -4,8 +4,9 @@
 //! content security policy forbids scripts and remote loads besides.
 
 use super::{
-    Blame, Totals, by_severity, column_changes, common_production, count_of, delta_text,
-    display_time, duration, keyed_text, outcome_icon, rows_text, short_sha, status_word, thousands,
+    Blame, Inputs, Totals, by_severity, column_changes, common_production, count_of, delta_text,
+    display_time, duration, input_from, keyed_text, node_label, outcome_icon, rows_text, short_sha,
+    status_word, thousands,
 };
 use crate::engine::outcome::{FailureKind, NodeReport, Outcome, PipelineReport, RunReport, Status};
 
@@ -138,8 +139,14 @@ pub fn run_page(r: &RunReport, logs: &dyn Fn(&NodeReport) -> Option<String>) -> 
     }
     out.push_str("</tbody>\n</table>\n");
 
+    let inputs = Inputs::of(pipelines.iter().copied());
+    let anchors: std::collections::HashMap<&str, usize> = pipelines
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.pipeline.as_str(), i))
+        .collect();
     for (i, p) in pipelines.iter().enumerate() {
-        out.push_str(&section(i, p, logs));
+        out.push_str(&section(i, p, logs, &inputs, &anchors));
     }
     out.push_str(&format!(
         "</main>\n<footer>sluice {}</footer>\n</body>\n</html>\n",
@@ -165,8 +172,21 @@ fn verdict(r: &RunReport, t: &Totals) -> String {
     )
 }
 
-/// One pipeline: its facts, its failures in boxes, every node in a table.
-fn section(i: usize, p: &PipelineReport, logs: &dyn Fn(&NodeReport) -> Option<String>) -> String {
+/// One pipeline: its facts, its failures in boxes, its inputs from other
+/// directories, every node it describes in a table. An input is
+/// described only where `inputs` says; `anchors` numbers the pipelines'
+/// sections.
+fn section(
+    i: usize,
+    p: &PipelineReport,
+    logs: &dyn Fn(&NodeReport) -> Option<String>,
+    inputs: &Inputs,
+    anchors: &std::collections::HashMap<&str, usize>,
+) -> String {
+    let see = |q: &str| match anchors.get(q) {
+        Some(j) => format!("<a href=\"#p{j}\"><code>{}</code></a>", escape(q)),
+        None => code(q),
+    };
     let mut out = format!(
         "<section class=\"pipeline {}\" id=\"p{i}\">\n<h2>{} <code>{}</code> {}</h2>\n",
         p.outcome.as_str(),
@@ -206,27 +226,37 @@ fn section(i: usize, p: &PipelineReport, logs: &dyn Fn(&NodeReport) -> Option<St
     let blame = Blame::of(p);
     for (node, skipped) in &blame.failures {
         let id = node_id(i, p, node);
-        out.push_str(&format!(
-            "<div class=\"error-box\" id=\"{id}-error\"><h3><code>{}</code> failed</h3>\n",
-            escape(&node.name)
-        ));
-        let kind = match node.failure {
-            Some(FailureKind::Infra) => "an infrastructure error: not the pipeline's code",
-            _ => "the pipeline's code or data",
-        };
-        out.push_str(&format!("<p class=\"kind\">{kind}"));
-        if let Some(f) = &node.file {
-            out.push_str(&format!(" · <code>{}</code>", escape(f)));
-        }
-        out.push_str("</p>\n");
-        if let Some(e) = &node.error {
-            out.push_str(&format!("<pre class=\"error\">{}</pre>\n", escape(e)));
+        let label = node_label(&node.name);
+        if let Some(q) = inputs.elsewhere(p, node) {
+            out.push_str(&format!(
+                "<div class=\"error-box\"><h3>Input {} failed</h3>\n<p>See {}.</p>\n",
+                code(&label),
+                see(q)
+            ));
+        } else {
+            out.push_str(&format!(
+                "<div class=\"error-box\" id=\"{id}-error\"><h3>{}{} failed</h3>\n",
+                match input_from(&node.name) {
+                    Some(_) => "Input ",
+                    None => "",
+                },
+                code(&label)
+            ));
+            let kind = match node.failure {
+                Some(FailureKind::Infra) => "an infrastructure error: not the pipeline's code",
+                _ => "the pipeline's code or data",
+            };
+            out.push_str(&format!("<p class=\"kind\">{kind}"));
+            if let Some(f) = &node.file {
+                out.push_str(&format!(" · <code>{}</code>", escape(f)));
+            }
+            out.push_str("</p>\n");
+            if let Some(e) = &node.error {
+                out.push_str(&format!("<pre class=\"error\">{}</pre>\n", escape(e)));
+            }
         }
         if !skipped.is_empty() {
-            let names: Vec<String> = skipped
-                .iter()
-                .map(|n| format!("<code>{}</code>", escape(&n.name)))
-                .collect();
+            let names: Vec<String> = skipped.iter().map(|n| code(&node_label(&n.name))).collect();
             out.push_str(&format!(
                 "<p>Skipped because of it: {}.</p>\n",
                 names.join(", ")
@@ -235,12 +265,31 @@ fn section(i: usize, p: &PipelineReport, logs: &dyn Fn(&NodeReport) -> Option<St
         out.push_str("</div>\n");
     }
 
+    let own_inputs = inputs.of_pipeline(p);
+    if !own_inputs.is_empty() {
+        let items: Vec<String> = own_inputs
+            .iter()
+            .map(|input| match input.see {
+                Some(q) => format!("{} (see {})", code(&input.label), see(q)),
+                None => format!(
+                    "{} (<a href=\"#{}\">{}</a>)",
+                    code(&input.label),
+                    node_id(i, p, input.node),
+                    escape(status_word(input.node))
+                ),
+            })
+            .collect();
+        out.push_str(&format!(
+            "<p>Inputs from other directories: {}.</p>\n",
+            items.join(", ")
+        ));
+    }
     if p.nodes.is_empty() {
         out.push_str("<p class=\"note\">This pipeline has no nodes.</p>\n</section>\n");
         return out;
     }
     out.push_str("<table class=\"nodes\">\n<thead><tr><th>node</th><th>status</th><th>change</th><th>rows: production → branch</th><th>Δ</th><th>columns</th><th>by key: + / − / ~</th><th>time</th><th>output</th></tr></thead>\n<tbody>\n");
-    for node in &p.nodes {
+    for node in p.nodes.iter().filter(|n| inputs.elsewhere(p, n).is_none()) {
         out.push_str(&node_rows(i, p, node, logs));
     }
     out.push_str("</tbody>\n</table>\n</section>\n");
@@ -271,8 +320,11 @@ fn node_rows(
         )
         .collect();
     let mut out = format!(
-        "<tr class=\"{class}\" id=\"{id}\"><td><code>{}</code>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>\n",
-        escape(&n.name),
+        "<tr class=\"{class}\" id=\"{id}\"><td><code>{}</code>{}{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>\n",
+        escape(&node_label(&n.name)),
+        input_from(&n.name)
+            .map(|(dir, _)| format!("<br><small>input from {}</small>", escape(dir)))
+            .unwrap_or_default(),
         n.file
             .as_ref()
             .map(|f| format!("<br><small>{}</small>", escape(f)))
@@ -430,6 +482,35 @@ mod tests {
         assert!(page.find("id=\"p0\"").expect("p0") < page.find("id=\"p1\"").expect("p1"));
         assert!(
             page.find("clinics/clinic_b").expect("b") < page.find("clinics/clinic_a").expect("a")
+        );
+    }
+
+    #[test]
+    fn nodes_of_other_directories_are_inputs_described_once() {
+        let page = run_page(&crate::report::shared_inputs_report(), &|_| None);
+        let (north, south) = page.split_once("id=\"p1\"").expect("a south section");
+        assert!(!south.contains("/clinics/north/Patient"), "{page}");
+        assert!(
+            !south.contains("<code>clinics/north/Patient</code><br>"),
+            "{page}"
+        );
+        assert!(
+            south.contains("<p>Inputs from other directories: <code>clinics/north/Patient</code> (see <a href=\"#p0\"><code>clinics/north</code></a>), <code>reference/codes</code> (see <a href=\"#p0\"><code>clinics/north</code></a>).</p>"),
+            "{page}"
+        );
+        assert!(
+            south.contains("<h3>Input <code>reference/codes</code> failed</h3>"),
+            "{page}"
+        );
+        assert!(
+            north
+                .contains("<h3>Input <code>reference/codes</code> failed</h3>\n<p class=\"kind\">"),
+            "{page}"
+        );
+        assert_eq!(page.matches("no such table").count(), 1, "{page}");
+        assert!(
+            page.contains("2 computed · 0 cached · 1 failed · 2 skipped"),
+            "{page}"
         );
     }
 

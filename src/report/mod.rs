@@ -10,8 +10,10 @@
 //! a GitHub user.
 //!
 //! This module also holds what the renderers share: number and duration
-//! formats, the order of pipelines (failures first), run totals, and which
-//! skipped nodes each failure took down.
+//! formats, the order of pipelines (failures first), run totals, which
+//! skipped nodes each failure took down, and where a node of another
+//! directory is described ([`Inputs`]: once, as an input, never counted as
+//! a pipeline's own; `sluice run`'s summary uses it too).
 
 pub mod comment;
 pub mod html;
@@ -170,6 +172,123 @@ pub(crate) fn by_severity(r: &RunReport) -> Vec<&PipelineReport> {
     v
 }
 
+/// `(dir, name)` of a node of another directory, which a pipeline's
+/// report names `/dir/name` (`@depend /clinics/north/Patient` from clinic
+/// south): an input of that pipeline from `dir`, not one of its own nodes.
+pub fn input_from(name: &str) -> Option<(&str, &str)> {
+    name.strip_prefix('/')?.rsplit_once('/')
+}
+
+/// A node as a report names it: its name for one of the pipeline's own
+/// nodes, `dir/name` for an input from another directory.
+pub fn node_label(name: &str) -> String {
+    match input_from(name) {
+        Some((dir, name)) => format!("{dir}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+/// Where a report describes each node of another directory. A node
+/// several pipelines need ran once, so it is described once: under its
+/// own pipeline when that one is in the report, else under the first
+/// pipeline (in the report's order) that needs it. Every other pipeline
+/// names it as an input and points there, and none counts it as its own.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    /// `dir/name` → the pipeline describing it.
+    describer: HashMap<String, String>,
+}
+
+/// One input of a pipeline from another directory.
+#[derive(Debug)]
+pub struct Input<'a> {
+    /// `clinics/north/Patient`.
+    pub label: String,
+    /// `clinics/north`.
+    pub dir: &'a str,
+    pub node: &'a NodeReport,
+    /// The pipeline describing it when that is another one.
+    pub see: Option<&'a str>,
+}
+
+impl Inputs {
+    /// For a report listing `pipelines` in this order.
+    pub fn of<'a>(pipelines: impl IntoIterator<Item = &'a PipelineReport>) -> Inputs {
+        let pipelines: Vec<&PipelineReport> = pipelines.into_iter().collect();
+        let mut describer = HashMap::new();
+        for p in &pipelines {
+            for n in p.nodes.iter().filter(|n| input_from(&n.name).is_none()) {
+                describer.insert(format!("{}/{}", p.pipeline, n.name), p.pipeline.clone());
+            }
+        }
+        for p in &pipelines {
+            for n in &p.nodes {
+                if input_from(&n.name).is_some() {
+                    describer
+                        .entry(node_label(&n.name))
+                        .or_insert_with(|| p.pipeline.clone());
+                }
+            }
+        }
+        Inputs { describer }
+    }
+
+    /// The pipeline describing `n`, a node of `p`, when that is another
+    /// one; `None` for `p`'s own nodes and the inputs `p` describes.
+    pub fn elsewhere<'a>(&'a self, p: &PipelineReport, n: &NodeReport) -> Option<&'a str> {
+        input_from(&n.name)?;
+        self.describer
+            .get(&node_label(&n.name))
+            .map(String::as_str)
+            .filter(|q| *q != p.pipeline)
+    }
+
+    /// `p`'s inputs from other directories, in its order.
+    pub fn of_pipeline<'a>(&'a self, p: &'a PipelineReport) -> Vec<Input<'a>> {
+        p.nodes
+            .iter()
+            .filter_map(|n| {
+                let (dir, _) = input_from(&n.name)?;
+                Some(Input {
+                    label: node_label(&n.name),
+                    dir,
+                    node: n,
+                    see: self.elsewhere(p, n),
+                })
+            })
+            .collect()
+    }
+
+    /// `p` with the nodes it describes: its own, and the inputs described
+    /// under it.
+    pub fn described(&self, p: &PipelineReport) -> PipelineReport {
+        let mut out = p.clone();
+        out.nodes.retain(|n| self.elsewhere(p, n).is_none());
+        out
+    }
+}
+
+/// `inputs from other directories: clinics/north/Patient (see
+/// clinics/north), reference/lab_map (cached)`, each label rendered by
+/// `name` and each pipeline by `pipeline`; `None` without such inputs.
+pub(crate) fn inputs_line(
+    inputs: &[Input],
+    name: impl Fn(&str) -> String,
+    pipeline: impl Fn(&str) -> String,
+) -> Option<String> {
+    if inputs.is_empty() {
+        return None;
+    }
+    let items: Vec<String> = inputs
+        .iter()
+        .map(|i| match i.see {
+            Some(q) => format!("{} (see {})", name(&i.label), pipeline(q)),
+            None => format!("{} ({})", name(&i.label), status_word(i.node)),
+        })
+        .collect();
+    Some(items.join(", "))
+}
+
 /// Node counts of a pipeline or a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Totals {
@@ -184,33 +303,57 @@ pub(crate) struct Totals {
 }
 
 impl Totals {
+    /// A pipeline's own nodes: its inputs from other directories are
+    /// not counted.
     pub fn of_pipeline(p: &PipelineReport) -> Totals {
-        Totals {
-            changed: p
-                .nodes
-                .iter()
-                .filter(|n| n.change != Change::Unchanged)
-                .count(),
-            computed: p.count(Status::Computed),
-            cached: p.count(Status::Cached),
-            failed: p.count(Status::Failed),
-            skipped: p.count(Status::Skipped),
-            pipeline_errors: usize::from(p.error.is_some()),
-        }
+        let mut t = Totals::of_nodes(p.nodes.iter().filter(|n| input_from(&n.name).is_none()));
+        t.pipeline_errors = usize::from(p.error.is_some());
+        t
     }
 
+    /// Every pipeline's own nodes, and each input from a directory no
+    /// pipeline of the run describes as its own counted once.
     pub fn of_run(r: &RunReport) -> Totals {
-        r.pipelines
+        let inputs = Inputs::of(&r.pipelines);
+        let mut t = r
+            .pipelines
             .iter()
             .map(Totals::of_pipeline)
-            .fold(Totals::default(), |a, b| Totals {
-                changed: a.changed + b.changed,
-                computed: a.computed + b.computed,
-                cached: a.cached + b.cached,
-                failed: a.failed + b.failed,
-                skipped: a.skipped + b.skipped,
-                pipeline_errors: a.pipeline_errors + b.pipeline_errors,
-            })
+            .fold(Totals::default(), Totals::add);
+        for p in &r.pipelines {
+            let described = p
+                .nodes
+                .iter()
+                .filter(|n| input_from(&n.name).is_some() && inputs.elsewhere(p, n).is_none());
+            t = t.add(Totals::of_nodes(described));
+        }
+        t
+    }
+
+    fn of_nodes<'a>(nodes: impl Iterator<Item = &'a NodeReport>) -> Totals {
+        let mut t = Totals::default();
+        for n in nodes {
+            t.changed += usize::from(n.change != Change::Unchanged);
+            match n.status {
+                Some(Status::Computed) => t.computed += 1,
+                Some(Status::Cached) => t.cached += 1,
+                Some(Status::Failed) => t.failed += 1,
+                Some(Status::Skipped) => t.skipped += 1,
+                None => {}
+            }
+        }
+        t
+    }
+
+    fn add(self, b: Totals) -> Totals {
+        Totals {
+            changed: self.changed + b.changed,
+            computed: self.computed + b.computed,
+            cached: self.cached + b.cached,
+            failed: self.failed + b.failed,
+            skipped: self.skipped + b.skipped,
+            pipeline_errors: self.pipeline_errors + b.pipeline_errors,
+        }
     }
 
     /// Failed nodes and pipeline errors: what a verdict counts.
@@ -523,9 +666,116 @@ pub(crate) fn sample_report() -> RunReport {
     }
 }
 
+/// Two clinics and the nodes of other directories they read: south
+/// depends on north's `Patient` (computed once, for both), and both on
+/// `/reference/codes`, which failed and took a node of each down.
+#[cfg(test)]
+pub(crate) fn shared_inputs_report() -> RunReport {
+    let node = |name: &str, status: Status, inputs: &[&str]| NodeReport {
+        name: name.into(),
+        change: Change::New,
+        status: Some(status),
+        failure: None,
+        error: match status {
+            Status::Failed => Some("no such table: code_list".into()),
+            Status::Skipped => Some("upstream did not succeed".into()),
+            _ => None,
+        },
+        rows: (status == Status::Computed).then_some(2),
+        columns: Vec::new(),
+        output: None,
+        duration_ms: 5,
+        file: None,
+        inputs: inputs.iter().map(|i| i.to_string()).collect(),
+        why: vec!["new node".into()],
+        diff: None,
+        log: None,
+    };
+    let pipeline = |name: &str, nodes: Vec<NodeReport>| PipelineReport {
+        pipeline: name.into(),
+        outcome: Outcome::Failure,
+        manifest: None,
+        production: None,
+        production_commit: None,
+        promoted: false,
+        error: None,
+        duration_ms: 10,
+        nodes,
+    };
+    let north = pipeline(
+        "clinics/north",
+        vec![
+            node("Patient", Status::Computed, &[]),
+            node("/reference/codes", Status::Failed, &[]),
+            node("Codes", Status::Skipped, &["/reference/codes"]),
+        ],
+    );
+    let south = pipeline(
+        "clinics/south",
+        vec![
+            node("/clinics/north/Patient", Status::Computed, &[]),
+            node("Both", Status::Computed, &["/clinics/north/Patient"]),
+            node("/reference/codes", Status::Failed, &[]),
+            node("Codes", Status::Skipped, &["/reference/codes"]),
+        ],
+    );
+    RunReport {
+        run_id: None,
+        commit: Some("a1b2c3d4e5f60718293a4b5c6d7e8f9012345678".into()),
+        git_ref: None,
+        started_at: "2026-12-02T14:03:11Z".into(),
+        duration_ms: 20,
+        outcome: Outcome::Failure,
+        pipelines: vec![north, south],
+        problems: Vec::new(),
+        version: "0.1.0".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_of_another_directory_is_described_once() {
+        let r = shared_inputs_report();
+        assert_eq!(
+            input_from("/clinics/north/Patient"),
+            Some(("clinics/north", "Patient"))
+        );
+        assert_eq!(input_from("Patient"), None);
+        let inputs = Inputs::of(&r.pipelines);
+        let (north, south) = (&r.pipelines[0], &r.pipelines[1]);
+        // North's own Patient is described in north; the reference table
+        // under north, the first pipeline needing it.
+        let listed: Vec<(String, Option<&str>)> = inputs
+            .of_pipeline(south)
+            .into_iter()
+            .map(|i| (i.label, i.see))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("clinics/north/Patient".to_string(), Some("clinics/north")),
+                ("reference/codes".to_string(), Some("clinics/north")),
+            ]
+        );
+        assert_eq!(inputs.of_pipeline(north)[0].see, None);
+        let described: Vec<String> = inputs
+            .described(south)
+            .nodes
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        assert_eq!(described, ["Both", "Codes"]);
+        // Counted once over the run, never as a pipeline's own node.
+        let t = Totals::of_pipeline(south);
+        assert_eq!((t.computed, t.failed, t.skipped, t.changed), (1, 0, 1, 2));
+        let t = Totals::of_pipeline(north);
+        assert_eq!((t.computed, t.failed, t.skipped, t.changed), (1, 0, 1, 2));
+        let t = Totals::of_run(&r);
+        assert_eq!((t.computed, t.failed, t.skipped, t.changed), (2, 1, 2, 5));
+    }
 
     #[test]
     fn thousands_separators() {

@@ -4,7 +4,7 @@
 //! Forges cap descriptions at 140 characters, so every description here
 //! is shorter, whatever the node names.
 
-use super::{Totals, duration, one_line, thousands, truncate_chars};
+use super::{Totals, duration, input_from, node_label, one_line, thousands, truncate_chars};
 use crate::engine::outcome::{Outcome, PipelineReport, Status};
 
 /// The longest description rendered, in characters: under GitHub's 140.
@@ -69,6 +69,25 @@ pub fn status_description(p: &PipelineReport) -> String {
             failed_names(p)
         ));
     }
+    // An input from another directory is not counted as the pipeline's
+    // own node, but its failure is why this one failed.
+    let failed_inputs: Vec<&str> = p
+        .nodes
+        .iter()
+        .filter(|n| n.status == Some(Status::Failed) && input_from(&n.name).is_some())
+        .map(|n| n.name.as_str())
+        .collect();
+    if !failed_inputs.is_empty() {
+        parts.push(format!(
+            "{} failed ({})",
+            if failed_inputs.len() == 1 {
+                "input".to_string()
+            } else {
+                format!("{} inputs", failed_inputs.len())
+            },
+            names(&failed_inputs)
+        ));
+    }
     if t.skipped > 0 {
         parts.push(format!("{} skipped", thousands(t.skipped as u64)));
     }
@@ -84,22 +103,28 @@ pub fn status_description(p: &PipelineReport) -> String {
     truncate_chars(&parts.join(" · "), MAX_DESCRIPTION_CHARS)
 }
 
-/// The first failed nodes' names, each cut short, then how many more:
-/// `Summary`, `A, B, +3`.
+/// The first of a pipeline's own failed nodes' names, each cut short,
+/// then how many more: `Summary`, `A, B, +3`.
 fn failed_names(p: &PipelineReport) -> String {
     let failed: Vec<&str> = p
         .nodes
         .iter()
-        .filter(|n| n.status == Some(Status::Failed))
+        .filter(|n| n.status == Some(Status::Failed) && input_from(&n.name).is_none())
         .map(|n| n.name.as_str())
         .collect();
-    let mut names: Vec<String> = failed
+    names(&failed)
+}
+
+/// The first names (as a report names them), each cut short, then how
+/// many more.
+fn names(all: &[&str]) -> String {
+    let mut names: Vec<String> = all
         .iter()
         .take(NAMED_FAILURES)
-        .map(|n| truncate_chars(&one_line(n), MAX_NAME_CHARS))
+        .map(|n| truncate_chars(&one_line(&node_label(n)), MAX_NAME_CHARS))
         .collect();
-    if failed.len() > NAMED_FAILURES {
-        names.push(format!("+{}", failed.len() - NAMED_FAILURES));
+    if all.len() > NAMED_FAILURES {
+        names.push(format!("+{}", all.len() - NAMED_FAILURES));
     }
     names.join(", ")
 }
@@ -144,7 +169,16 @@ mod tests {
         }
         assert_eq!(
             status_description(&p),
-            "no change against production · 6 cached"
+            "no change against production · 5 cached"
+        );
+    }
+
+    #[test]
+    fn an_input_of_another_directory_is_not_counted_as_own() {
+        let r = crate::report::shared_inputs_report();
+        assert_eq!(
+            status_description(&r.pipelines[1]),
+            "2 changed · input failed (reference/codes) · 1 skipped · 10 ms"
         );
     }
 

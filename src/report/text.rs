@@ -3,10 +3,11 @@
 //! report are put on one line with control characters removed, so a node
 //! name cannot forge lines or send terminal escapes.
 
+use super::input_from;
 use super::{
-    Blame, Totals, by_severity, column_changes, common_production, count_of, delta_text,
-    display_time, duration, keyed_text, one_line, rows_text, short_sha, status_word, thousands,
-    truncate_chars,
+    Blame, Inputs, Totals, by_severity, column_changes, common_production, count_of, delta_text,
+    display_time, duration, inputs_line, keyed_text, node_label, one_line, rows_text, short_sha,
+    status_word, thousands, truncate_chars,
 };
 use crate::engine::outcome::{FailureKind, Outcome, PipelineReport, RunReport};
 
@@ -73,9 +74,10 @@ pub fn plain_text(r: &RunReport, run_url: Option<&str>) -> String {
     out.push_str(&aligned(&rows, ""));
 
     let own_production = common_production(r).is_err();
+    let inputs = Inputs::of(pipelines.iter().copied());
     for p in pipelines {
         out.push('\n');
-        out.push_str(&section(p, own_production));
+        out.push_str(&section(p, own_production, &inputs));
     }
 
     out.push('\n');
@@ -102,8 +104,9 @@ pub fn plain_text(r: &RunReport, run_url: Option<&str>) -> String {
     out
 }
 
-/// One pipeline's part of the text.
-fn section(p: &PipelineReport, own_production: bool) -> String {
+/// One pipeline's part of the text. Its inputs from other directories
+/// are named once, and described only where `inputs` says.
+fn section(p: &PipelineReport, own_production: bool, inputs: &Inputs) -> String {
     let mut out = format!("== {}: {} ==\n", one_line(&p.pipeline), p.outcome.as_str());
     if own_production {
         match &p.production_commit {
@@ -130,25 +133,46 @@ fn section(p: &PipelineReport, own_production: bool) -> String {
         } else {
             ""
         };
-        out.push_str(&format!(
-            "FAILED {}{infra}: {}\n",
-            one_line(&node.name),
-            node.error.as_deref().map(error).unwrap_or_default()
-        ));
+        let label = one_line(&node_label(&node.name));
+        match (inputs.elsewhere(p, node), input_from(&node.name)) {
+            (Some(q), _) => {
+                out.push_str(&format!("input {label} failed (see {})\n", one_line(q)));
+            }
+            (None, Some((dir, _))) => out.push_str(&format!(
+                "FAILED {label} (input from {}){infra}: {}\n",
+                one_line(dir),
+                node.error.as_deref().map(error).unwrap_or_default()
+            )),
+            (None, None) => out.push_str(&format!(
+                "FAILED {label}{infra}: {}\n",
+                node.error.as_deref().map(error).unwrap_or_default()
+            )),
+        }
         if !skipped.is_empty() {
-            let names: Vec<String> = skipped.iter().map(|n| one_line(&n.name)).collect();
+            let names: Vec<String> = skipped
+                .iter()
+                .map(|n| one_line(&node_label(&n.name)))
+                .collect();
             out.push_str(&format!("  skipped because of it: {}\n", names.join(", ")));
         }
     }
     for n in &blame.other_skipped {
+        if inputs.elsewhere(p, n).is_some() {
+            continue;
+        }
         out.push_str(&format!(
             "skipped {}: {}\n",
-            one_line(&n.name),
+            one_line(&node_label(&n.name)),
             n.error.as_deref().map(error).unwrap_or_default()
         ));
     }
+    let own_inputs = inputs.of_pipeline(p);
+    if let Some(line) = inputs_line(&own_inputs, one_line, one_line) {
+        out.push_str(&format!("inputs from other directories: {line}\n"));
+    }
 
-    let changed = p.changed_nodes();
+    let described = inputs.described(p);
+    let changed = described.changed_nodes();
     if changed.is_empty() {
         out.push_str("no change against production\n");
         return out;
@@ -171,7 +195,7 @@ fn section(p: &PipelineReport, own_production: bool) -> String {
             .chain(removed.iter().map(|c| format!("\u{2212}{}", one_line(c))))
             .collect();
         rows.push(vec![
-            one_line(&n.name),
+            one_line(&node_label(&n.name)),
             n.change.as_str().into(),
             status_word(n).into(),
             rows_text(n),
@@ -187,7 +211,7 @@ fn section(p: &PipelineReport, own_production: bool) -> String {
         .flat_map(|n| {
             n.why
                 .iter()
-                .map(|w| format!("    {}: {}\n", one_line(&n.name), one_line(w)))
+                .map(|w| format!("    {}: {}\n", one_line(&node_label(&n.name)), one_line(w)))
         })
         .collect();
     if !why.is_empty() {
@@ -260,6 +284,46 @@ mod tests {
         assert!(text.contains("FAILED Summary: @key sex: 1 duplicate key (2 rows)"));
         assert!(text.contains("  skipped because of it: SummaryByYear"));
         assert!(!text.contains("https://"));
+    }
+
+    #[test]
+    fn nodes_of_other_directories_are_inputs_described_once() {
+        let text = plain_text(&crate::report::shared_inputs_report(), None);
+        let (north, south) = text
+            .split_once("== clinics/south")
+            .expect("a south section");
+        assert!(!south.contains("/clinics/north/Patient"), "{text}");
+        assert!(
+            south.contains(
+                "inputs from other directories: clinics/north/Patient (see clinics/north), reference/codes (see clinics/north)"
+            ),
+            "{text}"
+        );
+        assert!(
+            south.contains(
+                "input reference/codes failed (see clinics/north)\n  skipped because of it: Codes"
+            ),
+            "{text}"
+        );
+        assert!(
+            north.contains(
+                "FAILED reference/codes (input from reference): no such table: code_list"
+            ),
+            "{text}"
+        );
+        assert!(
+            north.contains("inputs from other directories: reference/codes (failed)"),
+            "{text}"
+        );
+        assert_eq!(text.matches("no such table").count(), 1, "{text}");
+        assert!(
+            text.contains("clinics/south  failure  2        0       1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cache: 2 computed · 0 cached · 1 failed · 2 skipped"),
+            "{text}"
+        );
     }
 
     #[test]

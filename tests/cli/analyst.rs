@@ -37,6 +37,45 @@ fn a_sql_error_is_reported_at_its_line_and_column() {
     );
 }
 
+/// A `{{param}}` before the error on its line: the column counts the
+/// text as written, not the value put in its place.
+#[test]
+fn a_sql_error_after_a_template_is_placed_in_the_text_as_written() {
+    let r = Repo::new();
+    r.file("clinics/a/T.csv", "id\n1\n").file(
+        "clinics/a/U.sql",
+        "-- @depend ./T\n-- @param factor=1000000\n-- @assert sql: SELECT * FROM U WHERE {{ factor }} < missing_col\nSELECT id, {{ factor }} * n FROM T;\n",
+    );
+    // `n` is at column 27 as written, 22 after templates.
+    r.sluice(&["run"])
+        .failure()
+        .stdout_has("clinics/a/U.sql:4:27: SQL error: no such column: n");
+    // The assertion's query, with the body fixed.
+    r.file(
+        "clinics/a/U.sql",
+        "-- @depend ./T\n-- @param factor=1000000\n-- @assert sql: SELECT * FROM U WHERE {{ factor }} < missing_col\nSELECT id, {{ factor }} * id AS n FROM T;\n",
+    );
+    r.sluice(&["run"])
+        .failure()
+        .stdout_has("clinics/a/U.sql:3:54: @assert sql: SELECT * FROM U WHERE 1000000 < missing_col: SQL error: no such column: missing_col");
+    // `check` parses the text after templates and places it the same way.
+    r.file(
+        "clinics/a/U.sql",
+        "-- @depend ./T\n-- @param factor=1000000\n-- @assert sql: SELECT * FROM U WHERE {{ factor }} < )\nSELECT id, {{ factor }} * FROM T;\n",
+    );
+    let out = r.sluice(&["check"]);
+    out.failure();
+    assert_eq!(
+        out.stderr.lines().take(2).collect::<Vec<_>>(),
+        [
+            "clinics/a/U.sql:3:54: @assert sql: SQL error: near \")\": syntax error",
+            "clinics/a/U.sql:4:27: SQL error: near \"FROM\": syntax error",
+        ],
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn an_assert_sql_error_is_reported_at_its_line_and_column() {
     let r = Repo::new();

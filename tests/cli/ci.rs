@@ -441,6 +441,40 @@ fn gitlab_ci_branch_then_merge_request_statuses_and_one_note_edited_in_place() {
     assert_eq!(count(&reqs, "POST", notes), 1);
 }
 
+/// Clinic b reads clinic a's Count: the comment and b's status show it as
+/// an input from clinic a, described there once, not as b's own node.
+#[test]
+fn a_node_of_another_pipeline_is_an_input_in_the_comment_and_statuses() {
+    let p = Project::new();
+    p.repo.file(
+        "clinics/b/Both.sql",
+        "-- @depend /clinics/a/Count\nSELECT n FROM Count;\n",
+    );
+    let sha = p.commit("b reads a's count");
+    let forge = FakeForgeServer::start();
+    forge.set_pr_head(3, &sha);
+    let event = pr_event("github/pull_request.opened.1.json", 3, &sha, "main", REPO);
+    p.github(&forge, "pull_request", &event, &sha).success();
+    let comment = &forge.comments()[0].1;
+    let b = comment
+        .split_once("`clinics/b`\n")
+        .map(|(_, b)| b)
+        .expect("a section for clinic b");
+    assert!(
+        b.contains("Inputs from other directories: `clinics/a/Patients` (see `clinics/a`), `clinics/a/Count` (see `clinics/a`)."),
+        "{comment}"
+    );
+    assert!(!comment.contains("/clinics/a/"), "{comment}");
+    // a: Patients and Count; b: Patients and Both. Four tables computed.
+    assert!(comment.contains("<sub>4 computed · 0 cached"), "{comment}");
+    let reqs = forge.requests();
+    let b_status = statuses(&reqs, &sha)
+        .into_iter()
+        .rfind(|(context, ..)| context == "sluice/clinics/b")
+        .expect("a status for clinic b");
+    assert!(b_status.2.starts_with("2 changed ·"), "{b_status:?}");
+}
+
 #[test]
 fn no_cell_value_reaches_the_forge_or_the_job_log() {
     const PHI: &str = "ZZPHI4711Q";
