@@ -195,6 +195,7 @@ pub fn run(global: &GlobalArgs, args: &TestArgs) -> anyhow::Result<ExitCode> {
             key,
             &asserts,
             &exec::sqlite::SqlLimits::default(),
+            None,
         );
         let Err(fails) = counts else {
             writeln!(

@@ -168,32 +168,7 @@ impl<'a> Vocabulary<'a> {
     }
 }
 
-/// Whether `text` names `column` the way [`Vocabulary::names`] would, for
-/// one text, without building a vocabulary: as a whole word, or verbatim
-/// for a name with other characters.
-pub fn mentions(text: &str, column: &str) -> bool {
-    let word = |c: char| c.is_alphanumeric() || c == '_';
-    if column.is_empty() {
-        return false;
-    }
-    if !column.chars().all(word) {
-        return text.contains(column);
-    }
-    text.match_indices(column).any(|(i, _)| {
-        let before = text[..i].chars().next_back();
-        let after = text[i + column.len()..].chars().next();
-        !before.is_some_and(word) && !after.is_some_and(word)
-    })
-}
-
-/// The entry that stands for `n` column names the data chose.
-pub fn data_named(n: usize) -> String {
-    if n == 1 {
-        "(1 column named by the data)".to_string()
-    } else {
-        format!("({n} columns named by the data)")
-    }
-}
+pub use crate::exec::{data_named, mentions};
 
 #[cfg(test)]
 mod tests {

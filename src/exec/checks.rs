@@ -50,6 +50,7 @@ pub fn check_table(
     key: Option<&[String]>,
     asserts: &[Assert],
     limits: &SqlLimits,
+    own: Option<&str>,
 ) -> Result<(), Vec<Failure>> {
     let whole = |message: String| Failure {
         message,
@@ -66,6 +67,7 @@ pub fn check_table(
         table: quote_ident(table_name),
         columns: &stats.columns,
         rows: stats.rows,
+        own,
     };
     let mut failures = Vec::new();
     if let Some(key) = key {
@@ -197,6 +199,10 @@ struct Checker<'a> {
     table: String,
     columns: &'a [String],
     rows: u64,
+    /// The node's own text, when the messages may leave the machine:
+    /// column names it does not contain came from the data and are
+    /// counted, not named. `None` on the local terminal.
+    own: Option<&'a str>,
 }
 
 impl Checker<'_> {
@@ -213,14 +219,23 @@ impl Checker<'_> {
         if self.columns.iter().any(|c| c == col) {
             Ok(quote_ident(col))
         } else {
-            // Column names are the schema, not data: naming them is safe.
+            // Names the node's text holds are the schema; others (a pivot
+            // over the data) are data, and only counted.
+            let (shown, hidden): (Vec<&String>, Vec<&String>) = self
+                .columns
+                .iter()
+                .partition(|c| self.own.is_none_or(|t| super::mentions(t, c)));
             let mut msg = format!("no column {col} in the table");
             if let Some(s) =
-                crate::pipeline::directive::nearest(col, self.columns.iter().map(String::as_str))
+                crate::pipeline::directive::nearest(col, shown.iter().map(|c| c.as_str()))
             {
                 msg.push_str(&format!(" (did you mean {s}?)"));
             }
-            msg.push_str(&format!("; its columns are: {}", self.columns.join(", ")));
+            let mut names: Vec<String> = shown.iter().map(|c| c.to_string()).collect();
+            if !hidden.is_empty() {
+                names.push(super::data_named(hidden.len()));
+            }
+            msg.push_str(&format!("; its columns are: {}", names.join(", ")));
             Err(msg)
         }
     }
@@ -359,7 +374,7 @@ mod tests {
         key: Option<&[String]>,
         asserts: &[Assert],
     ) -> Result<(), Vec<Failure>> {
-        check_table(csv, table, key, asserts, &SqlLimits::default())
+        check_table(csv, table, key, asserts, &SqlLimits::default(), None)
     }
 
     #[test]
@@ -375,7 +390,7 @@ mod tests {
             cancel: None,
         };
         let t = std::time::Instant::now();
-        let e = check_table(&p, "T", None, &asserts, &limits).unwrap_err();
+        let e = check_table(&p, "T", None, &asserts, &limits, None).unwrap_err();
         assert!(
             t.elapsed() < std::time::Duration::from_secs(5),
             "{:?}",

@@ -771,15 +771,17 @@ fn compute(
                 timeout,
                 cancel: Some(opts.cancel.clone()),
             };
-            checks::check_table(&path, &node.name, key, &asserts, &limits).map_err(|fails| {
-                failed_checks = Some((digest, stats.clone()));
-                // Assertions are SQL too: keep only what the node itself says.
-                let own = format!("{}\n{:?}", node.body, asserts);
-                user(redact(
-                    &format!("data test failed: {}", describe_failures(node, &fails)),
-                    &own,
-                ))
-            })?;
+            let own_text = format!("{}\n{:?}", node.body, asserts);
+            checks::check_table(&path, &node.name, key, &asserts, &limits, Some(&own_text))
+                .map_err(|fails| {
+                    failed_checks = Some((digest, stats.clone()));
+                    // Assertions are SQL too: keep only what the node itself says.
+                    let own = format!("{}\n{:?}", node.body, asserts);
+                    user(redact(
+                        &format!("data test failed: {}", describe_failures(node, &fails)),
+                        &own,
+                    ))
+                })?;
         }
         Ok((digest, stats))
     })();
@@ -851,6 +853,33 @@ pub fn redact(message: &str, own: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Whether `text` names `column` the way `engine::diff::Vocabulary::names` would, for
+/// one text, without building a vocabulary: as a whole word, or verbatim
+/// for a name with other characters.
+pub fn mentions(text: &str, column: &str) -> bool {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    if column.is_empty() {
+        return false;
+    }
+    if !column.chars().all(word) {
+        return text.contains(column);
+    }
+    text.match_indices(column).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + column.len()..].chars().next();
+        !before.is_some_and(word) && !after.is_some_and(word)
+    })
+}
+
+/// The entry that stands for `n` column names the data chose.
+pub fn data_named(n: usize) -> String {
+    if n == 1 {
+        "(1 column named by the data)".to_string()
+    } else {
+        format!("({n} columns named by the data)")
+    }
 }
 
 /// Fails when a source's bytes are no longer those the plan hashed (a

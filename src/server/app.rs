@@ -288,7 +288,12 @@ impl App {
             // behind a worker or the outbox holding the shared one, only
             // (briefly) for SQLite's write lock.
             let db = match self.db.path().map(StateDb::open) {
-                Some(Ok(own)) => Arc::new(own),
+                Some(Ok(own)) => {
+                    if let Err(e) = own.eager_busy_wait() {
+                        tracing::debug!("cannot set the enqueue connection's busy handler: {e}");
+                    }
+                    Arc::new(own)
+                }
                 _ => Arc::clone(&self.db),
             };
             // The thread ends when the App (the only sender) is dropped.

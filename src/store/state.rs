@@ -410,6 +410,23 @@ impl StateDb {
         })
     }
 
+    /// Retries a locked database every 200 µs instead of SQLite's default
+    /// back-off (1, 2, 5, 10 … ms sleeps), for a connection whose writes
+    /// someone is waiting on: the daemon's deliveries.
+    pub fn eager_busy_wait(&self) -> anyhow::Result<()> {
+        fn retry(count: i32) -> bool {
+            // Up to BUSY_TIMEOUT in all, as the default handler.
+            let limit = BUSY_TIMEOUT.as_micros() / 200;
+            if u128::try_from(count).unwrap_or(u128::MAX) >= limit {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            true
+        }
+        self.conn().busy_handler(Some(retry))?;
+        Ok(())
+    }
+
     /// Where the production refs are mirrored as files, if anywhere.
     pub fn refs_dir(&self) -> Option<&Path> {
         self.refs_dir.as_deref()
