@@ -503,23 +503,29 @@ fn column_names_the_data_chose_are_counted_not_shown_outside_the_terminal() {
 #[test]
 fn a_wrong_key_column_does_not_list_column_names_the_data_chose() {
     let r = Repo::new();
-    r.file("data/dx.csv", "patient_id,code\np1,ZCANARY42\n").file(
-        "clinics/a/Pivot.py",
-        "# @source data://dx.csv\n# @key patiend_id\nimport csv, os\n\
+    r.file("data/dx.csv", "patient_id,code\np1,ZCANARY42\n")
+        .file(
+            "clinics/a/Pivot.py",
+            "# @source data://dx.csv\n# @key patiend_id\nimport csv, os\n\
          rows = list(csv.DictReader(open(os.environ['SLUICE_INPUT_dx'])))\n\
          w = csv.writer(open(os.environ['SLUICE_OUTPUT'], 'w', newline=''))\n\
          w.writerow(['patient_id'] + [r['code'] for r in rows])\n\
          w.writerow(['p1', '1'])\n",
-    );
+        );
     let run = r.sluice(&["run", "--json"]);
     run.failure();
     assert!(!run.stdout.contains("ZCANARY42"), "{}", run.stdout);
     assert!(
-        run.stdout.contains("its columns are: patient_id, (1 column named by the data)"),
+        run.stdout
+            .contains("its columns are: patient_id, (1 column named by the data)"),
         "{}",
         run.stdout
     );
-    assert!(run.stdout.contains("did you mean patient_id"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("did you mean patient_id"),
+        "{}",
+        run.stdout
+    );
     // On the local terminal, `sluice test` may name them.
     r.sluice(&["test", "clinics/a/Pivot"])
         .failure()
