@@ -171,6 +171,20 @@ pub struct Graph {
     members: Mutex<Option<(usize, Arc<Members>)>>,
 }
 
+impl Drop for Graph {
+    /// A big graph is freed on another thread (see
+    /// [`drop_aside`](super::resolve::drop_aside)): a command that is done
+    /// with it exits without waiting.
+    fn drop(&mut self) {
+        let size = self.nodes.len();
+        if size >= super::resolve::DROP_ASIDE_NODES {
+            let nodes = std::mem::take(&mut self.nodes);
+            let index = std::mem::take(&mut self.index);
+            super::resolve::drop_aside((nodes, index), size);
+        }
+    }
+}
+
 impl Graph {
     pub fn lookup(&self, dir: &RepoPath, name: &str) -> Option<&Node> {
         self.index

@@ -4,7 +4,7 @@
 //! templates are applied here. Pure: all reading goes through the VFS.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use super::diag::{Diagnostic, Diagnostics};
 use super::directive::{self, Assert, DependRef, DirectiveKind, ParsedFile};
@@ -45,7 +45,34 @@ pub fn compile(vfs: &dyn Vfs, pipelines: &[RepoPath]) -> (Graph, Vec<Diagnostic>
     pipelines.sort();
     pipelines.dedup();
     c.graph.pipelines = pipelines;
-    (c.graph, c.diags.into_vec())
+    let Compiler {
+        graph,
+        diags,
+        parsed,
+        templates,
+        namespaces,
+        ..
+    } = c;
+    drop_aside((parsed, templates, namespaces), graph.nodes.len());
+    (graph, diags.into_vec())
+}
+
+/// Past this many nodes, big structures are freed on another thread.
+pub(crate) const DROP_ASIDE_NODES: usize = 4096;
+
+/// Frees `value` on a thread of its own when it is big (`size` past
+/// [`DROP_ASIDE_NODES`]): freeing the caches of 50,000 nodes takes as long
+/// as building some of them, and nobody waits for it. A command that exits
+/// first never frees them at all; the daemon's thread finishes on its own.
+pub(crate) fn drop_aside<T: Send + 'static>(value: T, size: usize) {
+    if size < DROP_ASIDE_NODES {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("sluice-free".into())
+        .spawn(move || drop(value));
+    // Without a thread, it is freed here, as before.
+    drop(spawned);
 }
 
 /// The extensions that make a file a node without any directive.
@@ -79,7 +106,7 @@ struct Template {
 #[derive(Debug, Clone)]
 struct Body {
     file: RepoPath,
-    parsed: Rc<ParsedFile>,
+    parsed: Arc<ParsedFile>,
 }
 
 impl Template {
@@ -153,10 +180,10 @@ struct NsEntry {
     file: RepoPath,
     /// The mount files the node came through, outermost first, each with
     /// the settings of the directory holding it.
-    via: Option<Rc<Via>>,
+    via: Option<Arc<Via>>,
     /// The settings of the directory that defines the node: the innermost
     /// layer of parameters.
-    own: Rc<Settings>,
+    own: Arc<Settings>,
     overrides: Option<RepoPath>,
 }
 
@@ -167,8 +194,8 @@ struct NsEntry {
 #[derive(Debug)]
 struct Via {
     mount: RepoPath,
-    settings: Rc<Settings>,
-    next: Option<Rc<Via>>,
+    settings: Arc<Settings>,
+    next: Option<Arc<Via>>,
 }
 
 impl NsEntry {
@@ -184,7 +211,7 @@ impl NsEntry {
     }
 
     /// The parameter settings, innermost first: the last (outermost) wins.
-    fn layers(&self) -> Vec<Rc<Settings>> {
+    fn layers(&self) -> Vec<Arc<Settings>> {
         let mut out = Vec::new();
         let mut cell = self.via.as_deref();
         while let Some(v) = cell {
@@ -205,10 +232,10 @@ struct Namespace {
 struct Compiler<'a> {
     vfs: Layered<'a>,
     diags: Diagnostics,
-    parsed: HashMap<RepoPath, Rc<ParsedFile>>,
-    templates: HashMap<RepoPath, Rc<Template>>,
+    parsed: HashMap<RepoPath, Arc<ParsedFile>>,
+    templates: HashMap<RepoPath, Arc<Template>>,
     template_stack: Vec<RepoPath>,
-    namespaces: HashMap<RepoPath, Option<Rc<Namespace>>>,
+    namespaces: HashMap<RepoPath, Option<Arc<Namespace>>>,
     ns_stack: Vec<RepoPath>,
     graph: Graph,
     /// Every `@param` of a mount file, with the directory it applies to.
@@ -237,7 +264,7 @@ impl<'a> Compiler<'a> {
     }
 
     /// Reads and parses a file once; its syntax errors are reported once.
-    fn parse_file(&mut self, path: &RepoPath) -> Rc<ParsedFile> {
+    fn parse_file(&mut self, path: &RepoPath) -> Arc<ParsedFile> {
         if let Some(p) = self.parsed.get(path) {
             return p.clone();
         }
@@ -251,7 +278,7 @@ impl<'a> Compiler<'a> {
         for e in &parsed.errors {
             self.diags.push(path, e.line, e.message.clone());
         }
-        let parsed = Rc::new(parsed);
+        let parsed = Arc::new(parsed);
         self.parsed.insert(path.clone(), parsed.clone());
         parsed
     }
@@ -345,7 +372,7 @@ impl<'a> Compiler<'a> {
 
     /// The file after its includes, memoised; include cycles are reported
     /// at the `@include` that closes them.
-    fn template(&mut self, file: &RepoPath) -> Rc<Template> {
+    fn template(&mut self, file: &RepoPath) -> Arc<Template> {
         if let Some(t) = self.templates.get(file) {
             return t.clone();
         }
@@ -466,7 +493,7 @@ impl<'a> Compiler<'a> {
             });
         }
         self.template_stack.pop();
-        let t = Rc::new(t);
+        let t = Arc::new(t);
         self.templates.insert(file.clone(), t.clone());
         t
     }
@@ -481,11 +508,11 @@ impl<'a> Compiler<'a> {
     }
 
     /// The names visible in `dir`: its own nodes, then mounted ones.
-    fn namespace(&mut self, dir: &RepoPath) -> Option<Rc<Namespace>> {
+    fn namespace(&mut self, dir: &RepoPath) -> Option<Arc<Namespace>> {
         if let Some(ns) = self.namespaces.get(dir) {
             return ns.clone();
         }
-        let ns = self.build_namespace(dir).map(Rc::new);
+        let ns = self.build_namespace(dir).map(Arc::new);
         self.namespaces.insert(dir.clone(), ns.clone());
         ns
     }
@@ -577,7 +604,7 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
-        let settings = Rc::new(settings);
+        let settings = Arc::new(settings);
 
         // Mounted names, with the mount that brought each, for conflicts.
         let mut mounted: BTreeMap<String, (NsEntry, Origin)> = BTreeMap::new();
@@ -617,7 +644,7 @@ impl<'a> Compiler<'a> {
                 for (name, e) in &sub.entries {
                     let new = NsEntry {
                         file: e.file.clone(),
-                        via: Some(Rc::new(Via {
+                        via: Some(Arc::new(Via {
                             mount: mount_file.clone(),
                             settings: settings.clone(),
                             next: e.via.clone(),
