@@ -772,12 +772,6 @@ impl<'a> Compiler<'a> {
         // Parameters: the node's defaults, then each mount level's settings,
         // innermost first, so the outermost setting wins.
         let mut params: BTreeMap<String, ParamValue> = t.params.clone();
-        let mut overlay: BTreeMap<String, ParamValue> = BTreeMap::new();
-        for layer in &entry.layers() {
-            for (k, v) in layer.iter() {
-                overlay.insert(k.clone(), v.clone());
-            }
-        }
         let wanted = t.wanted();
         let layers = entry.layers();
         // The mounted node this one overrides counts as a user of the
@@ -794,7 +788,8 @@ impl<'a> Compiler<'a> {
             }
         }
         for k in wanted {
-            if let Some(v) = overlay.get(&k) {
+            // The outermost layer that sets `k` wins.
+            if let Some(v) = layers.iter().rev().find_map(|layer| layer.get(&k)) {
                 params.insert(k.clone(), v.clone());
             }
             // Every mount-file setting of `k` this node sees is used, not
