@@ -106,7 +106,22 @@ struct Template {
 #[derive(Debug, Clone)]
 struct Body {
     file: RepoPath,
-    parsed: Arc<ParsedFile>,
+    text: Arc<BodyText>,
+}
+
+/// A file's body, kept after its directives are dropped: a template keeps
+/// only what its nodes read.
+#[derive(Debug)]
+struct BodyText {
+    body: String,
+    /// For each line of `body`, the 1-based line of the file.
+    lines: Vec<u32>,
+}
+
+impl BodyText {
+    fn file_line(&self, body_index: usize) -> u32 {
+        self.lines.get(body_index).copied().unwrap_or(1)
+    }
 }
 
 impl Template {
@@ -114,7 +129,7 @@ impl Template {
     fn wanted(&self) -> Vec<String> {
         let mut wanted: Vec<String> = self.params.keys().cloned().collect();
         if let Some(b) = &self.body {
-            wanted.extend(template::references(&b.parsed.body));
+            wanted.extend(template::references(&b.text.body));
         }
         for (s, _) in &self.sources {
             wanted.extend(template::references(s));
@@ -486,10 +501,26 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
-        if !parsed.body_is_blank() {
+        let blank = parsed.body_is_blank();
+        // The parsed file is read only through its template from here on
+        // (a file's role is decided before its nodes are added; were it
+        // parsed again, its diagnostics are the same and said once), so
+        // only the body is kept, moved out when nothing else holds it.
+        drop(self.parsed.remove(file));
+        if !blank {
+            let text = match Arc::try_unwrap(parsed) {
+                Ok(p) => BodyText {
+                    body: p.body,
+                    lines: p.body_lines,
+                },
+                Err(p) => BodyText {
+                    body: p.body.clone(),
+                    lines: p.body_lines.clone(),
+                },
+            };
             t.body = Some(Body {
                 file: file.clone(),
-                parsed: parsed.clone(),
+                text: Arc::new(text),
             });
         }
         self.template_stack.pop();
@@ -846,12 +877,12 @@ impl<'a> Compiler<'a> {
         match &t.body {
             Some(b) => {
                 node.body_from = b.file.clone();
-                node.body_lines = b.parsed.body_lines.clone();
-                match template::substitute(&b.parsed.body, &values) {
+                node.body_lines = b.text.lines.clone();
+                match template::substitute(&b.text.body, &values) {
                     Ok(text) => node.body = text,
                     Err(errs) => {
                         for e in errs {
-                            let line = b.parsed.file_line(e.line);
+                            let line = b.text.file_line(e.line);
                             self.diags
                                 .push(&b.file, line, format!("{}{context}", e.message));
                         }
