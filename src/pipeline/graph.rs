@@ -1,7 +1,7 @@
 //! The resolved DAG: nodes after includes, mounts and templates, with their
 //! dependencies linked, and the topological order.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::directive::Assert;
@@ -195,6 +195,20 @@ pub struct Graph {
     members: Mutex<Option<(usize, Arc<Members>)>>,
 }
 
+impl Drop for Graph {
+    /// A big graph is freed on another thread (see
+    /// [`drop_aside`](super::resolve::drop_aside)): a command that is done
+    /// with it exits without waiting.
+    fn drop(&mut self) {
+        let size = self.nodes.len();
+        if size >= super::resolve::DROP_ASIDE_NODES {
+            let nodes = std::mem::take(&mut self.nodes);
+            let index = std::mem::take(&mut self.index);
+            super::resolve::drop_aside((nodes, index), size);
+        }
+    }
+}
+
 impl Graph {
     pub fn lookup(&self, dir: &RepoPath, name: &str) -> Option<&Node> {
         self.index
@@ -218,7 +232,12 @@ impl Graph {
         };
         match members.get(pipeline) {
             Some(ids) => ids.clone(),
-            None => self.walk_from(&[], pipeline, &self.order_positions()),
+            None => self.walk_from(
+                &[],
+                pipeline,
+                &self.order_positions(),
+                &mut vec![false; self.nodes.len()],
+            ),
         }
     }
 
@@ -229,15 +248,24 @@ impl Graph {
             roots.entry(&n.dir).or_default().push(n.id);
         }
         let pos = self.order_positions();
+        // One visited mark per node, shared by the walks (each clears its own).
+        let mut seen = vec![false; self.nodes.len()];
         roots
             .into_iter()
-            .map(|(dir, ids)| (dir.clone(), self.walk_from(&ids, dir, &pos)))
+            .map(|(dir, ids)| (dir.clone(), self.walk_from(&ids, dir, &pos, &mut seen)))
             .collect()
     }
 
     /// The nodes reachable from `roots` (or, when empty, from the nodes of
-    /// `dir`) through dependencies, in topological order.
-    fn walk_from(&self, roots: &[NodeId], dir: &RepoPath, pos: &[Option<usize>]) -> Vec<NodeId> {
+    /// `dir`) through dependencies, in topological order. `seen` has a
+    /// `false` per node, and is left so.
+    fn walk_from(
+        &self,
+        roots: &[NodeId],
+        dir: &RepoPath,
+        pos: &[Option<usize>],
+        seen: &mut [bool],
+    ) -> Vec<NodeId> {
         let mut stack: Vec<NodeId> = if roots.is_empty() {
             self.nodes
                 .iter()
@@ -247,11 +275,16 @@ impl Graph {
         } else {
             roots.to_vec()
         };
-        let mut wanted = HashSet::new();
+        let mut wanted = Vec::new();
         while let Some(id) = stack.pop() {
-            if wanted.insert(id) {
+            if !seen[id] {
+                seen[id] = true;
+                wanted.push(id);
                 stack.extend(self.nodes[id].deps.iter().filter_map(|d| d.node));
             }
+        }
+        for &id in &wanted {
+            seen[id] = false;
         }
         // Sorted by topological position: nodes on a cycle have none.
         let mut ids: Vec<NodeId> = wanted

@@ -4,7 +4,7 @@
 //! templates are applied here. Pure: all reading goes through the VFS.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use super::diag::{Diagnostic, Diagnostics};
 use super::directive::{self, Assert, DependRef, DirectiveKind, ParsedFile};
@@ -45,7 +45,34 @@ pub fn compile(vfs: &dyn Vfs, pipelines: &[RepoPath]) -> (Graph, Vec<Diagnostic>
     pipelines.sort();
     pipelines.dedup();
     c.graph.pipelines = pipelines;
-    (c.graph, c.diags.into_vec())
+    let Compiler {
+        graph,
+        diags,
+        parsed,
+        templates,
+        namespaces,
+        ..
+    } = c;
+    drop_aside((parsed, templates, namespaces), graph.nodes.len());
+    (graph, diags.into_vec())
+}
+
+/// Past this many nodes, big structures are freed on another thread.
+pub(crate) const DROP_ASIDE_NODES: usize = 4096;
+
+/// Frees `value` on a thread of its own when it is big (`size` past
+/// [`DROP_ASIDE_NODES`]): freeing the caches of 50,000 nodes takes as long
+/// as building some of them, and nobody waits for it. A command that exits
+/// first never frees them at all; the daemon's thread finishes on its own.
+pub(crate) fn drop_aside<T: Send + 'static>(value: T, size: usize) {
+    if size < DROP_ASIDE_NODES {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("sluice-free".into())
+        .spawn(move || drop(value));
+    // Without a thread, it is freed here, as before.
+    drop(spawned);
 }
 
 /// The extensions that make a file a node without any directive.
@@ -79,7 +106,22 @@ struct Template {
 #[derive(Debug, Clone)]
 struct Body {
     file: RepoPath,
-    parsed: Rc<ParsedFile>,
+    text: Arc<BodyText>,
+}
+
+/// A file's body, kept after its directives are dropped: a template keeps
+/// only what its nodes read.
+#[derive(Debug)]
+struct BodyText {
+    body: String,
+    /// For each line of `body`, the 1-based line of the file.
+    lines: Vec<u32>,
+}
+
+impl BodyText {
+    fn file_line(&self, body_index: usize) -> u32 {
+        self.lines.get(body_index).copied().unwrap_or(1)
+    }
 }
 
 impl Template {
@@ -87,7 +129,7 @@ impl Template {
     fn wanted(&self) -> Vec<String> {
         let mut wanted: Vec<String> = self.params.keys().cloned().collect();
         if let Some(b) = &self.body {
-            wanted.extend(template::references(&b.parsed.body));
+            wanted.extend(template::references(&b.text.body));
         }
         for (s, _) in &self.sources {
             wanted.extend(template::references(s));
@@ -153,10 +195,10 @@ struct NsEntry {
     file: RepoPath,
     /// The mount files the node came through, outermost first, each with
     /// the settings of the directory holding it.
-    via: Option<Rc<Via>>,
+    via: Option<Arc<Via>>,
     /// The settings of the directory that defines the node: the innermost
     /// layer of parameters.
-    own: Rc<Settings>,
+    own: Arc<Settings>,
     overrides: Option<RepoPath>,
 }
 
@@ -167,8 +209,8 @@ struct NsEntry {
 #[derive(Debug)]
 struct Via {
     mount: RepoPath,
-    settings: Rc<Settings>,
-    next: Option<Rc<Via>>,
+    settings: Arc<Settings>,
+    next: Option<Arc<Via>>,
 }
 
 impl NsEntry {
@@ -184,7 +226,7 @@ impl NsEntry {
     }
 
     /// The parameter settings, innermost first: the last (outermost) wins.
-    fn layers(&self) -> Vec<Rc<Settings>> {
+    fn layers(&self) -> Vec<Arc<Settings>> {
         let mut out = Vec::new();
         let mut cell = self.via.as_deref();
         while let Some(v) = cell {
@@ -205,10 +247,10 @@ struct Namespace {
 struct Compiler<'a> {
     vfs: Layered<'a>,
     diags: Diagnostics,
-    parsed: HashMap<RepoPath, Rc<ParsedFile>>,
-    templates: HashMap<RepoPath, Rc<Template>>,
+    parsed: HashMap<RepoPath, Arc<ParsedFile>>,
+    templates: HashMap<RepoPath, Arc<Template>>,
     template_stack: Vec<RepoPath>,
-    namespaces: HashMap<RepoPath, Option<Rc<Namespace>>>,
+    namespaces: HashMap<RepoPath, Option<Arc<Namespace>>>,
     ns_stack: Vec<RepoPath>,
     graph: Graph,
     /// Every `@param` of a mount file, with the directory it applies to.
@@ -237,7 +279,7 @@ impl<'a> Compiler<'a> {
     }
 
     /// Reads and parses a file once; its syntax errors are reported once.
-    fn parse_file(&mut self, path: &RepoPath) -> Rc<ParsedFile> {
+    fn parse_file(&mut self, path: &RepoPath) -> Arc<ParsedFile> {
         if let Some(p) = self.parsed.get(path) {
             return p.clone();
         }
@@ -251,7 +293,7 @@ impl<'a> Compiler<'a> {
         for e in &parsed.errors {
             self.diags.push(path, e.line, e.message.clone());
         }
-        let parsed = Rc::new(parsed);
+        let parsed = Arc::new(parsed);
         self.parsed.insert(path.clone(), parsed.clone());
         parsed
     }
@@ -345,7 +387,7 @@ impl<'a> Compiler<'a> {
 
     /// The file after its includes, memoised; include cycles are reported
     /// at the `@include` that closes them.
-    fn template(&mut self, file: &RepoPath) -> Rc<Template> {
+    fn template(&mut self, file: &RepoPath) -> Arc<Template> {
         if let Some(t) = self.templates.get(file) {
             return t.clone();
         }
@@ -459,14 +501,30 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
-        if !parsed.body_is_blank() {
+        let blank = parsed.body_is_blank();
+        // The parsed file is read only through its template from here on
+        // (a file's role is decided before its nodes are added; were it
+        // parsed again, its diagnostics are the same and said once), so
+        // only the body is kept, moved out when nothing else holds it.
+        drop(self.parsed.remove(file));
+        if !blank {
+            let text = match Arc::try_unwrap(parsed) {
+                Ok(p) => BodyText {
+                    body: p.body,
+                    lines: p.body_lines,
+                },
+                Err(p) => BodyText {
+                    body: p.body.clone(),
+                    lines: p.body_lines.clone(),
+                },
+            };
             t.body = Some(Body {
                 file: file.clone(),
-                parsed: parsed.clone(),
+                text: Arc::new(text),
             });
         }
         self.template_stack.pop();
-        let t = Rc::new(t);
+        let t = Arc::new(t);
         self.templates.insert(file.clone(), t.clone());
         t
     }
@@ -481,11 +539,11 @@ impl<'a> Compiler<'a> {
     }
 
     /// The names visible in `dir`: its own nodes, then mounted ones.
-    fn namespace(&mut self, dir: &RepoPath) -> Option<Rc<Namespace>> {
+    fn namespace(&mut self, dir: &RepoPath) -> Option<Arc<Namespace>> {
         if let Some(ns) = self.namespaces.get(dir) {
             return ns.clone();
         }
-        let ns = self.build_namespace(dir).map(Rc::new);
+        let ns = self.build_namespace(dir).map(Arc::new);
         self.namespaces.insert(dir.clone(), ns.clone());
         ns
     }
@@ -577,7 +635,7 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
-        let settings = Rc::new(settings);
+        let settings = Arc::new(settings);
 
         // Mounted names, with the mount that brought each, for conflicts.
         let mut mounted: BTreeMap<String, (NsEntry, Origin)> = BTreeMap::new();
@@ -617,7 +675,7 @@ impl<'a> Compiler<'a> {
                 for (name, e) in &sub.entries {
                     let new = NsEntry {
                         file: e.file.clone(),
-                        via: Some(Rc::new(Via {
+                        via: Some(Arc::new(Via {
                             mount: mount_file.clone(),
                             settings: settings.clone(),
                             next: e.via.clone(),
@@ -747,12 +805,6 @@ impl<'a> Compiler<'a> {
         // Parameters: the node's defaults, then each mount level's settings,
         // innermost first, so the outermost setting wins.
         let mut params: BTreeMap<String, ParamValue> = t.params.clone();
-        let mut overlay: BTreeMap<String, ParamValue> = BTreeMap::new();
-        for layer in &entry.layers() {
-            for (k, v) in layer.iter() {
-                overlay.insert(k.clone(), v.clone());
-            }
-        }
         let wanted = t.wanted();
         let layers = entry.layers();
         // The mounted node this one overrides counts as a user of the
@@ -769,7 +821,8 @@ impl<'a> Compiler<'a> {
             }
         }
         for k in wanted {
-            if let Some(v) = overlay.get(&k) {
+            // The outermost layer that sets `k` wins.
+            if let Some(v) = layers.iter().rev().find_map(|layer| layer.get(&k)) {
                 params.insert(k.clone(), v.clone());
             }
             // Every mount-file setting of `k` this node sees is used, not
@@ -826,12 +879,12 @@ impl<'a> Compiler<'a> {
         match &t.body {
             Some(b) => {
                 node.body_from = b.file.clone();
-                node.body_lines = b.parsed.body_lines.clone();
-                match template::substitute_mapped(&b.parsed.body, &values) {
+                node.body_lines = b.text.lines.clone();
+                match template::substitute_mapped(&b.text.body, &values) {
                     Ok((text, map)) => (node.body, node.body_map) = (text, map),
                     Err(errs) => {
                         for e in errs {
-                            let line = b.parsed.file_line(e.line);
+                            let line = b.text.file_line(e.line);
                             self.diags
                                 .push(&b.file, line, format!("{}{context}", e.message));
                         }

@@ -670,3 +670,36 @@ fn body_lines_follow_the_file() {
     assert_eq!(t.body_lines, [4, 5]);
     assert_eq!(t.body_file_line(1), 5);
 }
+
+/// A big value is freed on another thread, a small one where it is
+/// dropped; either way it is freed (the thread is not a leak).
+#[test]
+fn big_values_are_freed_aside() {
+    use std::sync::mpsc;
+    struct Tell(mpsc::Sender<std::thread::ThreadId>);
+    impl Drop for Tell {
+        fn drop(&mut self) {
+            let _ = self.0.send(std::thread::current().id());
+        }
+    }
+    let here = std::thread::current().id();
+    let (tx, rx) = mpsc::channel();
+    super::resolve::drop_aside(Tell(tx.clone()), 10);
+    assert_eq!(rx.recv().unwrap(), here);
+    super::resolve::drop_aside(Tell(tx), super::resolve::DROP_ASIDE_NODES);
+    let on = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("freed");
+    assert_ne!(on, here);
+}
+
+/// A path's clones share one allocation: a graph names each file from
+/// many origins and dependencies.
+#[test]
+fn path_clones_share_their_text() {
+    let p = RepoPath::parse("clinics/a/Patient.sql").unwrap();
+    let q = p.clone();
+    assert_eq!(p.as_str().as_ptr(), q.as_str().as_ptr());
+    assert_eq!(RepoPath::default(), RepoPath::root());
+    assert_eq!(RepoPath::default().to_string(), ".");
+}
