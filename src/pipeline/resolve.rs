@@ -908,13 +908,7 @@ impl<'a> Compiler<'a> {
             let text = match template::substitute(raw, &values) {
                 Ok(s) => s,
                 Err(errs) => {
-                    for e in errs {
-                        self.diags.push(
-                            &origin.file,
-                            origin.line,
-                            format!("{}{context}", e.message),
-                        );
-                    }
+                    self.template_errors(origin, errs, &context);
                     continue;
                 }
             };
@@ -975,13 +969,7 @@ impl<'a> Compiler<'a> {
                         Assert::Sql(q)
                     }
                     Err(errs) => {
-                        for e in errs {
-                            self.diags.push(
-                                &origin.file,
-                                origin.line,
-                                format!("{}{context}", e.message),
-                            );
-                        }
+                        self.template_errors(origin, errs, &context);
                         continue;
                     }
                 },
@@ -1023,6 +1011,19 @@ impl<'a> Compiler<'a> {
     /// Input table names must be unique ignoring case (SQLite's are) and
     /// after the `SLUICE_INPUT_<Name>` mangling (a command action sees them
     /// as environment variables).
+    /// Reports a directive's template errors at the directive.
+    fn template_errors(
+        &mut self,
+        origin: &Origin,
+        errs: Vec<template::TemplateError>,
+        context: &str,
+    ) {
+        for e in errs {
+            self.diags
+                .push(&origin.file, origin.line, format!("{}{context}", e.message));
+        }
+    }
+
     fn claim_table(&mut self, tables: &mut BTreeMap<String, Origin>, table: &str, origin: &Origin) {
         let folded: String = table
             .chars()
