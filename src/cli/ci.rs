@@ -211,6 +211,25 @@ impl Needs {
             }
         }
     }
+
+    /// The token, once every variable is there; otherwise one error
+    /// naming all that are missing (with `hint` when the token is one).
+    fn finish<T: Clone>(
+        mut self,
+        system: &str,
+        token: &Option<T>,
+        token_name: &'static str,
+        hint: &str,
+    ) -> anyhow::Result<T> {
+        let Some(token) = token else {
+            self.0.push(token_name);
+            return Err(missing(system, &self.0, hint));
+        };
+        if !self.0.is_empty() {
+            return Err(missing(system, &self.0, ""));
+        }
+        Ok(token.clone())
+    }
 }
 
 /// What this CI job is about, from the variables.
@@ -318,21 +337,12 @@ fn github_job(args: &CiArgs) -> anyhow::Result<Job> {
     } else {
         needs.get(&env.sha, "GITHUB_SHA")
     };
-    if args.github_token.is_none() {
-        needs.0.push("GITHUB_TOKEN");
-    }
-    if !needs.0.is_empty() {
-        let hint = if needs.0.contains(&"GITHUB_TOKEN") {
-            "; GitHub Actions sets all but GITHUB_TOKEN, which the step passes in its env: `GITHUB_TOKEN: ${{ github.token }}`"
-        } else {
-            ""
-        };
-        return Err(missing(SYSTEM, &needs.0, hint));
-    }
-    let token = args
-        .github_token
-        .clone()
-        .context("GITHUB_TOKEN is missing")?;
+    let token = needs.finish(
+        SYSTEM,
+        &args.github_token,
+        "GITHUB_TOKEN",
+        "; GitHub Actions sets all but GITHUB_TOKEN, which the step passes in its env: `GITHUB_TOKEN: ${{ github.token }}`",
+    )?;
     let api_url = value(&env.api_url)
         .unwrap_or("https://api.github.com")
         .to_string();
@@ -407,21 +417,12 @@ fn gitlab_job(args: &CiArgs) -> anyhow::Result<Job> {
         None => needs.get(&env.commit_sha, "CI_COMMIT_SHA"),
     };
     let api_url = needs.get(&env.api_v4_url, "CI_API_V4_URL");
-    if args.gitlab_token.is_none() {
-        needs.0.push("SLUICE_GITLAB_TOKEN");
-    }
-    if !needs.0.is_empty() {
-        let hint = if needs.0.contains(&"SLUICE_GITLAB_TOKEN") {
-            "; GitLab CI sets all but SLUICE_GITLAB_TOKEN, a project access token with the api scope kept in a masked CI/CD variable"
-        } else {
-            ""
-        };
-        return Err(missing(SYSTEM, &needs.0, hint));
-    }
-    let token = args
-        .gitlab_token
-        .clone()
-        .context("SLUICE_GITLAB_TOKEN is missing")?;
+    let token = needs.finish(
+        SYSTEM,
+        &args.gitlab_token,
+        "SLUICE_GITLAB_TOKEN",
+        "; GitLab CI sets all but SLUICE_GITLAB_TOKEN, a project access token with the api scope kept in a masked CI/CD variable",
+    )?;
     check_sha(&sha, "CI_COMMIT_SHA")?;
     let change = match value(&env.mr_iid) {
         Some(s) => Some(s.parse::<u64>().map_err(|_| {

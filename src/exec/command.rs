@@ -418,6 +418,21 @@ fn environ_has(pid: i32, token: &std::ffi::OsStr) -> bool {
     !t.is_empty() && env.windows(t.len()).any(|w| w == t)
 }
 
+/// Adds to `doomed` every process of `table` (pid, ppid, state) below one
+/// already in it.
+fn add_descendants(table: &[(i32, i32, char)], doomed: &mut Vec<i32>) {
+    let mut i = 0;
+    while i < doomed.len() {
+        let p = doomed[i];
+        for &(pid, ppid, _) in table {
+            if ppid == p && !doomed.contains(&pid) {
+                doomed.push(pid);
+            }
+        }
+        i += 1;
+    }
+}
+
 /// Kills what a node left: its process group, every descendant of `root`,
 /// and the orphans re-parented to sluice that carry the node's
 /// environment (`token`). Then reaps those that became our zombies (by
@@ -436,16 +451,7 @@ fn kill_leftovers(root: i32, token: &std::ffi::OsStr) {
                 doomed.push(pid);
             }
         }
-        let mut i = 0;
-        while i < doomed.len() {
-            let p = doomed[i];
-            for &(pid, ppid, _) in &table {
-                if ppid == p && !doomed.contains(&pid) {
-                    doomed.push(pid);
-                }
-            }
-            i += 1;
-        }
+        add_descendants(&table, &mut doomed);
         if let Some(p) = Pid::from_raw(root) {
             let _ = kill_process_group(p, Signal::KILL);
         }
@@ -502,16 +508,7 @@ pub(crate) fn kill_tree(root: i32) {
                 .filter(|&&(pid, ppid, _)| ppid == me && pid != root)
                 .map(|&(pid, _, _)| pid),
         );
-        let mut i = 0;
-        while i < doomed.len() {
-            let p = doomed[i];
-            for &(pid, ppid, _) in &table {
-                if ppid == p && !doomed.contains(&pid) {
-                    doomed.push(pid);
-                }
-            }
-            i += 1;
-        }
+        add_descendants(&table, &mut doomed);
         let mut any = false;
         for &(pid, _, state) in &table {
             if pid != me
