@@ -85,6 +85,20 @@ pub trait BlobStore: Send + Sync {
     fn local_path(&self, _digest: &Digest) -> Option<PathBuf> {
         None
     }
+    /// Every stored blob with its size and when it was stored, for
+    /// garbage collection. Names that are not digests are skipped.
+    fn list(&self) -> Result<Vec<BlobInfo>, BlobError>;
+    /// Removes a blob; removing one that is not there is not an error.
+    fn delete(&self, digest: &Digest) -> Result<(), BlobError>;
+}
+
+/// One stored blob, as [`BlobStore::list`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub digest: Digest,
+    pub size: u64,
+    /// When the blob was stored (its file's modification time).
+    pub stored_at: SystemTime,
 }
 
 /// A blob being written. It exists in the store only after `finish`;
@@ -339,6 +353,57 @@ impl BlobStore for LocalBlobStore {
         let p = self.blob_path(digest);
         p.is_file().then_some(p)
     }
+
+    fn list(&self) -> Result<Vec<BlobInfo>, BlobError> {
+        let mut out = Vec::new();
+        let read = |dir: &Path| {
+            fs::read_dir(dir).map_err(BlobError::io(format!("cannot list {}", dir.display())))
+        };
+        for top in read(&self.objects_dir())? {
+            let top = top.map_err(BlobError::io("cannot list the blob store"))?;
+            if !top.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            for mid in read(&top.path())? {
+                let mid = mid.map_err(BlobError::io("cannot list the blob store"))?;
+                if !mid.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                for leaf in read(&mid.path())? {
+                    let leaf = leaf.map_err(BlobError::io("cannot list the blob store"))?;
+                    let Some(digest) = leaf
+                        .file_name()
+                        .to_str()
+                        .and_then(|n| format!("sha256:{n}").parse().ok())
+                    else {
+                        continue;
+                    };
+                    // Gone since the listing (another gc): skip it.
+                    let Ok(meta) = leaf.metadata() else { continue };
+                    if !meta.is_file() {
+                        continue;
+                    }
+                    out.push(BlobInfo {
+                        digest,
+                        size: meta.len(),
+                        stored_at: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete(&self, digest: &Digest) -> Result<(), BlobError> {
+        let path = self.blob_path(digest);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BlobError::io(format!("cannot delete {}", path.display()))(
+                e,
+            )),
+        }
+    }
 }
 
 /// Writes to a temp file in `root/tmp`, hashing on the way; `finish`
@@ -501,7 +566,23 @@ fn sync_dir(dir: &Path) -> Result<(), BlobError> {
 // ---------------------------------------------------------------------------
 // The in-memory fake
 
-type BlobMap = HashMap<Digest, Arc<Vec<u8>>>;
+/// A stored blob of the fake: its bytes and when they were stored.
+#[derive(Clone)]
+struct MemBlob {
+    bytes: Arc<Vec<u8>>,
+    stored_at: SystemTime,
+}
+
+impl MemBlob {
+    fn new(bytes: Vec<u8>) -> MemBlob {
+        MemBlob {
+            bytes: Arc::new(bytes),
+            stored_at: SystemTime::now(),
+        }
+    }
+}
+
+type BlobMap = HashMap<Digest, MemBlob>;
 
 /// An in-memory blob store for tests.
 ///
@@ -541,7 +622,14 @@ impl MemBlobStore {
     /// Replaces the bytes stored under `digest` without renaming them,
     /// as a flipped bit on disk would.
     pub fn tamper(&self, digest: &Digest, bytes: Vec<u8>) {
-        self.map().insert(*digest, Arc::new(bytes));
+        self.map().insert(*digest, MemBlob::new(bytes));
+    }
+
+    /// Pretends the blob was stored at `when`, for tests of ages.
+    pub fn backdate(&self, digest: &Digest, when: SystemTime) {
+        if let Some(blob) = self.map().get_mut(digest) {
+            blob.stored_at = when;
+        }
     }
 
     /// A lock poisoned by a panicking test thread still guards a
@@ -554,7 +642,7 @@ impl MemBlobStore {
         let bytes = self
             .map()
             .get(digest)
-            .cloned()
+            .map(|b| Arc::clone(&b.bytes))
             .ok_or(BlobError::Missing(*digest))?;
         if Digest::of(&bytes) != *digest {
             return Err(BlobError::Corrupt {
@@ -611,6 +699,23 @@ impl BlobStore for MemBlobStore {
     fn contains(&self, digest: &Digest) -> bool {
         self.map().contains_key(digest)
     }
+
+    fn list(&self) -> Result<Vec<BlobInfo>, BlobError> {
+        Ok(self
+            .map()
+            .iter()
+            .map(|(digest, blob)| BlobInfo {
+                digest: *digest,
+                size: blob.bytes.len() as u64,
+                stored_at: blob.stored_at,
+            })
+            .collect())
+    }
+
+    fn delete(&self, digest: &Digest) -> Result<(), BlobError> {
+        self.map().remove(digest);
+        Ok(())
+    }
 }
 
 /// Stores the bytes unless intact ones are there already; replaces
@@ -618,9 +723,9 @@ impl BlobStore for MemBlobStore {
 fn store_repairing(map: &mut BlobMap, digest: Digest, bytes: impl FnOnce() -> Vec<u8>) {
     let intact = map
         .get(&digest)
-        .is_some_and(|b| Digest::of(b.as_slice()) == digest);
+        .is_some_and(|b| Digest::of(b.bytes.as_slice()) == digest);
     if !intact {
-        map.insert(digest, Arc::new(bytes()));
+        map.insert(digest, MemBlob::new(bytes()));
     }
 }
 
@@ -712,6 +817,25 @@ mod tests {
         dropped.write_all(b"half a table").unwrap();
         drop(dropped);
         assert!(!store.contains(&Digest::of(b"half a table")));
+
+        let mut listed: Vec<(Digest, u64)> = store
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|b| (b.digest, b.size))
+            .collect();
+        listed.sort();
+        let mut expected = vec![(d, 8), (streamed, 6), (empty, 0)];
+        expected.sort();
+        assert_eq!(
+            listed, expected,
+            "list names every blob once, with its size"
+        );
+        store.delete(&d).unwrap();
+        assert!(!store.contains(&d));
+        assert!(matches!(store.get(&d), Err(BlobError::Missing(_))));
+        store.delete(&d).unwrap();
+        assert_eq!(store.list().unwrap().len(), 2, "delete removes one blob");
     }
 
     #[test]
