@@ -194,9 +194,13 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
                 Some((d, m)) if same_tables(&manifest, m) => *d,
                 _ => store_manifest(stores, p, &mut manifest)?,
             };
-            stores
-                .state
-                .record_run(p.as_str(), &digest, ws.commit.as_deref(), failed)?;
+            stores.state.record_run(
+                p.as_str(),
+                &digest,
+                ws.commit.as_deref(),
+                req.git_ref.as_deref(),
+                failed,
+            )?;
             pipeline.manifest = Some(digest);
             if req.promote && !failed {
                 let damaged = damaged_outputs(stores, &manifest, req.jobs.max(1));

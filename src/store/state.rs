@@ -23,6 +23,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_daemon",
         include_str!("../../migrations/0002_daemon.sql"),
     ),
+    (
+        "0003_run_refs",
+        include_str!("../../migrations/0003_run_refs.sql"),
+    ),
 ];
 
 /// The schema version this binary creates and understands.
@@ -59,6 +63,8 @@ pub struct RunRecord {
     pub pipeline: String,
     pub manifest: Digest,
     pub commit: Option<String>,
+    /// The branch or ref that was run, when known.
+    pub git_ref: Option<String>,
     /// RFC 3339 UTC.
     pub created_at: String,
     pub failed: bool,
@@ -150,6 +156,46 @@ fn cache_entry(task_key: &Digest, row: CacheRow) -> anyhow::Result<CacheEntry> {
         columns: serde_json::from_str(&columns).with_context(bad)?,
         log: log.map(|l| l.parse()).transpose().with_context(bad)?,
         duration_ms: u64::try_from(duration_ms).with_context(bad)?,
+    })
+}
+
+/// The columns [`run_row`] reads, in its order.
+const RUN_COLUMNS: &str = "id, pipeline, manifest, commit_id, git_ref, created_at, failed";
+
+type RunRow = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    bool,
+);
+
+fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+fn run_record(row: RunRow) -> anyhow::Result<RunRecord> {
+    let (id, pipeline, manifest, commit, git_ref, created_at, failed) = row;
+    Ok(RunRecord {
+        id,
+        manifest: manifest
+            .parse()
+            .with_context(|| format!("run {id} of {pipeline} is corrupt"))?,
+        pipeline,
+        commit,
+        git_ref,
+        created_at,
+        failed,
     })
 }
 
@@ -716,16 +762,18 @@ impl StateDb {
         pipeline: &str,
         manifest: &Digest,
         commit: Option<&str>,
+        git_ref: Option<&str>,
         failed: bool,
     ) -> anyhow::Result<i64> {
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO runs (pipeline, manifest, commit_id, created_at, failed)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO runs (pipeline, manifest, commit_id, git_ref, created_at, failed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 pipeline,
                 manifest.to_string(),
                 commit,
+                git_ref,
                 now_rfc3339(),
                 failed
             ],
@@ -736,37 +784,31 @@ impl StateDb {
 
     /// The newest run of `pipeline`.
     pub fn last_run(&self, pipeline: &str) -> anyhow::Result<Option<RunRecord>> {
-        let row = self
-            .conn()
-            .query_row(
-                "SELECT id, manifest, commit_id, created_at, failed FROM runs
-                 WHERE pipeline = ?1 ORDER BY id DESC LIMIT 1",
-                [pipeline],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, bool>(4)?,
-                    ))
-                },
-            )
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE pipeline = ?1 ORDER BY id DESC LIMIT 1"
+            ))
+            .with_context(|| format!("cannot read the runs of {pipeline}"))?;
+        let row = stmt
+            .query_row([pipeline], run_row)
             .optional()
             .with_context(|| format!("cannot read the runs of {pipeline}"))?;
-        let Some((id, manifest, commit, created_at, failed)) = row else {
-            return Ok(None);
-        };
-        Ok(Some(RunRecord {
-            id,
-            pipeline: pipeline.to_string(),
-            manifest: manifest
-                .parse()
-                .with_context(|| format!("run {id} of {pipeline} is corrupt"))?,
-            commit,
-            created_at,
-            failed,
-        }))
+        row.map(run_record).transpose()
+    }
+
+    /// Every recorded run, oldest first.
+    pub fn runs(&self) -> anyhow::Result<Vec<RunRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id"))
+            .context("cannot read the runs")?;
+        let rows = stmt
+            .query_map([], run_row)
+            .context("cannot read the runs")?
+            .collect::<Result<Vec<_>, _>>()
+            .context("cannot read the runs")?;
+        rows.into_iter().map(run_record).collect()
     }
 
     // -- source memo --------------------------------------------------------
@@ -999,7 +1041,8 @@ mod tests {
             for db in &dbs {
                 s.spawn(move || {
                     for i in 0..50 {
-                        db.record_run("p", &d(&i.to_string()), None, false).unwrap();
+                        db.record_run("p", &d(&i.to_string()), None, None, false)
+                            .unwrap();
                         db.ref_set("r", &d(&i.to_string())).unwrap();
                     }
                 });
@@ -1173,9 +1216,11 @@ mod tests {
     fn runs_round_trip_and_last_is_newest() {
         let db = StateDb::open_in_memory().unwrap();
         assert_eq!(db.last_run("p").unwrap(), None);
-        let a = db.record_run("p", &d("m1"), Some("abc123"), false).unwrap();
-        let q = db.record_run("q", &d("mq"), None, false).unwrap();
-        let b = db.record_run("p", &d("m2"), None, true).unwrap();
+        let a = db
+            .record_run("p", &d("m1"), Some("abc123"), Some("main"), false)
+            .unwrap();
+        let q = db.record_run("q", &d("mq"), None, None, false).unwrap();
+        let b = db.record_run("p", &d("m2"), None, None, true).unwrap();
         assert!(a < q && q < b);
         let last = db.last_run("p").unwrap().unwrap();
         assert_eq!(last.id, b);
@@ -1189,6 +1234,14 @@ mod tests {
             (q_run.id, q_run.manifest, q_run.failed),
             (q, d("mq"), false)
         );
+        let all = db.runs().unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![a, q, b],
+            "runs lists every run, oldest first"
+        );
+        assert_eq!(all[0].git_ref.as_deref(), Some("main"));
+        assert_eq!(all[0].commit.as_deref(), Some("abc123"));
     }
 
     #[test]
