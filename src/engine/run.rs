@@ -2,6 +2,7 @@
 //! record a manifest per pipeline, promote, and describe it all as a
 //! [`RunReport`] with each changed node's diff and the reasons it ran.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
@@ -94,13 +95,34 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
         req.pipelines.clone()
     };
 
-    let mut productions = Vec::new();
+    // A production manifest that cannot be read counts as none: the run
+    // goes on, and a promotion starts a new chain from it.
+    let productions = selected
+        .iter()
+        .map(|p| production(stores, p))
+        .collect::<anyhow::Result<Vec<Production>>>()?;
+    // Pipelines that did not change since production (most of them, on a
+    // push) are answered from their production manifest: a cache lookup
+    // per node would find the same tables.
+    let reads = stores.state.begin_cache_reads();
+    let mut settled: HashMap<NodeId, NodeResult> = HashMap::new();
+    let mut settled_pipelines: HashSet<&RepoPath> = HashSet::new();
+    if req.nodes.is_none() {
+        for (p, prod) in selected.iter().zip(&productions) {
+            if let Some((_, m)) = &prod.manifest
+                && let Some(found) = settled_results(ws, stores, &hashes, p, m)
+            {
+                settled.extend(found);
+                settled_pipelines.insert(p);
+            }
+        }
+    }
     let mut wanted = Vec::new();
     let mut seen = HashSet::new();
     for p in &selected {
-        // A production manifest that cannot be read counts as none: the
-        // run goes on, and a promotion starts a new chain from it.
-        productions.push(production(stores, p)?);
+        if settled_pipelines.contains(p) {
+            continue;
+        }
         for id in ws.graph.pipeline_nodes(p) {
             if req.nodes.as_ref().is_some_and(|only| !only.contains(&id)) {
                 continue;
@@ -118,17 +140,33 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
         source_digests: ctx.sources.clone(),
         cancel: req.cancel.clone(),
     };
-    let reads = stores.state.begin_cache_reads();
-    let results = exec::execute_with(
-        &ws.graph,
-        &wanted,
-        &hashes,
-        stores,
-        &opts,
-        &exec::ExecSettings::for_repo(ws.config.as_ref()),
-        req.observer,
-    );
+    let total = settled.len() + wanted.len();
+    for (done, (id, result)) in settled.iter().enumerate() {
+        req.observer
+            .finished(&ws.graph.nodes[*id], result, done + 1, total);
+    }
+    let shifted = Shifted {
+        inner: req.observer,
+        by: settled.len(),
+    };
+    let mut results = if wanted.is_empty() {
+        HashMap::new()
+    } else {
+        exec::execute_with(
+            &ws.graph,
+            &wanted,
+            &hashes,
+            stores,
+            &opts,
+            &exec::ExecSettings::for_repo(ws.config.as_ref()),
+            &shifted,
+        )
+    };
     drop(reads);
+    for (id, result) in settled {
+        // A node another pipeline ran (one both read) keeps that result.
+        results.entry(id).or_insert(result);
+    }
     let cancelled = req.cancel.is_cancelled();
 
     let mut report = RunReport {
@@ -157,17 +195,20 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
             Some(_) => last_run_manifest(stores, p)?.map(|(_, m)| m),
             None => None,
         };
-        let mut manifest = build_manifest(
-            ws,
-            req.git_ref.clone(),
-            p,
-            &hashes,
-            &ctx,
-            &results,
-            prod.as_ref().map(|(d, _)| *d),
-        );
+        let mut manifest = match &prod {
+            Some((_, m)) if settled_pipelines.contains(p) => Cow::Borrowed(&**m),
+            _ => Cow::Owned(build_manifest(
+                ws,
+                req.git_ref.clone(),
+                p,
+                &hashes,
+                &ctx,
+                &results,
+                prod.as_ref().map(|(d, _)| *d),
+            )),
+        };
         if let Some(last) = &last {
-            carry_over(ws, p, &hashes, &results, last, &mut manifest);
+            carry_over(ws, p, &hashes, &results, last, manifest.to_mut());
         }
         let failed = manifest
             .nodes
@@ -190,9 +231,10 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
             // Nothing changed against production (the usual case for most
             // pipelines of a push): its manifest stands for this run too,
             // and is not written again.
-            let digest = match prod.as_ref() {
-                Some((d, m)) if same_tables(&manifest, m) => *d,
-                _ => store_manifest(stores, p, &mut manifest)?,
+            let digest = match (&manifest, prod.as_ref()) {
+                (Cow::Borrowed(_), Some((d, _))) => *d,
+                (_, Some((d, m))) if same_tables(&manifest, m) => *d,
+                _ => store_manifest(stores, p, manifest.to_mut())?,
             };
             stores.state.record_run(
                 p.as_str(),
@@ -203,7 +245,13 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
             )?;
             pipeline.manifest = Some(digest);
             if req.promote && !failed {
-                let damaged = damaged_outputs(stores, &manifest, req.jobs.max(1));
+                // Production already names this manifest (nothing changed
+                // in the pipeline): nothing moves, so nothing is verified.
+                let damaged = if head == Some(digest) {
+                    Vec::new()
+                } else {
+                    damaged_outputs(stores, &manifest, req.jobs.max(1))
+                };
                 if !damaged.is_empty() {
                     pipeline.error = Some(format!(
                         "production/{p} not promoted: {}; their cache entries were dropped, so \
@@ -234,6 +282,81 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
     }
     report.duration_ms = clock.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// The results of a pipeline none of whose nodes changed since its
+/// production manifest `m`: every node there with the same local and
+/// definition hashes (so the same code over the same sources, all the
+/// way up), and the cache still holding its output under its task key,
+/// as a lookup would find it (an entry `fsck --repair` or a failed
+/// promotion dropped makes the node run). `None` when anything differs;
+/// then the pipeline runs as usual.
+fn settled_results(
+    ws: &Workspace,
+    stores: &Stores,
+    hashes: &[Option<NodeHashes>],
+    pipeline: &RepoPath,
+    m: &Manifest,
+) -> Option<Vec<(NodeId, NodeResult)>> {
+    let ids = ws.graph.pipeline_nodes(pipeline);
+    if ids.len() != m.nodes.len() {
+        return None;
+    }
+    let by_name = m.by_name();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let h = hashes.get(id).copied().flatten()?;
+        let node = &ws.graph.nodes[id];
+        let entry = by_name.get(node.display_name(pipeline).as_str())?;
+        let ok = entry.local_hash == h.local
+            && entry.definition_hash == h.definition
+            && entry.status.is_some_and(Status::ok)
+            && entry.error.is_none();
+        let (Some(key), Some(output)) = (entry.task_key, entry.output) else {
+            return None;
+        };
+        if !ok
+            || !matches!(stores.state.cache_get(&key), Ok(Some(c)) if c.output == output)
+            || !stores.blobs.contains(&output)
+        {
+            return None;
+        }
+        out.push((
+            id,
+            NodeResult {
+                status: Status::Cached,
+                task_key: entry.task_key,
+                output: entry.output,
+                rows: entry.rows,
+                columns: entry.columns.clone(),
+                log: entry.log,
+                duration: std::time::Duration::ZERO,
+                error: None,
+                failure: None,
+                inputs: entry.inputs.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            },
+        ));
+    }
+    Some(out)
+}
+
+/// Passes progress on with the settled nodes counted in.
+struct Shifted<'a> {
+    inner: &'a dyn Observer,
+    by: usize,
+}
+
+impl Observer for Shifted<'_> {
+    fn finished(
+        &self,
+        node: &crate::pipeline::Node,
+        result: &NodeResult,
+        done: usize,
+        total: usize,
+    ) {
+        self.inner
+            .finished(node, result, done + self.by, total + self.by);
+    }
 }
 
 /// Hashes the bytes of every output a manifest names, so that production

@@ -56,10 +56,18 @@ impl FromStr for Digest {
         if hex.len() != 64 {
             return Err(bad());
         }
+        // Manifests and cache rows hold many digests: decoded by hand.
+        fn nibble(c: u8) -> Option<u8> {
+            match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                b'A'..=b'F' => Some(c - b'A' + 10),
+                _ => None,
+            }
+        }
         let mut out = [0u8; 32];
-        for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
-            let text = std::str::from_utf8(chunk).map_err(|_| bad())?;
-            out[i] = u8::from_str_radix(text, 16).map_err(|_| bad())?;
+        for (o, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+            *o = (nibble(pair[0]).ok_or_else(bad)? << 4) | nibble(pair[1]).ok_or_else(bad)?;
         }
         Ok(Digest(out))
     }
@@ -130,6 +138,17 @@ mod tests {
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
         assert!("sha256:zz".parse::<Digest>().is_err());
         assert!("md5:00".parse::<Digest>().is_err());
+        let hex = d.hex();
+        for bad in [
+            format!("sha256:{}g", &hex[1..]),
+            format!("sha256:+{}", &hex[1..]),
+            format!("sha256:é{}", &hex[2..]),
+            format!("sha256:{hex}0"),
+        ] {
+            assert!(bad.parse::<Digest>().is_err(), "{bad}");
+        }
+        let upper = format!("sha256:{}", hex.to_uppercase());
+        assert_eq!(upper.parse::<Digest>().unwrap(), d);
         let json = serde_json::to_string(&d).unwrap();
         assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), d);
     }

@@ -97,6 +97,31 @@ fn fsck_json(r: &Repo, args: &[&str]) -> (i32, serde_json::Value) {
     (run.code, run.json())
 }
 
+/// A pipeline unchanged since production is answered from its manifest,
+/// but only while the cache would answer the same: a table whose blob is
+/// gone, or whose cache entry was dropped, is computed again.
+#[test]
+fn an_unchanged_pipeline_still_recomputes_a_lost_table() {
+    let r = small_repo();
+    r.sluice(&["run", "--json", "--promote"]).success();
+    let again = r.sluice(&["run", "--json", "--promote"]);
+    again.success();
+    assert!(
+        statuses(&again).values().all(|s| s == "cached"),
+        "{}",
+        again.stdout
+    );
+    let out = outputs(&again);
+    std::fs::remove_file(blob_path(&r, &out["U"])).unwrap();
+    let after = r.sluice(&["run", "--json", "--promote"]);
+    after.success();
+    assert_eq!(statuses(&after)["U"], "computed");
+    assert_eq!(statuses(&after)["T"], "cached");
+    r.sluice(&["cat", "clinics/a/U"])
+        .success()
+        .stdout_has("1,ALPHA\n");
+}
+
 #[test]
 fn promotion_refuses_a_damaged_output_and_the_next_run_recomputes_it() {
     let r = small_repo();
