@@ -25,8 +25,6 @@ state_dir = "/var/lib/sluice"               # blobs, state database, bare mirror
 data_root = "/srv/clinic-data"              # where data:// resolves; a repository cannot change it
 workers = 2
 run_page_logs = false                       # optional, default false
-# blobs = "s3://team-bucket/sluice"         # optional: blobs on S3 (credentials from AWS_* variables)
-# blob_cache_size = "10GiB"                 # optional: local cache bound with blobs on S3
 
 [[repos]]
 forge = "github"                  # github | gitlab | gitea | git
