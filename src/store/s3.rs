@@ -989,3 +989,107 @@ mod tests {
         assert!(!format!("{store:?}").contains("testing-secret-key"));
     }
 }
+
+/// Figures for the report: 64 MiB through moto vs the local store, and
+/// the memory an upload takes.
+/// `cargo test --release --lib s3_figures -- --ignored --nocapture`
+#[cfg(test)]
+mod figures {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use std::time::Instant;
+
+    fn status_kb(field: &str) -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Writes `size` bytes in 64 KiB pieces, never holding more.
+    fn write_blob(store: &dyn BlobStore, size: usize) -> Digest {
+        let mut piece: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        let mut w = store.writer().unwrap();
+        let mut written = 0;
+        let mut n = 0u8;
+        while written < size {
+            piece[0] = n;
+            n = n.wrapping_add(1);
+            w.write_all(&piece).unwrap();
+            written += piece.len();
+        }
+        w.finish().unwrap()
+    }
+
+    #[test]
+    #[ignore = "a measurement: cargo test --release --lib s3_figures -- --ignored --nocapture"]
+    fn s3_figures() {
+        const SIZE: usize = 64 << 20;
+        let mb = SIZE as f64 / (1 << 20) as f64;
+        let dir = tempfile::tempdir().unwrap();
+        let local = super::super::blob::LocalBlobStore::open(&dir.path().join("local")).unwrap();
+        let t = Instant::now();
+        let d = write_blob(&local, SIZE);
+        let local_put = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        local.open_verified(&d).unwrap();
+        let local_get = t.elapsed().as_secs_f64();
+
+        let m = super::moto::moto();
+        let bucket = m.bucket("figures");
+        let builder = || {
+            AmazonS3Builder::new()
+                .with_endpoint(&m.endpoint)
+                .with_allow_http(true)
+                .with_region("us-east-1")
+                .with_access_key_id("k")
+                .with_secret_access_key("s")
+        };
+        let location = S3Location {
+            bucket,
+            prefix: String::new(),
+        };
+        let s3 = S3BlobStore::open_with(
+            builder(),
+            location.clone(),
+            &S3Options::new(&dir.path().join("a"), 1 << 30),
+        )
+        .unwrap();
+        // Peak RSS from here on (writing 5 to clear_refs resets VmHWM).
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        let base = status_kb("VmRSS:");
+        let t = Instant::now();
+        let d2 = write_blob(&s3, SIZE);
+        let s3_put = t.elapsed().as_secs_f64();
+        let peak = status_kb("VmHWM:");
+        assert_eq!(d, d2);
+        let other = S3BlobStore::open_with(
+            builder(),
+            location,
+            &S3Options::new(&dir.path().join("b"), 1 << 30),
+        )
+        .unwrap();
+        let t = Instant::now();
+        other.open_verified(&d).unwrap();
+        let s3_get = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        other.open_verified(&d).unwrap();
+        let cached_get = t.elapsed().as_secs_f64();
+        eprintln!(
+            "64 MiB blob: local put {:.0} MB/s, get {:.0} MB/s; moto put {:.0} MB/s ({:.1}x slower), \
+             get {:.0} MB/s ({:.1}x slower), cached get {:.0} MB/s; parts {}; \
+             upload peak RSS +{} KiB over {} KiB (part size {} KiB)",
+            mb / local_put,
+            mb / local_get,
+            mb / s3_put,
+            s3_put / local_put,
+            mb / s3_get,
+            s3_get / local_get,
+            mb / cached_get,
+            s3.requests().parts,
+            peak.saturating_sub(base),
+            base,
+            DEFAULT_PART_SIZE / 1024
+        );
+    }
+}
