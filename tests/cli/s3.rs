@@ -207,3 +207,111 @@ fn an_unreachable_bucket_is_an_error_without_credentials_in_it() {
     assert!(!all.contains("testing-secret-key"), "{all}");
     assert!(!all.contains("testing-key-id"), "{all}");
 }
+
+/// A `sluice-server.toml` serving one plain-git repository, blobs in `blobs`.
+fn server_config(dir: &Path, bare: &Path, data: &Path, blobs: &str) -> std::path::PathBuf {
+    let config = dir.join("sluice-server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\npublic_url = \"http://sluice.test\"\nstate_dir = \"{}\"\n\
+             data_root = \"{}\"\nworkers = 1\nblobs = \"{blobs}\"\nblob_cache_size = \"64MiB\"\n\
+             [[repos]]\nforge = \"git\"\nname = \"pipelines\"\nclone_url = \"{}\"\n\
+             production_branch = \"main\"\nsecret_env = \"SLUICE_TEST_SECRET\"\n",
+            dir.join("state").display(),
+            data.display(),
+            bare.display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn serve(config: &Path) -> std::process::Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args(["serve", "--config", config.to_str().unwrap()])
+        .env("SLUICE_TEST_SECRET", "hook-secret")
+        .env_remove("SLUICE_STATE_DIR")
+        .env_remove("SLUICE_DATA_ROOT")
+        .env_remove("SLUICE_BLOBS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in moto().env() {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+#[test]
+fn the_daemon_keeps_its_tables_in_the_bucket_named_by_its_config() {
+    use std::io::BufRead;
+    let r = small_repo();
+    let sha = r.git(&["rev-parse", "HEAD"]);
+    let dir = tempfile::tempdir().unwrap();
+    let bare = dir.path().join("origin.git");
+    crate::util::git_in(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            r.path().to_str().unwrap(),
+            "origin.git",
+        ],
+    );
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let bucket = moto().bucket("daemon");
+    let config = server_config(dir.path(), &bare, &data, &format!("s3://{bucket}/d"));
+
+    let mut child = serve(&config);
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("sluice serve: listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let body = format!(
+        "{{\"repo\":\"pipelines\",\"updates\":[{{\"old\":\"{}\",\"new\":\"{sha}\",\"ref\":\"refs/heads/main\"}}]}}",
+        "0".repeat(40)
+    );
+    let res = ureq::post(&format!("{url}/hooks/git"))
+        .header("Authorization", "Bearer hook-secret")
+        .header("Content-Type", "application/json")
+        .send(body.as_bytes());
+    assert!(res.is_ok(), "{res:?}");
+
+    // U's table, by its digest, appears in the bucket.
+    let u = {
+        use sha2::Digest as _;
+        let d = sha2::Sha256::digest(b"id,name\n1,ALPHA\n2,BETA\n");
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let key = format!("d/sha256/{u}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !moto().keys(&bucket, "d/sha256/").contains(&key) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{key} never reached the bucket"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let state = dir.path().join("state");
+    assert!(files_under(&state.join("blobs")).is_empty());
+    assert!(files_under(&state.join("blob-cache/sha256")).contains(&u));
+}
+
+#[test]
+fn the_daemon_refuses_a_bad_blobs_url_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = server_config(dir.path(), dir.path(), dir.path(), "/srv/blobs");
+    let out = serve(&config).wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sluice-server.toml:6: blobs:"), "{err}");
+    assert!(err.contains("s3://BUCKET"), "{err}");
+}
