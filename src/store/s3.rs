@@ -797,6 +797,11 @@ mod tests {
         store.cache().remove(&d);
         let url = format!("s3://{bucket}/p/sha256/{}", d.hex());
         let check = |err: BlobError| match err {
+            BlobError::Corrupt { .. }
+                if !err.to_string().contains(&format!("aws s3 rm '{url}'")) =>
+            {
+                panic!("the message says how to remove the object: {err}")
+            }
             BlobError::Corrupt { digest, path } => {
                 assert_eq!(digest, d);
                 assert_eq!(path, PathBuf::from(&url));
