@@ -942,6 +942,34 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_first_reads_of_one_blob_all_get_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_bucket, writer) = open("concurrent", "", &options(dir.path()));
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 199) as u8).collect();
+        let d = writer.put(&bytes).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let reader =
+            S3BlobStore::open_with(builder(), writer.location().clone(), &options(other.path()))
+                .unwrap();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|_| s.spawn(|| reader.get(&d).unwrap()))
+                .collect();
+            for h in handles {
+                assert_eq!(h.join().unwrap(), bytes);
+            }
+        });
+        assert!(files_in(&other.path().join("blob-cache/tmp")).is_empty());
+        assert_eq!(reader.cache().store().list().unwrap().len(), 1);
+    }
+
+    fn files_in(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|e| e.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
     fn calls_from_inside_a_tokio_runtime_do_not_panic() {
         let dir = tempfile::tempdir().unwrap();
         let (_bucket, store) = open("tokio", "", &options(dir.path()));

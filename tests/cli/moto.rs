@@ -52,7 +52,11 @@ pub fn moto() -> &'static Moto {
 }
 
 fn start() -> Result<Moto, String> {
-    let probe = Command::new("python3")
+    start_with("python3")
+}
+
+fn start_with(python: &str) -> Result<Moto, String> {
+    let probe = Command::new(python)
         .args(["-c", "import moto.server"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -68,7 +72,7 @@ fn start() -> Result<Moto, String> {
     let log = std::env::temp_dir().join(format!("sluice-moto-{}.log", std::process::id()));
     let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
     let err_file = log_file.try_clone().map_err(|e| e.to_string())?;
-    let mut child = Command::new("python3")
+    let mut child = Command::new(python)
         .args(["-c", SCRIPT, &port.to_string()])
         .stdin(Stdio::null())
         .stdout(log_file)
@@ -138,4 +142,10 @@ impl Moto {
             .filter_map(|s| s.split_once("</Key>").map(|(k, _)| k.to_string()))
             .collect()
     }
+}
+
+#[test]
+fn without_moto_the_tests_fail_saying_how_to_install_it() {
+    let e = start_with("/nonexistent/python3").unwrap_err();
+    assert!(e.contains("pip install 'moto[server]'"), "{e}");
 }
