@@ -166,6 +166,12 @@ fn a_bad_blob_store_url_names_the_setting() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     run.stderr_has("--blobs / SLUICE_BLOBS `/srv/blobs`")
         .stderr_has("s3://BUCKET");
+    let fsck = sluice_s3(
+        &r,
+        &["--blobs", "s3://good-bucket", "--state-dir", s, "fsck"],
+    );
+    assert_eq!(fsck.code, 2, "{}", fsck.stderr);
+    fsck.stderr_has("sluice fsck checks a local state directory");
     let run = sluice_s3(&r, &["--blobs", "s3://Bad_Bucket", "--state-dir", s, "run"]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     run.stderr_has("not a bucket name");
