@@ -28,6 +28,19 @@ pub struct FsckArgs {
 
 pub fn run(global: &GlobalArgs, args: &FsckArgs) -> anyhow::Result<ExitCode> {
     let ws = super::workspace::load(global)?;
+    // Its checks (and repairs) read the local blob directory: with blobs
+    // in a bucket every cache entry would look missing.
+    if global
+        .blobs
+        .as_deref()
+        .is_some_and(|u| !u.trim().is_empty())
+    {
+        anyhow::bail!(
+            "sluice fsck checks a local state directory, and --blobs / SLUICE_BLOBS puts the blobs \
+             in a bucket (where every read is verified anyway); run it without --blobs on a \
+             state directory that keeps its blobs locally"
+        );
+    }
     let dir = ws.checked_state_dir()?;
     let report = fsck(&dir, args.repair)?;
     let mut out = std::io::stdout().lock();

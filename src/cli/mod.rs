@@ -61,6 +61,21 @@ pub struct GlobalArgs {
     /// Where the cache, blobs and refs live. Default: <repo>/.sluice.
     #[arg(long, global = true, value_name = "DIR", env = "SLUICE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Where blobs (tables, logs, manifests) live: s3://BUCKET[/PREFIX] for
+    /// an S3-compatible object store a team shares, with credentials,
+    /// region and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_REGION and AWS_ENDPOINT_URL. Default: <state-dir>/blobs.
+    #[arg(long, global = true, value_name = "URL", env = "SLUICE_BLOBS")]
+    pub blobs: Option<String>,
+    /// The size bound of the local cache of an S3 blob store
+    /// (<state-dir>/blob-cache), e.g. 10GiB or 500MiB. Default: 10GiB.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SIZE",
+        env = "SLUICE_BLOB_CACHE_SIZE"
+    )]
+    pub blob_cache_size: Option<String>,
     /// The search path command actions run with (the only variable of the
     /// caller's environment they see).
     #[arg(

@@ -20,6 +20,14 @@ pub fn load(global: &GlobalArgs) -> anyhow::Result<Workspace> {
     let settings = Settings {
         data_root: global.data.clone(),
         state_dir: global.state_dir.clone(),
+        blobs: crate::store::BlobOptions::from_settings(
+            global.blobs.as_deref(),
+            global.blob_cache_size.as_deref(),
+            (
+                "--blobs / SLUICE_BLOBS",
+                "--blob-cache-size / SLUICE_BLOB_CACHE_SIZE",
+            ),
+        )?,
         path_env: global.path_env.clone(),
     };
     let ws = Workspace::open(&root, &source, settings)?;

@@ -13,8 +13,8 @@ use crate::git::GitVfs;
 use crate::pipeline::diag::Diagnostic;
 use crate::pipeline::{self, Graph, RepoPath, Vfs};
 use crate::plan::hash::{self, HashContext, NodeHashes};
-use crate::store::Stores;
 use crate::store::state::StateDb;
+use crate::store::{BlobOptions, Stores};
 use crate::worktree::WorktreeVfs;
 
 /// Where sluice reads and writes besides the repository itself.
@@ -25,6 +25,8 @@ pub struct Settings {
     pub data_root: Option<PathBuf>,
     /// Over `<repo>/.sluice`.
     pub state_dir: Option<PathBuf>,
+    /// Where the blobs live (`--blobs`): the state directory, or a bucket.
+    pub blobs: BlobOptions,
     /// `PATH` for command actions (and the probe of their versions).
     pub path_env: OsString,
 }
@@ -34,6 +36,7 @@ impl Default for Settings {
         Settings {
             data_root: None,
             state_dir: None,
+            blobs: BlobOptions::default(),
             path_env: DEFAULT_PATH.into(),
         }
     }
@@ -138,6 +141,7 @@ impl Workspace {
                 .as_deref()
                 .map(std::path::absolute)
                 .transpose()?,
+            blobs: settings.blobs,
             path_env: settings.path_env,
         };
         let mut ws = Workspace {
@@ -241,7 +245,8 @@ impl Workspace {
     /// Opens the stores, creating them on first use.
     pub fn open_stores(&self) -> anyhow::Result<Stores> {
         let dir = self.checked_state_dir()?;
-        Stores::open(&dir).with_context(|| format!("cannot open the state in {}", dir.display()))
+        Stores::open_with(&dir, &self.settings.blobs)
+            .with_context(|| format!("cannot open the state in {}", dir.display()))
     }
 
     /// Opens the stores only if they exist (read-only commands should not

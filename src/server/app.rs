@@ -22,7 +22,7 @@ use crate::exec::CancelToken;
 use crate::forge::{CommitStatus, Forge, StatusState};
 use crate::plan::digest::Digest;
 use crate::store::Stores;
-use crate::store::blob::{BlobStore, LocalBlobStore};
+use crate::store::blob::BlobStore;
 use crate::store::queue::{Enqueued, Job, JobKind, JobState, NewJob, OutboxItem, now_ms};
 use crate::store::state::StateDb;
 
@@ -158,7 +158,7 @@ impl App {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let db = Arc::new(StateDb::open(&dir.join("daemon.db"))?);
-        let blobs: Arc<dyn BlobStore> = Arc::new(LocalBlobStore::open(&dir.join("blobs"))?);
+        let blobs = crate::store::open_blobs(&dir, &cfg.blobs)?;
         let mut repos = Vec::new();
         for (config, secrets) in cfg.repos.iter().cloned().zip(secrets) {
             let id = Digest::of(repo_key(&config).as_bytes()).hex();
@@ -403,6 +403,7 @@ impl App {
         let settings = Settings {
             data_root: Some(self.cfg.data_root.clone()),
             state_dir: None,
+            blobs: Default::default(),
             path_env: self.path_env.clone(),
         };
         let mut ws = match Workspace::open(&mirror, &Source::Bare(job.sha.clone()), settings) {

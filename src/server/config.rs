@@ -51,6 +51,9 @@ pub struct ServerConfig {
     pub data_root: PathBuf,
     pub workers: usize,
     pub run_page_logs: bool,
+    /// Where blobs live: `state_dir/blobs`, or a bucket (`blobs =
+    /// "s3://…"`) with a local cache of `blob_cache_size`.
+    pub blobs: crate::store::BlobOptions,
     pub repos: Vec<RepoConfig>,
 }
 
@@ -192,6 +195,8 @@ struct RawServer {
     data_root: Option<Spanned<String>>,
     workers: Option<Spanned<i64>>,
     run_page_logs: Option<bool>,
+    blobs: Option<Spanned<String>>,
+    blob_cache_size: Option<Spanned<String>>,
     repos: Option<Vec<Spanned<RawRepo>>>,
 }
 
@@ -271,6 +276,18 @@ pub fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
         }
     };
 
+    // Only the location: credentials come from the AWS_* environment.
+    let blobs = match &raw.blobs {
+        Some(url) => crate::store::BlobLocation::parse(url.get_ref(), "blobs")
+            .map_err(|e| err(at(url.span()), "blobs", format!("{e:#}")))?,
+        None => crate::store::BlobLocation::Local,
+    };
+    let blob_cache_size = match &raw.blob_cache_size {
+        Some(size) => crate::store::s3::parse_size(size.get_ref())
+            .map_err(|why| err(at(size.span()), "blob_cache_size", why))?,
+        None => crate::store::blob_cache::DEFAULT_CACHE_SIZE,
+    };
+
     let raw_repos = raw.repos.unwrap_or_default();
     if raw_repos.is_empty() {
         return Err(missing(
@@ -305,6 +322,10 @@ pub fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
         data_root,
         workers: workers_value,
         run_page_logs: raw.run_page_logs.unwrap_or(false),
+        blobs: crate::store::BlobOptions {
+            location: blobs,
+            cache_size: blob_cache_size,
+        },
         repos,
     })
 }
@@ -723,6 +744,39 @@ mod tests {
         assert_eq!(gl.api_url.as_deref(), Some("https://gitlab.example/api/v4"));
         assert!(gl.allow_forks);
         assert_eq!(gl.line, 12);
+    }
+
+    #[test]
+    fn blobs_select_a_bucket_and_a_bad_url_names_the_key() {
+        use crate::store::{BlobLocation, BlobOptions};
+        assert_eq!(parse(EXAMPLE).unwrap().blobs, BlobOptions::default());
+        let text = example_with(
+            "workers = 2",
+            "workers = 2\nblobs = \"s3://team-bucket/sluice\"\nblob_cache_size = \"2GiB\"",
+        );
+        let c = parse(&text).unwrap();
+        match &c.blobs.location {
+            BlobLocation::S3(l) => assert_eq!(l.to_string(), "s3://team-bucket/sluice"),
+            other => panic!("expected S3, got {other:?}"),
+        }
+        assert_eq!(c.blobs.cache_size, 2 << 30);
+        let e = error_of(&example_with(
+            "workers = 2",
+            "workers = 2\nblobs = \"/srv/blobs\"",
+        ));
+        assert_eq!((e.line, e.key.as_str()), (6, "blobs"));
+        assert!(e.message.contains("s3://BUCKET"), "{e}");
+        let e = error_of(&example_with(
+            "workers = 2",
+            "workers = 2\nblob_cache_size = \"huge\"",
+        ));
+        assert_eq!((e.line, e.key.as_str()), (6, "blob_cache_size"));
+        // Credentials are never taken from the file.
+        let e = error_of(&example_with(
+            "workers = 2",
+            "workers = 2\naws_secret_access_key = \"x\"",
+        ));
+        assert!(e.to_string().contains("aws_secret_access_key"), "{e}");
     }
 
     #[test]

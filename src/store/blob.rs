@@ -35,10 +35,10 @@ pub enum BlobError {
     Missing(Digest),
     #[error(
         "blob {digest} is corrupt: the bytes of {} do not hash to its name, so it will not be \
-         used. It is left in place for inspection; delete it (`rm -f '{}'`) and the next run \
+         used. It is left in place for inspection; delete it ({}) and the next run \
          recomputes it if it is a table",
         path.display(),
-        path.display()
+        remove_command(path)
     )]
     Corrupt { digest: Digest, path: PathBuf },
     #[error("blob store: {what}: {source}")]
@@ -47,6 +47,14 @@ pub enum BlobError {
         #[source]
         source: io::Error,
     },
+}
+
+/// How to delete a damaged blob: a file, or an object in a bucket.
+fn remove_command(path: &Path) -> String {
+    match path.to_str().filter(|p| p.starts_with("s3://")) {
+        Some(url) => format!("`aws s3 rm '{url}'`"),
+        None => format!("`rm -f '{}'`", path.display()),
+    }
 }
 
 impl BlobError {
@@ -759,6 +767,63 @@ impl BlobWriter for MemBlobWriter {
     }
 }
 
+/// The contract every implementation keeps (the S3 store runs it too).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn check_contract(store: &dyn BlobStore) {
+    let d = store.put(b"a,b\n1,2\n").unwrap();
+    assert_eq!(d, Digest::of(b"a,b\n1,2\n"));
+    assert!(store.contains(&d));
+    assert_eq!(store.get(&d).unwrap(), b"a,b\n1,2\n");
+    assert_eq!(store.put(b"a,b\n1,2\n").unwrap(), d, "put is idempotent");
+
+    let mut w = store.writer().unwrap();
+    for chunk in [&b"x\n"[..], b"1\n", b"2\n"] {
+        w.write_all(chunk).unwrap();
+    }
+    let streamed = w.finish().unwrap();
+    assert_eq!(streamed, Digest::of(b"x\n1\n2\n"));
+    assert_eq!(store.get(&streamed).unwrap(), b"x\n1\n2\n");
+    let path = store.open_verified(&streamed).unwrap();
+    assert_eq!(fs::read(path).unwrap(), b"x\n1\n2\n");
+
+    let empty = store.writer().unwrap().finish().unwrap();
+    assert_eq!(empty, Digest::of(b""));
+    assert_eq!(store.get(&empty).unwrap(), b"");
+
+    let absent = Digest::of(b"never stored");
+    assert!(!store.contains(&absent));
+    assert!(matches!(store.get(&absent), Err(BlobError::Missing(d)) if d == absent));
+    assert!(matches!(
+        store.open_verified(&absent),
+        Err(BlobError::Missing(_))
+    ));
+
+    let mut dropped = store.writer().unwrap();
+    dropped.write_all(b"half a table").unwrap();
+    drop(dropped);
+    assert!(!store.contains(&Digest::of(b"half a table")));
+
+    let mut listed: Vec<(Digest, u64)> = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|b| (b.digest, b.size))
+        .collect();
+    listed.sort();
+    let mut expected = vec![(d, 8), (streamed, 6), (empty, 0)];
+    expected.sort();
+    assert_eq!(
+        listed, expected,
+        "list names every blob once, with its size"
+    );
+    store.delete(&d).unwrap();
+    assert!(!store.contains(&d));
+    assert!(matches!(store.get(&d), Err(BlobError::Missing(_))));
+    store.delete(&d).unwrap();
+    assert_eq!(store.list().unwrap().len(), 2, "delete removes one blob");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -781,61 +846,6 @@ mod tests {
         }
         out.sort();
         out
-    }
-
-    /// The contract every implementation keeps.
-    fn check_contract(store: &dyn BlobStore) {
-        let d = store.put(b"a,b\n1,2\n").unwrap();
-        assert_eq!(d, Digest::of(b"a,b\n1,2\n"));
-        assert!(store.contains(&d));
-        assert_eq!(store.get(&d).unwrap(), b"a,b\n1,2\n");
-        assert_eq!(store.put(b"a,b\n1,2\n").unwrap(), d, "put is idempotent");
-
-        let mut w = store.writer().unwrap();
-        for chunk in [&b"x\n"[..], b"1\n", b"2\n"] {
-            w.write_all(chunk).unwrap();
-        }
-        let streamed = w.finish().unwrap();
-        assert_eq!(streamed, Digest::of(b"x\n1\n2\n"));
-        assert_eq!(store.get(&streamed).unwrap(), b"x\n1\n2\n");
-        let path = store.open_verified(&streamed).unwrap();
-        assert_eq!(fs::read(path).unwrap(), b"x\n1\n2\n");
-
-        let empty = store.writer().unwrap().finish().unwrap();
-        assert_eq!(empty, Digest::of(b""));
-        assert_eq!(store.get(&empty).unwrap(), b"");
-
-        let absent = Digest::of(b"never stored");
-        assert!(!store.contains(&absent));
-        assert!(matches!(store.get(&absent), Err(BlobError::Missing(d)) if d == absent));
-        assert!(matches!(
-            store.open_verified(&absent),
-            Err(BlobError::Missing(_))
-        ));
-
-        let mut dropped = store.writer().unwrap();
-        dropped.write_all(b"half a table").unwrap();
-        drop(dropped);
-        assert!(!store.contains(&Digest::of(b"half a table")));
-
-        let mut listed: Vec<(Digest, u64)> = store
-            .list()
-            .unwrap()
-            .into_iter()
-            .map(|b| (b.digest, b.size))
-            .collect();
-        listed.sort();
-        let mut expected = vec![(d, 8), (streamed, 6), (empty, 0)];
-        expected.sort();
-        assert_eq!(
-            listed, expected,
-            "list names every blob once, with its size"
-        );
-        store.delete(&d).unwrap();
-        assert!(!store.contains(&d));
-        assert!(matches!(store.get(&d), Err(BlobError::Missing(_))));
-        store.delete(&d).unwrap();
-        assert_eq!(store.list().unwrap().len(), 2, "delete removes one blob");
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! SQLite state database, in one state directory (`.sluice/` by default).
 
 pub mod blob;
+pub mod blob_cache;
 pub mod fsck;
 pub mod queue;
+pub mod s3;
 pub mod source;
 pub mod state;
 
@@ -67,6 +69,86 @@ pub(crate) fn warn(message: &str) {
     eprintln!("sluice: warning: {message}");
 }
 
+/// Where the blobs live: `<state_dir>/blobs` (the default), or a bucket
+/// with a local cache in `<state_dir>/blob-cache`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum BlobLocation {
+    #[default]
+    Local,
+    S3(s3::S3Location),
+}
+
+impl BlobLocation {
+    /// Parses a blob store URL; `setting` names where it was written, for
+    /// the error (`--blobs / SLUICE_BLOBS`, `blobs`).
+    pub fn parse(url: &str, setting: &str) -> anyhow::Result<BlobLocation> {
+        s3::S3Location::parse(url.trim())
+            .map(BlobLocation::S3)
+            .map_err(|why| {
+                anyhow::anyhow!(
+                    "{setting} `{url}`: {why}; write s3://BUCKET[/PREFIX] (credentials, region \
+                     and endpoint come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION \
+                     and AWS_ENDPOINT_URL), or leave it unset for the local store"
+                )
+            })
+    }
+}
+
+/// The blob store to open, and the size of its local cache when remote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobOptions {
+    pub location: BlobLocation,
+    pub cache_size: u64,
+}
+
+impl Default for BlobOptions {
+    fn default() -> Self {
+        BlobOptions {
+            location: BlobLocation::Local,
+            cache_size: blob_cache::DEFAULT_CACHE_SIZE,
+        }
+    }
+}
+
+impl BlobOptions {
+    /// From the optional URL and cache size settings (flags, environment
+    /// or config file); `names` are the settings' names, for errors.
+    pub fn from_settings(
+        url: Option<&str>,
+        cache_size: Option<&str>,
+        names: (&str, &str),
+    ) -> anyhow::Result<BlobOptions> {
+        let location = match url.filter(|u| !u.trim().is_empty()) {
+            Some(u) => BlobLocation::parse(u, names.0)?,
+            None => BlobLocation::Local,
+        };
+        let cache_size = match cache_size {
+            Some(text) => {
+                s3::parse_size(text).map_err(|why| anyhow::anyhow!("{}: {why}", names.1))?
+            }
+            None => blob_cache::DEFAULT_CACHE_SIZE,
+        };
+        Ok(BlobOptions {
+            location,
+            cache_size,
+        })
+    }
+}
+
+/// Opens the blob store `options` name, for the state directory `dir`.
+pub fn open_blobs(dir: &Path, options: &BlobOptions) -> anyhow::Result<Arc<dyn BlobStore>> {
+    Ok(match &options.location {
+        BlobLocation::Local => Arc::new(LocalBlobStore::open(&dir.join("blobs"))?),
+        BlobLocation::S3(location) => {
+            let opts = s3::S3Options::new(&dir.join("blob-cache"), options.cache_size);
+            Arc::new(
+                s3::S3BlobStore::open(location.clone(), &opts)
+                    .with_context(|| format!("cannot open the blob store {location}"))?,
+            )
+        }
+    })
+}
+
 /// The blob store and the state database, shared by the workers of a run.
 #[derive(Clone)]
 pub struct Stores {
@@ -122,6 +204,11 @@ impl Stores {
     /// Opens (creating on first use) the stores in `dir`: blobs under
     /// `dir/blobs`, the database at `dir/state.db`.
     pub fn open(dir: &Path) -> anyhow::Result<Stores> {
+        Stores::open_with(dir, &BlobOptions::default())
+    }
+
+    /// [`Stores::open`] with the blob store `blobs` names.
+    pub fn open_with(dir: &Path, blobs: &BlobOptions) -> anyhow::Result<Stores> {
         if let Some(warning) = secure_dir(dir)? {
             warn(&warning);
         }
@@ -132,10 +219,10 @@ impl Stores {
             std::fs::write(&ignore, "# sluice state: never commit (may hold PHI)\n*\n")
                 .with_context(|| format!("cannot write {}", ignore.display()))?;
         }
-        let blobs = LocalBlobStore::open(&dir.join("blobs"))?;
+        let blobs = open_blobs(dir, blobs)?;
         let state = StateDb::open(&dir.join("state.db"))?;
         Ok(Stores {
-            blobs: Arc::new(blobs),
+            blobs,
             state: Arc::new(state),
             manifests: Arc::default(),
         })
