@@ -3,6 +3,7 @@
 
 pub mod blob;
 pub mod fsck;
+pub mod gc;
 pub mod queue;
 pub mod source;
 pub mod state;
