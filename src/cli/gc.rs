@@ -95,6 +95,14 @@ pub fn run(global: &GlobalArgs, args: &GcArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let _lock = lock(&dir)?;
+    if args.grace < Duration::from_secs(60 * 60) && !args.dry_run {
+        eprintln!(
+            "sluice: warning: a grace of {} is safe only while nothing else uses this store \
+             (no run, no daemon): a run in progress may lose a table it wrote but has not \
+             recorded yet (see docs/gc.md)",
+            gc::format_duration(args.grace)
+        );
+    }
     let named: Vec<(String, &StateDb)> = states
         .iter()
         .map(|(p, db)| (p.display().to_string(), &**db))
