@@ -110,14 +110,32 @@ pub fn run(global: &GlobalArgs, args: &GcArgs) -> anyhow::Result<ExitCode> {
     let mut progress = Progress::new();
     let mut warnings = Vec::new();
     let now = SystemTime::now();
-    let (_, plan) = gc::gather(
-        &*blobs,
-        &named,
-        &policy,
-        now,
-        &mut |s| progress.step(s),
-        &mut warnings,
-    )?;
+    // Listing a large store takes a while before any count is known:
+    // say what is happening if it does.
+    let (listed, waiting) = std::sync::mpsc::channel::<()>();
+    let (_, plan) = std::thread::scope(|scope| {
+        let shown = dir.display().to_string();
+        scope.spawn(move || {
+            if waiting.recv_timeout(Progress::AFTER)
+                == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            {
+                eprintln!("sluice gc: listing the blobs in {shown}…");
+            }
+        });
+        let mut first = Some(listed);
+        gc::gather(
+            &*blobs,
+            &named,
+            &policy,
+            now,
+            &mut |s| {
+                // The first step is the end of the listing.
+                drop(first.take());
+                progress.step(s);
+            },
+            &mut warnings,
+        )
+    })?;
     let dropped = if args.dry_run {
         Dropped {
             cache_entries: plan.cache_drops.iter().map(Vec::len).sum(),
