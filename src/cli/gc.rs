@@ -148,7 +148,13 @@ pub fn run(global: &GlobalArgs, args: &GcArgs) -> anyhow::Result<ExitCode> {
             runs,
             reports,
             ..
-        } = gc::apply(&plan, &*blobs, &named, &mut |s| progress.step(s))?;
+        } = gc::apply(
+            &plan,
+            &*blobs,
+            &named,
+            &mut |s| progress.step(s),
+            &mut warnings,
+        )?;
         Dropped {
             cache_entries,
             runs,

@@ -267,6 +267,8 @@ pub struct Plan {
     pub run_drops: Vec<Vec<i64>>,
     /// Per state database: the ids of the jobs whose report is deleted.
     pub report_drops: Vec<Vec<i64>>,
+    /// Per state database: the refs as they were when gc decided.
+    pub refs: Vec<Vec<(String, Option<Digest>)>>,
 }
 
 impl Plan {
@@ -328,6 +330,7 @@ pub fn decide(
     }
     let doomed = |d: &Digest| candidates.contains_key(d);
     for state in states {
+        plan.refs.push(state.refs.clone());
         plan.cache_drops.push(
             state
                 .cache
@@ -568,11 +571,16 @@ pub struct Applied {
 /// (cache entries, run records, job reports), then the blobs, then once
 /// more the cache entries a concurrent run may have written meanwhile
 /// naming a deleted blob. `states` are in the order the plan was made.
+///
+/// A ref that a concurrent promotion moved meanwhile onto a table gc
+/// deleted (one recomputed byte for byte to a doomed blob, whose put found
+/// it still stored) is reported in `warnings`, with the remedy.
 pub fn apply(
     plan: &Plan,
     blobs: &dyn BlobStore,
     states: &[(String, &StateDb)],
     progress: &mut dyn FnMut(Step),
+    warnings: &mut Vec<String>,
 ) -> anyhow::Result<Applied> {
     let mut applied = Applied::default();
     for (i, (name, db)) in states.iter().enumerate() {
@@ -609,6 +617,36 @@ pub fn apply(
                 applied.cache_entries += db
                     .cache_forget_task(&e.task_key)
                     .with_context(|| format!("cannot update the state database {name}"))?;
+            }
+        }
+    }
+    for (i, (name, db)) in states.iter().enumerate() {
+        let seen = plan.refs.get(i).map(Vec::as_slice).unwrap_or_default();
+        let refs = db
+            .ref_list()
+            .with_context(|| format!("cannot read the state database {name}"))?;
+        for (r, digest) in refs {
+            let Some(digest) = digest.filter(|d| !seen.contains(&(r.clone(), Some(*d)))) else {
+                continue;
+            };
+            let lost = if deleted.contains(&digest) {
+                1
+            } else {
+                match read_manifest(blobs, &digest) {
+                    Ok(m) => manifest_blobs(&m)
+                        .iter()
+                        .filter(|d| deleted.contains(d))
+                        .count(),
+                    Err(_) => 0,
+                }
+            };
+            if lost > 0 {
+                warnings.push(format!(
+                    "{name}: {r} moved during gc to manifest {digest}, which names {lost} \
+                     blob(s) gc deleted; run production again (`sluice run --promote` on the \
+                     production branch, or the daemon's next run) and they are computed again, \
+                     byte for byte"
+                ));
             }
         }
     }
@@ -1107,7 +1145,7 @@ mod tests {
             plan.kept.reachable.blobs, 3,
             "head, its output, and the chain's manifest"
         );
-        let applied = apply(&plan, &*stores.blobs, &states, &mut |_| {}).unwrap();
+        let applied = apply(&plan, &*stores.blobs, &states, &mut |_| {}, &mut Vec::new()).unwrap();
         assert_eq!(
             applied,
             Applied {
@@ -1301,7 +1339,7 @@ mod tests {
             .unwrap();
             // Two branch runs' manifest, table and log, and a report.
             assert_eq!(plan.delete.len(), 7, "{plan:?}");
-            apply(&plan, &blobs, &states, &mut |_| {}).unwrap();
+            apply(&plan, &blobs, &states, &mut |_| {}, &mut Vec::new()).unwrap();
             nothing_dangles(&blobs, &db);
             let mut left: Vec<Digest> = blobs
                 .list()
@@ -1324,7 +1362,7 @@ mod tests {
                 &mut Vec::new(),
             )
             .unwrap();
-            assert!(apply(&plan, &blobs, &states, &mut |_| {}).is_err());
+            assert!(apply(&plan, &blobs, &states, &mut |_| {}, &mut Vec::new()).is_err());
             nothing_dangles(&blobs, &db);
             // The next gc collects the orphans the killed one left.
             blobs
@@ -1339,7 +1377,7 @@ mod tests {
                 &mut Vec::new(),
             )
             .unwrap();
-            apply(&plan, &blobs, &states, &mut |_| {}).unwrap();
+            apply(&plan, &blobs, &states, &mut |_| {}, &mut Vec::new()).unwrap();
             nothing_dangles(&blobs, &db);
             let mut left: Vec<Digest> = blobs
                 .list()
@@ -1440,12 +1478,69 @@ mod tests {
         assert_eq!(plan.examined.blobs, 100_001);
         assert_eq!(plan.delete.len(), 96_000);
         let t = std::time::Instant::now();
-        let applied = apply(&plan, &blobs, &states, &mut |_| {}).unwrap();
+        let applied = apply(&plan, &blobs, &states, &mut |_| {}, &mut Vec::new()).unwrap();
         let done = t.elapsed();
         assert_eq!(applied.cache_entries, 48_000);
         eprintln!(
             "100 001 blobs: listed, read and decided in {decided:?}; 48 000 cache entries \
              dropped and 96 000 blobs deleted in {done:?}"
         );
+    }
+
+    #[test]
+    fn a_promotion_onto_a_doomed_table_during_gc_is_reported_with_the_remedy() {
+        let (blobs, db) = populated(usize::MAX);
+        let states = [("mem".to_string(), &db)];
+        let policy = Policy {
+            keep_runs: 1,
+            grace: Duration::ZERO,
+        };
+        let later = SystemTime::now() + HOUR;
+        let (_, plan) = gather(
+            &blobs,
+            &states,
+            &policy,
+            later,
+            &mut |_| {},
+            &mut Vec::new(),
+        )
+        .unwrap();
+        // Meanwhile a run recomputes an old branch table byte for byte
+        // (its put finds it stored) and promotes a manifest naming it.
+        let doomed = blobs.put(b"id\nbranch0\n").unwrap();
+        assert!(plan.delete.iter().any(|b| b.digest == doomed));
+        let mut m: Manifest = serde_json::from_slice(
+            &blobs
+                .get(&db.ref_get("production/p").unwrap().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        m.nodes[0].output = Some(doomed);
+        let moved = blobs.put(&serde_json::to_vec(&m).unwrap()).unwrap();
+        db.ref_set("production/p", &moved).unwrap();
+        let mut warnings = Vec::new();
+        apply(&plan, &blobs, &states, &mut |_| {}, &mut warnings).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("production/p moved during gc"),
+            "{warnings:?}"
+        );
+        assert!(warnings[0].contains("sluice run --promote"), "{warnings:?}");
+
+        // Unmoved refs say nothing.
+        let (blobs, db) = populated(usize::MAX);
+        let states = [("mem".to_string(), &db)];
+        let (_, plan) = gather(
+            &blobs,
+            &states,
+            &policy,
+            later,
+            &mut |_| {},
+            &mut Vec::new(),
+        )
+        .unwrap();
+        let mut warnings = Vec::new();
+        apply(&plan, &blobs, &states, &mut |_| {}, &mut warnings).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 }
