@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::GlobalArgs;
 use crate::server::config;
 use crate::store::blob::{BlobStore, LocalBlobStore};
-use crate::store::gc::{self, Applied, Kept, Policy, Step, Tally};
+use crate::store::gc::{self, Applied, GcState, Kept, Policy, Step, Tally};
 use crate::store::state::StateDb;
 
 #[derive(Debug, Args)]
@@ -103,9 +103,9 @@ pub fn run(global: &GlobalArgs, args: &GcArgs) -> anyhow::Result<ExitCode> {
             gc::format_duration(args.grace)
         );
     }
-    let named: Vec<(String, &StateDb)> = states
+    let named: Vec<(String, &dyn GcState)> = states
         .iter()
-        .map(|(p, db)| (p.display().to_string(), &**db))
+        .map(|(p, db)| (p.display().to_string(), &**db as &dyn GcState))
         .collect();
     let mut progress = Progress::new();
     let mut warnings = Vec::new();

@@ -109,6 +109,45 @@ pub fn human_bytes(n: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// What gc asks of a state database: the SQLite one today, and whatever
+/// other backend implements it (the calls are the state's own, so each
+/// is one line).
+pub trait GcState {
+    fn ref_list(&self) -> anyhow::Result<Vec<(String, Option<Digest>)>>;
+    /// Every run, oldest first.
+    fn runs(&self) -> anyhow::Result<Vec<RunRecord>>;
+    fn cache_blobs(&self) -> anyhow::Result<Vec<CacheBlobs>>;
+    /// The jobs with a stored report, oldest first.
+    fn jobs_with_reports(&self) -> anyhow::Result<Vec<Job>>;
+    fn cache_forget_task(&self, task_key: &str) -> anyhow::Result<usize>;
+    fn runs_forget(&self, ids: &[i64]) -> anyhow::Result<usize>;
+    fn jobs_forget_reports(&self, ids: &[i64]) -> anyhow::Result<usize>;
+}
+
+impl GcState for StateDb {
+    fn ref_list(&self) -> anyhow::Result<Vec<(String, Option<Digest>)>> {
+        StateDb::ref_list(self)
+    }
+    fn runs(&self) -> anyhow::Result<Vec<RunRecord>> {
+        StateDb::runs(self)
+    }
+    fn cache_blobs(&self) -> anyhow::Result<Vec<CacheBlobs>> {
+        StateDb::cache_blobs(self)
+    }
+    fn jobs_with_reports(&self) -> anyhow::Result<Vec<Job>> {
+        StateDb::jobs_with_reports(self)
+    }
+    fn cache_forget_task(&self, task_key: &str) -> anyhow::Result<usize> {
+        StateDb::cache_forget_task(self, task_key)
+    }
+    fn runs_forget(&self, ids: &[i64]) -> anyhow::Result<usize> {
+        StateDb::runs_forget(self, ids)
+    }
+    fn jobs_forget_reports(&self, ids: &[i64]) -> anyhow::Result<usize> {
+        StateDb::jobs_forget_reports(self, ids)
+    }
+}
+
 /// What gc reads from one state database.
 #[derive(Debug, Clone, Default)]
 pub struct StateView {
@@ -124,7 +163,7 @@ pub struct StateView {
 
 impl StateView {
     /// Reads what gc needs from a state database.
-    pub fn read(name: String, db: &StateDb) -> anyhow::Result<StateView> {
+    pub fn read(name: String, db: &dyn GcState) -> anyhow::Result<StateView> {
         let context = || format!("cannot read the state database {name}");
         Ok(StateView {
             refs: db.ref_list().with_context(context)?,
@@ -391,7 +430,7 @@ const MAX_CHAIN: usize = 1_000_000;
 /// instead (a ref naming a missing or damaged manifest).
 pub fn gather(
     blobs: &dyn BlobStore,
-    states: &[(String, &StateDb)],
+    states: &[(String, &dyn GcState)],
     policy: &Policy,
     now: SystemTime,
     progress: &mut dyn FnMut(Step),
@@ -406,7 +445,7 @@ pub fn gather(
     });
     let views = states
         .iter()
-        .map(|(name, db)| StateView::read(name.clone(), db))
+        .map(|(name, db)| StateView::read(name.clone(), *db))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let roots = roots(&views, policy);
     if !roots.problems.is_empty() {
@@ -578,7 +617,7 @@ pub struct Applied {
 pub fn apply(
     plan: &Plan,
     blobs: &dyn BlobStore,
-    states: &[(String, &StateDb)],
+    states: &[(String, &dyn GcState)],
     progress: &mut dyn FnMut(Step),
     warnings: &mut Vec<String>,
 ) -> anyhow::Result<Applied> {
@@ -1122,7 +1161,7 @@ mod tests {
             .state
             .cache_put(&d("k-stale"), &cache(stale))
             .unwrap();
-        let states = [("mem".to_string(), &*stores.state)];
+        let states = [("mem".to_string(), &*stores.state as &dyn GcState)];
         let policy = Policy {
             keep_runs: 1,
             grace: Duration::ZERO,
@@ -1327,7 +1366,7 @@ mod tests {
         let later = SystemTime::now() + HOUR;
         let whole = {
             let (blobs, db) = populated(usize::MAX);
-            let states = [("mem".to_string(), &db)];
+            let states = [("mem".to_string(), &db as &dyn GcState)];
             let (_, plan) = gather(
                 &blobs,
                 &states,
@@ -1352,7 +1391,7 @@ mod tests {
         };
         for killed_after in 0..7 {
             let (blobs, db) = populated(killed_after);
-            let states = [("mem".to_string(), &db)];
+            let states = [("mem".to_string(), &db as &dyn GcState)];
             let (_, plan) = gather(
                 &blobs,
                 &states,
@@ -1458,7 +1497,7 @@ mod tests {
             db.cache_put(&d(&format!("old{i}")), &entry).unwrap();
         }
         db.conn().execute_batch("COMMIT").unwrap();
-        let states = [("state.db".to_string(), &db)];
+        let states = [("state.db".to_string(), &db as &dyn GcState)];
         let policy = Policy {
             keep_runs: 1,
             grace: Duration::ZERO,
@@ -1490,7 +1529,7 @@ mod tests {
     #[test]
     fn a_promotion_onto_a_doomed_table_during_gc_is_reported_with_the_remedy() {
         let (blobs, db) = populated(usize::MAX);
-        let states = [("mem".to_string(), &db)];
+        let states = [("mem".to_string(), &db as &dyn GcState)];
         let policy = Policy {
             keep_runs: 1,
             grace: Duration::ZERO,
@@ -1529,7 +1568,7 @@ mod tests {
 
         // Unmoved refs say nothing.
         let (blobs, db) = populated(usize::MAX);
-        let states = [("mem".to_string(), &db)];
+        let states = [("mem".to_string(), &db as &dyn GcState)];
         let (_, plan) = gather(
             &blobs,
             &states,
