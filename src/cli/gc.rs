@@ -136,18 +136,20 @@ pub fn run(global: &GlobalArgs, args: &GcArgs) -> anyhow::Result<ExitCode> {
             &mut warnings,
         )
     })?;
-    let dropped = if args.dry_run {
-        Dropped {
+    let (deleted, dropped) = if args.dry_run {
+        let dropped = Dropped {
             cache_entries: plan.cache_drops.iter().map(Vec::len).sum(),
             runs: plan.run_drops.iter().map(Vec::len).sum(),
             reports: plan.report_drops.iter().map(Vec::len).sum(),
-        }
+        };
+        (plan.deleted(), dropped)
     } else {
         let Applied {
             cache_entries,
             runs,
             reports,
-            ..
+            deleted,
+            stored_again,
         } = gc::apply(
             &plan,
             &*blobs,
@@ -155,11 +157,17 @@ pub fn run(global: &GlobalArgs, args: &GcArgs) -> anyhow::Result<ExitCode> {
             &mut |s| progress.step(s),
             &mut warnings,
         )?;
-        Dropped {
+        if stored_again > 0 {
+            warnings.push(format!(
+                "{stored_again} blob(s) were stored again by a run while gc worked, and kept"
+            ));
+        }
+        let dropped = Dropped {
             cache_entries,
             runs,
             reports,
-        }
+        };
+        (deleted, dropped)
     };
     progress.done();
     let report = GcReport {
@@ -169,7 +177,7 @@ pub fn run(global: &GlobalArgs, args: &GcArgs) -> anyhow::Result<ExitCode> {
         grace: gc::format_duration(args.grace),
         examined: plan.examined,
         kept: plan.kept,
-        deleted: plan.deleted(),
+        deleted,
         dropped,
         warnings,
     };

@@ -603,7 +603,11 @@ pub struct Applied {
     pub cache_entries: usize,
     pub runs: usize,
     pub reports: usize,
-    pub blobs: usize,
+    /// The blobs deleted.
+    pub deleted: Tally,
+    /// Doomed blobs a run stored again while gc worked (a table recomputed
+    /// byte for byte): kept.
+    pub stored_again: usize,
 }
 
 /// Carries out a plan: first the state rows that name a doomed blob
@@ -635,16 +639,28 @@ pub fn apply(
         }
     }
     let total = plan.delete.len();
+    let mut deleted = HashSet::new();
     for (n, b) in plan.delete.iter().enumerate() {
+        progress(Step::Deleting { done: n + 1, total });
+        // A table written again since the listing (a node recomputed byte
+        // for byte) has a newer file: a run is using it, so it stays. A
+        // store without local files cannot tell; the checks below cover it.
+        if let Some(path) = blobs.local_path(&b.digest)
+            && std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > b.stored_at)
+        {
+            applied.stored_again += 1;
+            continue;
+        }
         blobs
             .delete(&b.digest)
             .with_context(|| format!("cannot delete blob {}", b.digest))?;
-        applied.blobs += 1;
-        progress(Step::Deleting { done: n + 1, total });
+        applied.deleted.add(b);
+        deleted.insert(b.digest);
     }
     // A run that recomputed a table byte for byte equal to a doomed blob
     // found it stored and wrote a cache entry naming it: drop that too.
-    let deleted: HashSet<Digest> = plan.delete.iter().map(|b| b.digest).collect();
     for (name, db) in states {
         let entries = db
             .cache_blobs()
@@ -1191,7 +1207,8 @@ mod tests {
                 cache_entries: 1,
                 runs: 0,
                 reports: 0,
-                blobs: 1
+                deleted: Tally { blobs: 1, bytes: 5 },
+                stored_again: 0,
             }
         );
         assert!(!stores.blobs.contains(&stale));
@@ -1581,5 +1598,42 @@ mod tests {
         let mut warnings = Vec::new();
         apply(&plan, &blobs, &states, &mut |_| {}, &mut warnings).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn a_doomed_table_stored_again_during_gc_stays() {
+        use crate::store::blob::LocalBlobStore;
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = LocalBlobStore::open(&dir.path().join("blobs")).unwrap();
+        let db = StateDb::open(&dir.path().join("state.db")).unwrap();
+        let old = blobs.put(b"id\n1\n").unwrap();
+        let gone = blobs.put(b"id\n2\n").unwrap();
+        for d in [old, gone] {
+            std::fs::File::open(blobs.blob_path(&d))
+                .unwrap()
+                .set_modified(SystemTime::now() - 2 * DEFAULT_GRACE)
+                .unwrap();
+        }
+        let states = [("state.db".to_string(), &db as &dyn GcState)];
+        let (_, plan) = gather(
+            &blobs,
+            &states,
+            &Policy::default(),
+            SystemTime::now(),
+            &mut |_| {},
+            &mut Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(plan.delete.len(), 2);
+        // A run computes the same table again while gc works.
+        let mut w = blobs.writer().unwrap();
+        w.write_all(b"id\n1\n").unwrap();
+        assert_eq!(w.finish().unwrap(), old);
+        let applied = apply(&plan, &blobs, &states, &mut |_| {}, &mut Vec::new()).unwrap();
+        assert_eq!(applied.stored_again, 1);
+        assert_eq!(applied.deleted.blobs, 1);
+        assert!(blobs.contains(&old));
+        assert!(!blobs.contains(&gone));
     }
 }
