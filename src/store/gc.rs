@@ -831,14 +831,15 @@ mod tests {
 
     #[test]
     fn young_unreachable_blobs_stay_until_the_grace_ends() {
+        let future = BlobInfo {
+            stored_at: now() + HOUR,
+            ..blob("from-the-future", Duration::ZERO, 1)
+        };
         let blobs = [
-            blob("fresh", 10 * 60 * Duration::from_secs(1), 1),
+            blob("fresh", Duration::from_secs(10 * 60), 1),
             blob("stale", 2 * HOUR, 1),
-            blob("from-the-future", Duration::ZERO, 1),
+            future,
         ];
-        let mut future = blobs[2].clone();
-        future.stored_at = now() + HOUR;
-        let blobs = [blobs[0].clone(), blobs[1].clone(), future];
         let states = [StateView::default()];
         let roots = roots(&states, &Policy::default());
         let plan = decide(&blobs, &states, &roots, &Loaded::default(), now(), HOUR);
@@ -954,9 +955,8 @@ mod tests {
                 entry("k1", "kept-out", Some("kept-log")),
                 entry("k2", "gone-out", Some("gone-log")),
                 entry("k3", "young-out", Some("young-outs-log")),
-                // Its output was already lost: the log of an entry that
-                // is not served anyway is not worth keeping... but the
-                // entry is not gc's to judge (fsck's), so its log stays.
+                // Its output was lost before: fsck's business, not gc's,
+                // so the entry is left alone.
                 entry("k4", "never-stored", None),
             ],
             ..StateView::default()
