@@ -386,3 +386,84 @@ fn the_daemon_store_keeps_what_any_repository_needs() {
         Some(reports[1].1)
     );
 }
+
+/// Every node `sluice ls` lists, with what `sluice cat` prints for it.
+fn tables(r: &Repo) -> BTreeMap<String, String> {
+    let ls = r.sluice(&["ls"]);
+    ls.success();
+    ls.stdout
+        .lines()
+        .map(|node| {
+            let cat = r.sluice(&["cat", node]);
+            cat.success();
+            (node.to_string(), cat.stdout.clone())
+        })
+        .collect()
+}
+
+fn manifests(run: &Run) -> Vec<String> {
+    run.json()["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["manifest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The example repository (SQL, Python and Bash nodes, two clinics and a
+/// shared group): production promoted twice, a branch run three times.
+#[test]
+fn on_the_example_production_reads_the_same_after_gc_and_its_chain_stays() {
+    let r = Repo::example();
+    r.commit_all("first");
+    let store = r.path().join(".sluice/blobs");
+    let first = r.sluice(&["run", "--json", "--promote"]);
+    first.success();
+    let first_outputs = outputs(&first);
+    let physician = "common/base/Physician.sql";
+    let text = r.read(physician);
+    r.file(physician, &text.replacen("SELECT", "SELECT 1 AS one,", 1));
+    r.git(&["commit", "-qam", "physician: one more column"]);
+    let second = r.sluice(&["run", "--json", "--promote"]);
+    second.success();
+    let production = outputs(&second);
+    let before = tables(&r);
+
+    r.git(&["checkout", "-qb", "feature"]);
+    for i in 2..5 {
+        r.file(
+            physician,
+            &text.replacen("SELECT", &format!("SELECT {i} AS one,"), 1),
+        );
+        r.git(&["commit", "-qam", &format!("physician {i}")]);
+        r.sluice(&["run"]).success();
+    }
+    backdate_all(&store, 2 * DAY);
+    let gc = gc_json(&r, &["--keep-runs", "1", "--grace", "0s"]);
+    assert!(gc["deleted"]["blobs"].as_u64().unwrap() > 0, "{gc}");
+    let after = blobs_in(&store);
+    for d in production.values() {
+        assert!(after.contains(d), "production's {d} stays");
+    }
+    // The first production's manifests stay (the chain), its replaced
+    // Physician tables do not.
+    for m in manifests(&first) {
+        assert!(after.contains(&m), "chain manifest {m} stays");
+    }
+    let replaced: Vec<&String> = first_outputs
+        .iter()
+        .filter(|(node, d)| production.get(*node) != Some(d))
+        .map(|(_, d)| d)
+        .collect();
+    assert!(!replaced.is_empty());
+    for d in replaced {
+        assert!(!after.contains(d), "replaced table {d} went");
+    }
+    fsck_clean(&r);
+
+    r.git(&["checkout", "-q", "main"]);
+    let again = r.sluice(&["run", "--json"]);
+    again.success();
+    assert_eq!(statuses(&again), BTreeSet::from(["cached".to_string()]));
+    assert_eq!(tables(&r), before, "every production table reads the same");
+}
