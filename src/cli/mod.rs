@@ -6,6 +6,7 @@ mod check;
 mod ci;
 mod diff;
 mod fsck;
+mod gc;
 mod graph;
 mod hook;
 mod ls;
@@ -161,6 +162,17 @@ pub enum Command {
     /// database's integrity, cache entries and refs; `--repair` fixes what
     /// can be fixed.
     Fsck(fsck::FsckArgs),
+    /// Delete the blobs nothing needs any more, and print what was freed.
+    ///
+    /// Keeps every blob reachable from production (each `production/*`
+    /// manifest and every table and log it names, and the manifests of the
+    /// production chain), the last N runs of each branch, and anything
+    /// younger than the grace period; deletes the rest, with the cache
+    /// entries and run records that named it. `--server-config` collects
+    /// the daemon's shared store, keeping what any repository needs.
+    ///
+    /// Example: sluice gc --keep-runs 3 --grace 7d --dry-run
+    Gc(gc::GcArgs),
     /// Run inside a CI job (GitHub Actions, GitLab CI): plan against the
     /// shared production state, run, and post the same commit statuses and
     /// pull-request comment as the daemon.
@@ -192,6 +204,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(&cli.global, &args),
         Command::Ci(args) => ci::run(&cli.global, &args),
         Command::Fsck(args) => fsck::run(&cli.global, &args),
+        Command::Gc(args) => gc::run(&cli.global, &args),
         Command::Hook(args) => hook::run(&cli.global, &args),
     }
 }

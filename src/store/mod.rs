@@ -4,6 +4,7 @@
 pub mod blob;
 pub mod blob_cache;
 pub mod fsck;
+pub mod gc;
 pub mod queue;
 pub mod s3;
 pub mod source;

@@ -477,6 +477,44 @@ impl StateDb {
     }
 }
 
+// -- for `sluice gc` (store::gc) ---------------------------------------------
+
+impl StateDb {
+    /// Every job that has a stored report, oldest first.
+    pub fn jobs_with_reports(&self) -> anyhow::Result<Vec<Job>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE report IS NOT NULL ORDER BY id"
+            ))
+            .context("cannot read the jobs")?;
+        let jobs = stmt
+            .query_map([], job_from_row)
+            .context("cannot read the jobs")?
+            .collect::<rusqlite::Result<Vec<Job>>>()
+            .context("cannot read the jobs")?;
+        Ok(jobs)
+    }
+
+    /// Forgets the reports of these jobs (their blobs are being
+    /// collected): their run pages then say the job's state only.
+    pub fn jobs_forget_reports(&self, ids: &[i64]) -> anyhow::Result<usize> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut n = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached("UPDATE jobs SET report = NULL WHERE id = ?1")
+                .context("cannot update the jobs")?;
+            for id in ids {
+                n += stmt.execute([id]).context("cannot update the jobs")?;
+            }
+        }
+        tx.commit().context("cannot update the jobs")?;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

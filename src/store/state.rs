@@ -975,6 +975,28 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (y, m as u32, d as u32)
 }
 
+// -- for `sluice gc` (store::gc) ---------------------------------------------
+
+impl StateDb {
+    /// Deletes the run records with these ids (their manifests are being
+    /// collected); returns how many were deleted.
+    pub fn runs_forget(&self, ids: &[i64]) -> anyhow::Result<usize> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut n = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached("DELETE FROM runs WHERE id = ?1")
+                .context("cannot delete runs")?;
+            for id in ids {
+                n += stmt.execute([id]).context("cannot delete runs")?;
+            }
+        }
+        tx.commit().context("cannot delete runs")?;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -325,6 +325,7 @@ fn json_shapes_are_documented_and_hold() {
             "sluice why PIPELINE/NODE --json",
             r.sluice(&["why", "clinics/clinic_a/Physician", "--json"]),
         ),
+        ("sluice gc --json", r.sluice(&["gc", "--json", "--dry-run"])),
     ];
     let mut missing = Vec::new();
     for (heading, run) in &runs {

@@ -12,6 +12,7 @@ mod daemon;
 mod docs;
 mod fake_forge;
 mod forge;
+mod gc;
 mod git_truth;
 mod hooks;
 mod moto;
