@@ -312,6 +312,7 @@ impl Push {
         let settings = Settings {
             data_root: None,
             state_dir: None,
+            state: None,
             path_env: self.path_env.clone(),
         };
         let id = vfs.commit_id();

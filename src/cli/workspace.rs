@@ -17,9 +17,16 @@ pub fn load(global: &GlobalArgs) -> anyhow::Result<Workspace> {
         Some(rev) => Source::Commit(rev.clone()),
         None => Source::Worktree,
     };
+    let state = match &global.state {
+        Some(url) => Some(
+            crate::store::pg::PgConnect::parse(url, &super::pg_credentials()).context("--state")?,
+        ),
+        None => None,
+    };
     let settings = Settings {
         data_root: global.data.clone(),
         state_dir: global.state_dir.clone(),
+        state,
         path_env: global.path_env.clone(),
     };
     let ws = Workspace::open(&root, &source, settings)?;

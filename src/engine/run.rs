@@ -70,7 +70,7 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
     if !ws.diagnostics.is_empty() {
         return Err(RunError::Invalid(ws.diagnostics.clone()));
     }
-    let (hashes, ctx) = ws.hashes(Some(&stores.state));
+    let (hashes, ctx) = ws.hashes(Some(&stores.memo));
     if !ws.diagnostics.is_empty() {
         return Err(RunError::Invalid(ws.diagnostics.clone()));
     }
@@ -729,11 +729,8 @@ mod tests {
     fn promotion_hashes_every_output_and_refuses_a_damaged_one() {
         use crate::store::blob::MemBlobStore;
         let blobs = std::sync::Arc::new(MemBlobStore::new());
-        let stores = Stores {
-            blobs: blobs.clone(),
-            state: std::sync::Arc::new(crate::store::state::StateDb::open_in_memory().unwrap()),
-            manifests: Default::default(),
-        };
+        let mut stores = Stores::in_memory().unwrap();
+        stores.blobs = blobs.clone();
         let files = [
             ("clinics/a/T.csv", "id\n1\n2\n"),
             ("clinics/a/U.sql", "-- @depend ./T\nSELECT id FROM T;\n"),

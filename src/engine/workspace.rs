@@ -14,7 +14,7 @@ use crate::pipeline::diag::Diagnostic;
 use crate::pipeline::{self, Graph, RepoPath, Vfs};
 use crate::plan::hash::{self, HashContext, NodeHashes};
 use crate::store::Stores;
-use crate::store::state::StateDb;
+use crate::store::state::SqliteState;
 use crate::worktree::WorktreeVfs;
 
 /// Where sluice reads and writes besides the repository itself.
@@ -25,6 +25,9 @@ pub struct Settings {
     pub data_root: Option<PathBuf>,
     /// Over `<repo>/.sluice`.
     pub state_dir: Option<PathBuf>,
+    /// The state on PostgreSQL (`--state URL`) instead of the state
+    /// directory's database, which then holds only the source memo.
+    pub state: Option<crate::store::pg::PgConnect>,
     /// `PATH` for command actions (and the probe of their versions).
     pub path_env: OsString,
 }
@@ -34,6 +37,7 @@ impl Default for Settings {
         Settings {
             data_root: None,
             state_dir: None,
+            state: None,
             path_env: DEFAULT_PATH.into(),
         }
     }
@@ -138,6 +142,7 @@ impl Workspace {
                 .as_deref()
                 .map(std::path::absolute)
                 .transpose()?,
+            state: settings.state,
             path_env: settings.path_env,
         };
         let mut ws = Workspace {
@@ -241,14 +246,15 @@ impl Workspace {
     /// Opens the stores, creating them on first use.
     pub fn open_stores(&self) -> anyhow::Result<Stores> {
         let dir = self.checked_state_dir()?;
-        Stores::open(&dir).with_context(|| format!("cannot open the state in {}", dir.display()))
+        Stores::open_with(&dir, self.settings.state.as_ref())
+            .with_context(|| format!("cannot open the state in {}", dir.display()))
     }
 
     /// Opens the stores only if they exist (read-only commands should not
     /// create them).
     pub fn existing_stores(&self) -> anyhow::Result<Option<Stores>> {
         let dir = self.checked_state_dir()?;
-        if dir.join("state.db").exists() {
+        if dir.join("state.db").exists() || self.settings.state.is_some() {
             self.open_stores().map(Some)
         } else {
             Ok(None)
@@ -258,7 +264,7 @@ impl Workspace {
     /// Hashes every node; sources are read from the data root (through
     /// the memo when a state database is given), and a missing source
     /// becomes a diagnostic at its `@source` line.
-    pub fn hashes(&mut self, memo: Option<&StateDb>) -> (Vec<Option<NodeHashes>>, HashContext) {
+    pub fn hashes(&mut self, memo: Option<&SqliteState>) -> (Vec<Option<NodeHashes>>, HashContext) {
         let mut ctx = HashContext::default();
         ctx.engine_versions.insert(
             "sqlite".into(),

@@ -212,7 +212,7 @@ pub fn execute_with(
     let mut settings = settings.clone();
     if settings.temp_root.is_none() {
         settings.temp_root = stores
-            .state
+            .memo
             .path()
             .and_then(Path::parent)
             .map(|state| state.join("tmp"));
@@ -893,7 +893,7 @@ fn check_source(
     let Some(expected) = opts.source_digests.get(rel) else {
         return Ok(());
     };
-    let now = crate::store::source::source_digest(&stores.state, path)
+    let now = crate::store::source::source_digest(&stores.memo, path)
         .map_err(|e| format!("data://{rel}: {e}"))?;
     if now != *expected {
         return Err(format!(

@@ -22,6 +22,7 @@ pub const MAX_WORKERS: usize = 64;
 pub const EXAMPLE: &str = r#"listen = "127.0.0.1:8080"
 public_url = "https://sluice.example.org"   # base of the links in statuses and comments
 state_dir = "/var/lib/sluice"               # blobs, state database, bare mirrors
+# state = "postgresql://sluice@db.example.org/sluice?sslmode=require"   # optional: a team's shared state
 data_root = "/srv/clinic-data"              # where data:// resolves; a repository cannot change it
 workers = 2
 run_page_logs = false                       # optional, default false
@@ -46,6 +47,10 @@ pub struct ServerConfig {
     pub public_url: String,
     /// Blobs, the state database and bare mirrors live here.
     pub state_dir: PathBuf,
+    /// `state = "postgresql://…"`: the queue and every repository's cache,
+    /// refs and runs on PostgreSQL (checked: no password in it, TLS for a
+    /// remote host); the source memo stays under `state_dir`.
+    pub state: Option<String>,
     /// Where `data://` sources resolve. Set by the administrator only: a
     /// repository's `[data] root` does not apply on the server.
     pub data_root: PathBuf,
@@ -189,6 +194,7 @@ struct RawServer {
     listen: Option<Spanned<String>>,
     public_url: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
+    state: Option<Spanned<String>>,
     data_root: Option<Spanned<String>>,
     workers: Option<Spanned<i64>>,
     run_page_logs: Option<bool>,
@@ -256,6 +262,18 @@ pub fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
 
     let state_dir = absolute_dir(&raw.state_dir, "state_dir", text)?;
     let data_root = absolute_dir(&raw.data_root, "data_root", text)?;
+    let state = match raw.state {
+        None => None,
+        Some(url) => {
+            // The same checks as at open, without a password to look up.
+            crate::store::pg::PgConnect::parse(
+                url.get_ref(),
+                &crate::store::pg::Credentials::default(),
+            )
+            .map_err(|e| err(at(url.span()), "state", format!("{e:#}")))?;
+            Some(url.into_inner())
+        }
+    };
 
     let workers = raw
         .workers
@@ -302,6 +320,7 @@ pub fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
         listen: listen_addr,
         public_url: public_url_value,
         state_dir,
+        state,
         data_root,
         workers: workers_value,
         run_page_logs: raw.run_page_logs.unwrap_or(false),
