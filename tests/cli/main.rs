@@ -14,6 +14,9 @@ mod fake_forge;
 mod forge;
 mod git_truth;
 mod hooks;
+#[path = "../../src/store/pg/testing.rs"]
+mod pg_cluster;
+mod postgres;
 mod run;
 mod select;
 mod trust_exec;

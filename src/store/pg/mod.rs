@@ -57,6 +57,11 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 /// are busy at once, and closed when they come back to a full pool.
 const MAX_IDLE: usize = 8;
 
+/// A pooled connection idle longer than this is checked before use.
+const IDLE_CHECK: Duration = Duration::from_secs(30);
+/// How long that check, or the one after a failed call, may take.
+const VALID_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long a connection attempt may take when the URL does not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -307,6 +312,8 @@ impl<T> PgResult<T> for Result<T, postgres::Error> {
 struct Conn {
     client: Client,
     statements: HashMap<&'static str, Statement>,
+    /// When it went back to the pool.
+    idle_since: std::time::Instant,
 }
 
 impl Conn {
@@ -395,10 +402,15 @@ impl PgState {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        if let Some(c) = pooled
+        if let Some(mut c) = pooled
             && !c.client.is_closed()
         {
-            return Ok(c);
+            // One that sat idle a while may have been closed by the
+            // server (a restart, a failover): checked before use, so a
+            // lost connection costs a reconnect, not a failed call.
+            if c.idle_since.elapsed() < IDLE_CHECK || c.client.is_valid(VALID_TIMEOUT).is_ok() {
+                return Ok(c);
+            }
         }
         let mut client = self.connect.connect()?;
         // The schema name was checked to be [a-z0-9_]: no quoting needed
@@ -409,13 +421,17 @@ impl PgState {
         Ok(Conn {
             client,
             statements: HashMap::new(),
+            idle_since: std::time::Instant::now(),
         })
     }
 
-    fn give_back(&self, c: Conn) {
-        if c.client.is_closed() {
+    /// Returns a connection to the pool, unless it is closed, or a call
+    /// on it failed and it no longer answers.
+    fn give_back(&self, mut c: Conn, failed: bool) {
+        if c.client.is_closed() || (failed && c.client.is_valid(VALID_TIMEOUT).is_err()) {
             return;
         }
+        c.idle_since = std::time::Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE {
             idle.push(c);
@@ -432,7 +448,7 @@ impl PgState {
         outside_runtime(|| {
             let mut c = self.take()?;
             let result = f(&mut c);
-            self.give_back(c);
+            self.give_back(c, result.is_err());
             result.map_err(|e| pg_error(&e, what))
         })
     }
@@ -446,7 +462,7 @@ impl PgState {
         outside_runtime(|| {
             let mut c = self.take()?;
             let result = f(&mut c);
-            self.give_back(c);
+            self.give_back(c, result.is_err());
             result
         })
     }
@@ -909,6 +925,157 @@ pub(crate) fn both_backends() -> Vec<std::sync::Arc<dyn State>> {
 mod tests {
     use super::*;
 
+    fn d(s: &str) -> Digest {
+        Digest::of(s.as_bytes())
+    }
+
+    #[test]
+    fn racing_compare_and_sets_let_exactly_one_win() {
+        // Two states with their own connections, as two machines.
+        let connect = test_connect();
+        let a = PgState::open(&connect, CLI_SCHEMA).unwrap();
+        let b = PgState::open(&connect, CLI_SCHEMA).unwrap();
+        for round in 0..40 {
+            let name = format!("production/p{round}");
+            let base = (round % 2 == 1).then(|| d("base"));
+            if let Some(base) = &base {
+                a.ref_set(&name, base).unwrap();
+            }
+            let barrier = std::sync::Barrier::new(2);
+            let wins: Vec<bool> = std::thread::scope(|s| {
+                let handles: Vec<_> = [(&a, "a"), (&b, "b")]
+                    .into_iter()
+                    .map(|(db, who)| {
+                        let (name, base, barrier) = (&name, &base, &barrier);
+                        s.spawn(move || {
+                            barrier.wait();
+                            db.ref_compare_and_set(name, base.as_ref(), &d(who))
+                                .unwrap()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(
+                wins.iter().filter(|w| **w).count(),
+                1,
+                "round {round}: {wins:?}"
+            );
+            let winner = if wins[0] { "a" } else { "b" };
+            assert_eq!(a.ref_get(&name).unwrap(), Some(d(winner)));
+        }
+    }
+
+    #[test]
+    fn concurrent_first_opens_migrate_once() {
+        let connect = test_connect();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|_| s.spawn(|| PgState::open(&connect, "sluice_race")))
+                .collect();
+            for h in handles {
+                let db = h.join().unwrap().unwrap();
+                assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
+            }
+        });
+        let db = PgState::open(&connect, "sluice_race").unwrap();
+        let rows = db
+            .with("test", |c| {
+                c.client.query(
+                    "SELECT version FROM schema_migrations ORDER BY version",
+                    &[],
+                )
+            })
+            .unwrap();
+        let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(versions, (1..=SCHEMA_VERSION as i32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let connect = test_connect();
+        let db = PgState::open(&connect, CLI_SCHEMA).unwrap();
+        db.with("test", |c| {
+            c.client.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, 'future')",
+                &[&(SCHEMA_VERSION as i32 + 1)],
+            )
+        })
+        .unwrap();
+        let err = format!("{:#}", PgState::open(&connect, CLI_SCHEMA).unwrap_err());
+        assert!(err.contains("newer"), "{err}");
+        assert!(err.contains("schema sluice"), "{err}");
+    }
+
+    #[test]
+    fn schemas_keep_repositories_apart() {
+        let connect = test_connect();
+        let one = PgState::open(&connect, &repo_schema("aa")).unwrap();
+        let two = PgState::open(&connect, &repo_schema("bb")).unwrap();
+        one.ref_set("production/p", &d("m1")).unwrap();
+        one.record_run("p", &d("m1"), None, None, false).unwrap();
+        assert_eq!(two.ref_get("production/p").unwrap(), None);
+        assert!(two.runs().unwrap().is_empty());
+        assert_eq!(one.runs().unwrap().len(), 1);
+        assert!(PgState::open(&connect, "Bad-Name").is_err());
+        assert!(PgState::open(&connect, "x; DROP").is_err());
+    }
+
+    #[test]
+    fn calls_from_inside_a_tokio_runtime_do_not_panic() {
+        let db = std::sync::Arc::new(test_state());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let db2 = std::sync::Arc::clone(&db);
+        let got = rt.block_on(async move {
+            // As an axum handler of the daemon would call it.
+            db2.ref_set("production/p", &d("m")).unwrap();
+            db2.ref_get("production/p").unwrap()
+        });
+        assert_eq!(got, Some(d("m")));
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(
+            current.block_on(async { db.ref_get("production/p").unwrap() }),
+            Some(d("m"))
+        );
+    }
+
+    #[test]
+    fn errors_leave_out_the_rows_postgresql_quotes() {
+        let db = test_state();
+        db.ref_set("production/secret-name", &d("m")).unwrap();
+        let err = db
+            .with("cannot insert", |c| {
+                c.client.execute(
+                    "INSERT INTO refs (name, manifest, updated_at) VALUES ($1, 'x', 'y')",
+                    &[&"production/secret-name"],
+                )
+            })
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("cannot insert"), "{text}");
+        assert!(text.contains("23505"), "{text}");
+        assert!(!text.contains("secret-name"), "{text}");
+    }
+
+    #[test]
+    fn a_lost_connection_is_replaced() {
+        let db = test_state();
+        db.ref_set("r", &d("m")).unwrap();
+        // Kill the pooled connection from the server's side.
+        db.with("test", |c| {
+            c.client
+                .batch_execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        })
+        .unwrap_err();
+        assert_eq!(db.ref_get("r").unwrap(), Some(d("m")));
+    }
+
     #[test]
     fn pgpass_lines_match_as_libpq_reads_them() {
         let text = "# comment\n\
@@ -1000,5 +1167,73 @@ mod tests {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = PgConnect::parse("postgresql://ann@127.0.0.1/s", &creds).unwrap();
         assert_eq!(c.config.get_password(), Some(&b"fromfile"[..]));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod timing {
+    use super::*;
+    use crate::store::state::SqliteState;
+
+    fn entry(i: u32) -> CacheEntry {
+        CacheEntry {
+            output: Digest::of(format!("out{i}").as_bytes()),
+            rows: u64::from(i),
+            columns: vec!["id".into(), "value".into()],
+            log: None,
+            duration_ms: 1,
+        }
+    }
+
+    fn lookups(db: &dyn State, keys: &[Digest]) -> std::time::Duration {
+        let t = std::time::Instant::now();
+        for k in keys {
+            assert!(db.cache_get(k).unwrap().is_some());
+        }
+        t.elapsed()
+    }
+
+    #[test]
+    #[ignore = "a measurement: cargo test --lib cache_get_timing -- --ignored --nocapture"]
+    fn cache_get_timing() {
+        const N: u32 = 10_000;
+        let keys: Vec<Digest> = (0..N).map(|i| Digest::of(&i.to_be_bytes())).collect();
+        let tmp = tempfile::tempdir().unwrap();
+        let sqlite = SqliteState::open(&tmp.path().join("state.db")).unwrap();
+        let pg = test_state();
+        for (i, k) in keys.iter().enumerate() {
+            sqlite.cache_put(k, &entry(i as u32)).unwrap();
+        }
+        let t = std::time::Instant::now();
+        for (i, k) in keys.iter().enumerate() {
+            pg.cache_put(k, &entry(i as u32)).unwrap();
+        }
+        eprintln!("PostgreSQL: {N} cache_put: {:?}", t.elapsed());
+        let s = lookups(&sqlite, &keys);
+        let _reads = sqlite.begin_cache_reads();
+        let s_snap = lookups(&sqlite, &keys);
+        let p = lookups(&pg, &keys);
+        let t = std::time::Instant::now();
+        for chunk in keys.chunks(500) {
+            assert!(
+                pg.cache_get_many(chunk)
+                    .unwrap()
+                    .iter()
+                    .all(Option::is_some)
+            );
+        }
+        let p_many = t.elapsed();
+        let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / f64::from(N);
+        eprintln!("SQLite cache_get: {:.1} µs per lookup", per(s));
+        eprintln!(
+            "SQLite cache_get (run snapshot): {:.1} µs per lookup",
+            per(s_snap)
+        );
+        eprintln!("PostgreSQL cache_get: {:.1} µs per lookup", per(p));
+        eprintln!(
+            "PostgreSQL cache_get_many (500 a query): {:.1} µs per key",
+            per(p_many)
+        );
     }
 }
