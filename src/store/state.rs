@@ -98,6 +98,11 @@ pub trait State: Send + Sync + std::fmt::Debug {
 
     /// Looks up a task.
     fn cache_get(&self, task_key: &Digest) -> anyhow::Result<Option<CacheEntry>>;
+    /// Looks up several tasks, in order. A backend across the network
+    /// answers them in one round trip (PostgreSQL).
+    fn cache_get_many(&self, task_keys: &[Digest]) -> anyhow::Result<Vec<Option<CacheEntry>>> {
+        task_keys.iter().map(|k| self.cache_get(k)).collect()
+    }
     /// Inserts or replaces the entry for `task_key`.
     fn cache_put(&self, task_key: &Digest, entry: &CacheEntry) -> anyhow::Result<()>;
     /// Holds one read snapshot for a run's lookups while the guard lives,
@@ -1320,6 +1325,29 @@ mod tests {
             db.cache_put(&key, &entry).unwrap();
             assert_eq!(db.cache_get(&key).unwrap(), Some(entry));
             assert_eq!(db.cache_get(&d("other")).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn cache_get_many_answers_in_order() {
+        for db in crate::store::pg::both_backends() {
+            let entry = |n: u64| CacheEntry {
+                output: d(&format!("out{n}")),
+                rows: n,
+                columns: vec!["id".into()],
+                log: None,
+                duration_ms: 0,
+            };
+            db.cache_put(&d("a"), &entry(1)).unwrap();
+            db.cache_put(&d("c"), &entry(3)).unwrap();
+            let got = db
+                .cache_get_many(&[d("c"), d("b"), d("a"), d("c")])
+                .unwrap();
+            assert_eq!(
+                got,
+                vec![Some(entry(3)), None, Some(entry(1)), Some(entry(3))]
+            );
+            assert!(db.cache_get_many(&[]).unwrap().is_empty());
         }
     }
 

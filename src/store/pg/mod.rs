@@ -517,29 +517,6 @@ impl PgState {
             Ok(())
         })
     }
-
-    /// Every key of `keys` that has an entry, looked up in one query (a
-    /// run's lookups, batched: one round trip instead of one per node).
-    pub fn cache_get_many(&self, keys: &[Digest]) -> anyhow::Result<Vec<Option<CacheEntry>>> {
-        let texts: Vec<String> = keys.iter().map(Digest::to_string).collect();
-        let rows = self.with("cannot read the action cache", |c| {
-            let st = c.prepared(
-                "SELECT task_key, output, rows, columns, log, duration_ms FROM action_cache
-                 WHERE task_key = ANY($1)",
-            )?;
-            c.client.query(&st, &[&texts])
-        })?;
-        let mut found: HashMap<String, CacheEntry> = HashMap::with_capacity(rows.len());
-        for r in rows {
-            let key: String = r.get(0);
-            let Ok(digest) = key.parse::<Digest>() else {
-                continue;
-            };
-            let entry = cache_entry(&digest, &r, 1)?;
-            found.insert(key, entry);
-        }
-        Ok(texts.iter().map(|k| found.remove(k)).collect())
-    }
 }
 
 /// The entry in `r`'s columns from `at` on: output, rows, columns, log,
@@ -606,6 +583,28 @@ impl State for PgState {
             c.client.query_opt(&st, &[&key])
         })?;
         row.map(|r| cache_entry(task_key, &r, 0)).transpose()
+    }
+
+    /// One query for all: one round trip instead of one per key.
+    fn cache_get_many(&self, keys: &[Digest]) -> anyhow::Result<Vec<Option<CacheEntry>>> {
+        let texts: Vec<String> = keys.iter().map(Digest::to_string).collect();
+        let rows = self.with("cannot read the action cache", |c| {
+            let st = c.prepared(
+                "SELECT task_key, output, rows, columns, log, duration_ms FROM action_cache
+                 WHERE task_key = ANY($1)",
+            )?;
+            c.client.query(&st, &[&texts])
+        })?;
+        let mut found: HashMap<String, CacheEntry> = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let key: String = r.get(0);
+            let Ok(digest) = key.parse::<Digest>() else {
+                continue;
+            };
+            let entry = cache_entry(&digest, &r, 1)?;
+            found.insert(key, entry);
+        }
+        Ok(texts.iter().map(|k| found.get(k).cloned()).collect())
     }
 
     fn cache_put(&self, task_key: &Digest, entry: &CacheEntry) -> anyhow::Result<()> {
