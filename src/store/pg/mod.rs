@@ -166,10 +166,14 @@ impl PgConnect {
     }
 
     fn connect(&self) -> anyhow::Result<Client> {
-        let result = if self.config.get_ssl_mode() == SslMode::Disable {
-            self.config.connect(postgres::NoTls)
-        } else {
+        // TLS when asked for (and it is, for any other machine); on this
+        // machine without it, none: a local server's certificate is
+        // often self-signed (Debian's), and `prefer` would then fail
+        // verification instead of falling back.
+        let result = if self.config.get_ssl_mode() == SslMode::Require {
             self.config.connect(tls_connector()?)
+        } else {
+            self.config.connect(postgres::NoTls)
         };
         result.map_err(|e| pg_error(&e, &format!("cannot connect to {}", self.shown)))
     }
