@@ -103,6 +103,11 @@ pub trait State: Send + Sync + std::fmt::Debug {
     fn cache_get_many(&self, task_keys: &[Digest]) -> anyhow::Result<Vec<Option<CacheEntry>>> {
         task_keys.iter().map(|k| self.cache_get(k)).collect()
     }
+    /// Whether [`Self::cache_get_many`] saves round trips, so that a run
+    /// should look up a wave of ready nodes at once.
+    fn batches_lookups(&self) -> bool {
+        false
+    }
     /// Inserts or replaces the entry for `task_key`.
     fn cache_put(&self, task_key: &Digest, entry: &CacheEntry) -> anyhow::Result<()>;
     /// Holds one read snapshot for a run's lookups while the guard lives,

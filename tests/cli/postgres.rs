@@ -221,3 +221,49 @@ fn the_password_comes_only_from_pgpassword_or_pgpass() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sslmode=require"), "{err}");
 }
+
+/// A no-op run of 500 nodes, state on SQLite and on PostgreSQL (loopback).
+#[test]
+#[ignore = "a measurement: cargo test --release --test cli noop_run_timing -- --ignored --nocapture"]
+fn noop_run_timing() {
+    let db = cluster().fresh_db();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let gen_ok = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/gen_repo.py"))
+        .args(["--nodes", "500", "-q", "--out"])
+        .arg(&repo)
+        .status()
+        .unwrap()
+        .success();
+    assert!(gen_ok);
+    git_in(&repo, &["init", "-q"]);
+    git_in(&repo, &["add", "-A"]);
+    git_in(&repo, &["commit", "-q", "-m", "gen"]);
+    let local = |dir: &Path, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("--repo")
+            .arg(&repo)
+            .arg("--state-dir")
+            .arg(dir)
+            .args(args)
+            .env_remove("SLUICE_STATE")
+            .output()
+            .unwrap()
+    };
+    let (s1, s2) = (tmp.path().join("sqlite"), tmp.path().join("pg"));
+    ok(&local(&s1, &["run", "--promote"]));
+    ok(&sluice(&repo, &s2, &db.url, &["run", "--promote"]));
+    let time = |f: &dyn Fn() -> Output| {
+        let mut best = std::time::Duration::MAX;
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            ok(&f());
+            best = best.min(t.elapsed());
+        }
+        best
+    };
+    let sqlite = time(&|| local(&s1, &["run"]));
+    let pg = time(&|| sluice(&repo, &s2, &db.url, &["run"]));
+    eprintln!("no-op run, 500 nodes, best of 3: SQLite {sqlite:?}, PostgreSQL {pg:?}");
+}

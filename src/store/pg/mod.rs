@@ -589,6 +589,10 @@ impl State for PgState {
         row.map(|r| cache_entry(task_key, &r, 0)).transpose()
     }
 
+    fn batches_lookups(&self) -> bool {
+        true
+    }
+
     /// One query for all: one round trip instead of one per key.
     fn cache_get_many(&self, keys: &[Digest]) -> anyhow::Result<Vec<Option<CacheEntry>>> {
         let texts: Vec<String> = keys.iter().map(Digest::to_string).collect();
