@@ -22,7 +22,6 @@ pub const MAX_WORKERS: usize = 64;
 pub const EXAMPLE: &str = r#"listen = "127.0.0.1:8080"
 public_url = "https://sluice.example.org"   # base of the links in statuses and comments
 state_dir = "/var/lib/sluice"               # blobs, state database, bare mirrors
-# state = "postgresql://sluice@db.example.org/sluice?sslmode=require"   # optional: a team's shared state
 data_root = "/srv/clinic-data"              # where data:// resolves; a repository cannot change it
 workers = 2
 run_page_logs = false                       # optional, default false
@@ -787,6 +786,26 @@ mod tests {
         assert!(e.message.contains("absolute"), "{e}");
         let e = error_of(&example_with("\"/srv/clinic-data\"", "\"../data\""));
         assert_eq!((e.line, e.key.as_str()), (4, "data_root"));
+    }
+
+    #[test]
+    fn state_on_postgresql_is_checked_at_parse() {
+        let with = |line: &str| example_with("workers = 2", &format!("workers = 2\n{line}"));
+        let c = parse(&with(
+            "state = \"postgresql://sluice@db.example.org/sluice?sslmode=require\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.state.as_deref(),
+            Some("postgresql://sluice@db.example.org/sluice?sslmode=require")
+        );
+        assert_eq!(parse(EXAMPLE).unwrap().state, None);
+        let e = error_of(&with("state = \"postgresql://sluice:hunter2@127.0.0.1/s\""));
+        assert_eq!((e.line, e.key.as_str()), (6, "state"));
+        assert!(e.message.contains("PGPASSWORD"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = error_of(&with("state = \"postgresql://sluice@db.example.org/s\""));
+        assert!(e.message.contains("sslmode=require"), "{e}");
     }
 
     #[test]
