@@ -836,4 +836,42 @@ mod tests {
         assert_eq!(results[&u].status, Status::Computed);
         assert_eq!(results[&u].rows, Some(1));
     }
+
+    /// With the state on PostgreSQL, a no-op run looks up each wave of
+    /// ready nodes in one query, and every node is a hit.
+    #[test]
+    fn a_no_op_run_on_postgresql_looks_up_waves_not_nodes() {
+        let pg = std::sync::Arc::new(crate::store::pg::test_state());
+        let mut stores = Stores::in_memory().unwrap();
+        stores.state = pg.clone();
+        let mut files = Vec::new();
+        for i in 0..8 {
+            files.push((format!("clinics/a/T{i}.csv"), format!("id\n{i}\n")));
+            files.push((
+                format!("clinics/a/U{i}.sql"),
+                format!("-- @depend ./T{i}\nSELECT id FROM T{i};\n"),
+            ));
+        }
+        let files: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, t)| (p.as_str(), t.as_str()))
+            .collect();
+        let first = run(&mut workspace(&files), &stores, &request(true, "main")).unwrap();
+        assert!(
+            first.pipelines[0]
+                .nodes
+                .iter()
+                .any(|n| n.status == Some(Status::Computed))
+        );
+        let before = pg.cache_queries();
+        let again = run(&mut workspace(&files), &stores, &request(false, "main")).unwrap();
+        let nodes = &again.pipelines[0].nodes;
+        assert_eq!(nodes.len(), 16);
+        assert!(
+            nodes.iter().all(|n| n.status == Some(Status::Cached)),
+            "{nodes:?}"
+        );
+        let queries = pg.cache_queries() - before;
+        assert!(queries < 16, "{queries} queries for 16 nodes");
+    }
 }

@@ -338,6 +338,8 @@ pub struct PgState {
     connect: PgConnect,
     schema: String,
     idle: Mutex<Vec<Conn>>,
+    /// Queries of the action cache sent (one per lookup, one per batch).
+    cache_queries: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PgState {
@@ -388,11 +390,23 @@ impl PgState {
             connect: connect.clone(),
             schema: schema.to_string(),
             idle: Mutex::new(Vec::new()),
+            cache_queries: std::sync::atomic::AtomicU64::new(0),
         };
         state
             .migrate()
             .with_context(|| format!("state database {} (schema {schema})", connect.shown))?;
         Ok(state)
+    }
+
+    /// How many queries of the action cache this state has sent.
+    pub fn cache_queries(&self) -> u64 {
+        self.cache_queries
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_cache_query(&self) {
+        self.cache_queries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The URL (without password) and schema, for messages.
@@ -579,6 +593,7 @@ impl State for PgState {
 
     fn cache_get(&self, task_key: &Digest) -> anyhow::Result<Option<CacheEntry>> {
         let key = task_key.to_string();
+        self.count_cache_query();
         let row = self.with("cannot read the action cache", |c| {
             let st = c.prepared(
                 "SELECT output, rows, columns, log, duration_ms FROM action_cache
@@ -596,6 +611,10 @@ impl State for PgState {
     /// One query for all: one round trip instead of one per key.
     fn cache_get_many(&self, keys: &[Digest]) -> anyhow::Result<Vec<Option<CacheEntry>>> {
         let texts: Vec<String> = keys.iter().map(Digest::to_string).collect();
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.count_cache_query();
         let rows = self.with("cannot read the action cache", |c| {
             let st = c.prepared(
                 "SELECT task_key, output, rows, columns, log, duration_ms FROM action_cache
