@@ -216,6 +216,43 @@ fn the_password_comes_only_from_pgpassword_or_pgpass() {
     std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
     ok(&run(&db.url, &[("HOME", home.path().to_str().unwrap())]));
 
+    // TLS, the server's certificate signed by a CA trusted through
+    // SSL_CERT_FILE, and SLUICE_STATE instead of --state.
+    let ca = cluster().ca_cert().expect("the test cluster has TLS");
+    let tls_url = format!(
+        "postgresql://sluice@localhost:{}/{}?sslmode=require",
+        cluster().port,
+        db.name
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--repo")
+        .arg(r.path())
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("plan")
+        .env("SLUICE_STATE", &tls_url)
+        .env("PGPASSWORD", PASSWORD)
+        .env("SSL_CERT_FILE", &ca)
+        .env_remove("SLUICE_STATE_DIR")
+        .output()
+        .unwrap();
+    ok(&out);
+    // Without trusting that CA, the same URL is refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--repo")
+        .arg(r.path())
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--state", &tls_url, "plan"])
+        .env("PGPASSWORD", PASSWORD)
+        .env("SSL_CERT_FILE", "/nonexistent")
+        .env_remove("SLUICE_STATE_DIR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect"), "{err}");
+
     // A remote host without TLS is refused before connecting.
     let out = run("postgresql://sluice@db.example.org/sluice", &[]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -297,7 +297,12 @@ fn pgpass_match(text: &str, want: [&str; 4]) -> Option<String> {
 fn pg_error(e: &postgres::Error, what: &str) -> anyhow::Error {
     match e.as_db_error() {
         Some(db) => anyhow!("{what}: {} (SQLSTATE {})", db.message(), db.code().code()),
-        None => anyhow!("{what}: {e}"),
+        // The cause of a connection or TLS failure ("invalid peer
+        // certificate: UnknownIssuer") is the useful part.
+        None => match std::error::Error::source(e) {
+            Some(cause) => anyhow!("{what}: {e}: {cause}"),
+            None => anyhow!("{what}: {e}"),
+        },
     }
 }
 
@@ -1087,6 +1092,37 @@ mod tests {
         assert!(text.contains("cannot insert"), "{text}");
         assert!(text.contains("23505"), "{text}");
         assert!(!text.contains("secret-name"), "{text}");
+    }
+
+    #[test]
+    fn sslmode_require_verifies_the_server_certificate() {
+        let cluster = testing::cluster();
+        assert!(
+            cluster.ca_cert().is_some(),
+            "the test cluster has TLS (openssl made its certificates)"
+        );
+        let db = cluster.fresh_db();
+        let creds = Credentials {
+            password: Some(Password::new(testing::PASSWORD.into())),
+            pgpass: None,
+        };
+        // Signed by a CA no root store here trusts: refused.
+        let url = format!(
+            "postgresql://sluice@localhost:{}/{}?sslmode=require",
+            cluster.port, db.name
+        );
+        let err = format!(
+            "{:#}",
+            PgState::open(&PgConnect::parse(&url, &creds).unwrap(), CLI_SCHEMA).unwrap_err()
+        );
+        assert!(err.contains("cannot connect"), "{err}");
+        assert!(
+            err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"),
+            "{err}"
+        );
+        // Without sslmode on this machine: no TLS, though the server offers it.
+        let plain = db.url.clone();
+        PgState::open(&PgConnect::parse(&plain, &creds).unwrap(), CLI_SCHEMA).unwrap();
     }
 
     #[test]

@@ -109,7 +109,87 @@ fn free_port() -> u16 {
         .unwrap()
 }
 
+/// A test CA and a certificate for `localhost` / 127.0.0.1 signed by it
+/// (`ca.crt`, `server.crt`, `server.key` in `dir`), and the server
+/// options that turn TLS on with them; empty (no TLS) without `openssl`.
+fn make_certificates(dir: &Path) -> String {
+    let openssl = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    let made = openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=sluice test CA",
+    ]) && openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]) && openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    if !made {
+        return String::new();
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    format!(
+        " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+        dir.join("server.crt").display(),
+        dir.join("server.key").display()
+    )
+}
+
 impl Cluster {
+    /// The CA that signed the server's certificate, when it has one.
+    pub fn ca_cert(&self) -> Option<PathBuf> {
+        Some(self.dir.join("ca.crt")).filter(|p| p.is_file())
+    }
+
     fn start() -> Cluster {
         let bin = bin_dir();
         let root = is_root();
@@ -123,6 +203,7 @@ impl Cluster {
         std::fs::create_dir(&sock).unwrap();
         let pwfile = dir.join("pwfile");
         std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
+        let tls = make_certificates(&dir);
         if root {
             run(
                 {
@@ -157,7 +238,7 @@ impl Cluster {
             .arg("-o")
             .arg(format!(
                 "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-                 -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+                 -c synchronous_commit=off -c full_page_writes=off -c max_connections=200{tls}",
                 sock.display()
             ))
             .args(["-w", "start"]);
