@@ -998,6 +998,50 @@ mod tests {
     }
 
     #[test]
+    fn two_states_write_and_queue_concurrently() {
+        let connect = test_connect();
+        let dbs = [
+            PgState::open(&connect, CLI_SCHEMA).unwrap(),
+            PgState::open(&connect, CLI_SCHEMA).unwrap(),
+        ];
+        std::thread::scope(|s| {
+            for (n, db) in dbs.iter().enumerate() {
+                s.spawn(move || {
+                    for i in 0..30 {
+                        db.record_run("p", &d(&i.to_string()), None, None, false)
+                            .unwrap();
+                        let job = NewJob {
+                            repo: "r".into(),
+                            kind: crate::store::queue::JobKind::Push,
+                            lane: "refs/heads/main".into(),
+                            git_ref: "refs/heads/main".into(),
+                            branch: None,
+                            sha: format!("{n}-{i}"),
+                            pr_number: None,
+                            run_id: format!("run-{n}-{i}"),
+                        };
+                        db.enqueue(&job, Some((&format!("d{n}-{i}"), "push")))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let runs = dbs[0].runs().unwrap();
+        assert_eq!(runs.len(), 60);
+        assert_eq!(
+            runs.last().map(|r| r.id),
+            dbs[1].last_run("p").unwrap().map(|r| r.id)
+        );
+        // One lane: every job but the newest was superseded by a newer one.
+        let counts = dbs[1].job_counts().unwrap();
+        assert!(counts.contains(&(JobState::Queued, 1)), "{counts:?}");
+        assert!(counts.contains(&(JobState::Superseded, 59)), "{counts:?}");
+        let claimed = dbs[0].claim_job().unwrap().unwrap();
+        assert_eq!(dbs[1].claim_job().unwrap(), None, "one job per lane runs");
+        assert_eq!(claimed.state, JobState::Running);
+    }
+
+    #[test]
     fn concurrent_first_opens_migrate_once() {
         let connect = test_connect();
         std::thread::scope(|s| {
