@@ -502,9 +502,19 @@ impl PgState {
                 &[&lock_key(&format!("sluice migrate {schema}"))],
             )
             .map_err(err("cannot take the migration lock"))?;
+            // Created only when missing: CREATE SCHEMA checks the right to
+            // create in the database even when the schema exists, and a
+            // role may have been given its schema without that right.
+            let exists = tx
+                .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
+                .map_err(err("cannot read the schemas"))?
+                .is_some();
+            if !exists {
+                tx.batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+                    .map_err(err("cannot create the schema"))?;
+            }
             tx.batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
-                 SET LOCAL search_path TO \"{schema}\";
+                "SET LOCAL search_path TO \"{schema}\";
                  CREATE TABLE IF NOT EXISTS schema_migrations (
                      version    INTEGER PRIMARY KEY,
                      name       TEXT NOT NULL,
@@ -1167,6 +1177,32 @@ mod tests {
         // Without sslmode on this machine: no TLS, though the server offers it.
         let plain = db.url.clone();
         PgState::open(&PgConnect::parse(&plain, &creds).unwrap(), CLI_SCHEMA).unwrap();
+    }
+
+    #[test]
+    fn a_role_given_its_schema_needs_no_right_to_create_schemas() {
+        let cluster = testing::cluster();
+        let db = cluster.fresh_db();
+        let role = format!("limited_{}", db.name);
+        cluster.query(
+            &db.name,
+            &format!(
+                "CREATE ROLE {role} LOGIN PASSWORD 'limited-pw'; \
+                 CREATE SCHEMA sluice AUTHORIZATION {role}; SELECT 1"
+            ),
+        );
+        let creds = Credentials {
+            password: Some(Password::new("limited-pw".into())),
+            pgpass: None,
+        };
+        let url = db.url.replace("sluice@", &format!("{role}@"));
+        let connect = PgConnect::parse(&url, &creds).unwrap();
+        let state = PgState::open(&connect, CLI_SCHEMA).unwrap();
+        state.ref_set("production/p", &d("m")).unwrap();
+        let err = format!("{:#}", PgState::open(&connect, DAEMON_SCHEMA).unwrap_err());
+        assert!(err.contains("cannot create the schema"), "{err}");
+        assert!(err.contains("42501"), "permission denied: {err}");
+        assert!(!err.contains("limited-pw"), "{err}");
     }
 
     #[test]
