@@ -93,7 +93,7 @@ fn enqueue_in(
         )
         .pg("cannot store the job")?;
     }
-    let superseded = tx
+    let mut superseded = tx
         .query(
             &format!(
                 "UPDATE jobs SET state = 'superseded', superseded_by = $1, finished_at = $4
@@ -106,7 +106,6 @@ fn enqueue_in(
         .iter()
         .map(job_from_row)
         .collect::<anyhow::Result<Vec<Job>>>()?;
-    let mut superseded = superseded;
     superseded.sort_by_key(|j| j.id);
     let mut cancel = tx
         .query(
