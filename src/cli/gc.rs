@@ -16,9 +16,10 @@ use serde::Serialize;
 
 use super::GlobalArgs;
 use crate::server::config;
-use crate::store::blob::{BlobStore, LocalBlobStore};
-use crate::store::gc::{self, Applied, GcState, Kept, Policy, Step, Tally};
-use crate::store::state::StateDb;
+use crate::store::blob::BlobStore;
+use crate::store::gc::{self, Applied, Kept, Policy, Step, Tally};
+use crate::store::pg::{self, PgConnect};
+use crate::store::state::{SqliteState, State};
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
@@ -87,11 +88,13 @@ pub fn run(global: &GlobalArgs, args: &GcArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let stores = ws.open_stores()?;
-            (
-                dir.clone(),
-                stores.blobs,
-                vec![(dir.join("state.db"), stores.state)],
-            )
+            let states = match ws.shared_state() {
+                // A team's blobs: kept if any schema of the database
+                // (every checkout's, the daemon's) needs them.
+                Some(connect) => shared_states(connect)?,
+                None => vec![(dir.join("state.db").display().to_string(), stores.state)],
+            };
+            (dir.clone(), stores.blobs, states)
         }
     };
     let _lock = lock(&dir)?;
@@ -103,9 +106,9 @@ pub fn run(global: &GlobalArgs, args: &GcArgs) -> anyhow::Result<ExitCode> {
             gc::format_duration(args.grace)
         );
     }
-    let named: Vec<(String, &dyn GcState)> = states
+    let named: Vec<(String, &dyn State)> = states
         .iter()
-        .map(|(p, db)| (p.display().to_string(), &**db as &dyn GcState))
+        .map(|(name, db)| (name.clone(), &**db as &dyn State))
         .collect();
     let mut progress = Progress::new();
     let mut warnings = Vec::new();
@@ -197,11 +200,24 @@ pub fn run(global: &GlobalArgs, args: &GcArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-type Opened = (
-    PathBuf,
-    std::sync::Arc<dyn BlobStore>,
-    Vec<(PathBuf, std::sync::Arc<StateDb>)>,
-);
+/// Each state database gc reads, by the name its messages give it.
+type States = Vec<(String, std::sync::Arc<dyn State>)>;
+
+type Opened = (PathBuf, std::sync::Arc<dyn BlobStore>, States);
+
+/// Every sluice schema of a shared PostgreSQL.
+fn shared_states(connect: &PgConnect) -> anyhow::Result<States> {
+    pg::sluice_schemas(connect)?
+        .into_iter()
+        .map(|schema| {
+            let db = pg::PgState::open(connect, &schema)?;
+            Ok((
+                db.describe(),
+                std::sync::Arc::new(db) as std::sync::Arc<dyn State>,
+            ))
+        })
+        .collect()
+}
 
 /// The daemon's stores: the shared blob store under `state_dir/blobs`,
 /// `daemon.db` (the jobs and their reports) and every repository's
@@ -209,8 +225,16 @@ type Opened = (
 /// (their production may still be wanted back).
 fn open_daemon(path: &Path) -> anyhow::Result<Opened> {
     let cfg = config::load(path)?;
-    let dir = cfg.state_dir;
-    if !dir.join("blobs").is_dir() {
+    let dir = cfg.state_dir.clone();
+    let blobs = crate::store::open_blobs(&dir, &cfg.blobs)?;
+    if let Some(url) = &cfg.state {
+        let connect = PgConnect::parse(url, &super::pg_credentials())
+            .map_err(|e| anyhow::anyhow!("{}: state: {e:#}", path.display()))?;
+        return Ok((dir, blobs, shared_states(&connect)?));
+    }
+    if matches!(cfg.blobs.location, crate::store::BlobLocation::Local)
+        && !dir.join("blobs").is_dir()
+    {
         bail!(
             "{}: state_dir {} holds no blob store yet; has `sluice serve --config {}` run?",
             path.display(),
@@ -218,8 +242,6 @@ fn open_daemon(path: &Path) -> anyhow::Result<Opened> {
             path.display()
         );
     }
-    let blobs: std::sync::Arc<dyn BlobStore> =
-        std::sync::Arc::new(LocalBlobStore::open(&dir.join("blobs"))?);
     let mut dbs = Vec::new();
     let daemon = dir.join("daemon.db");
     if daemon.is_file() {
@@ -243,8 +265,11 @@ fn open_daemon(path: &Path) -> anyhow::Result<Opened> {
     let states = dbs
         .into_iter()
         .map(|p| {
-            let db = StateDb::open(&p)?;
-            Ok((p, std::sync::Arc::new(db)))
+            let db = SqliteState::open(&p)?;
+            Ok((
+                p.display().to_string(),
+                std::sync::Arc::new(db) as std::sync::Arc<dyn State>,
+            ))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok((dir, blobs, states))

@@ -313,6 +313,7 @@ impl Push {
             data_root: None,
             state_dir: None,
             blobs: Default::default(),
+            state: None,
             path_env: self.path_env.clone(),
         };
         let id = vfs.commit_id();

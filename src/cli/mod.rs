@@ -77,6 +77,14 @@ pub struct GlobalArgs {
         env = "SLUICE_BLOB_CACHE_SIZE"
     )]
     pub blob_cache_size: Option<String>,
+    /// Keep the action cache, refs and runs in a team's PostgreSQL
+    /// (postgresql://USER@HOST[:PORT]/DATABASE[?sslmode=require]) instead
+    /// of the state directory, which still holds the blobs and this
+    /// machine's source memo. The password comes from PGPASSWORD or
+    /// ~/.pgpass (PGPASSFILE), never from the URL; a host other than this
+    /// machine needs sslmode=require.
+    #[arg(long, global = true, value_name = "URL", env = "SLUICE_STATE")]
+    pub state: Option<String>,
     /// The search path command actions run with (the only variable of the
     /// caller's environment they see).
     #[arg(
@@ -207,4 +215,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gc(args) => gc::run(&cli.global, &args),
         Command::Hook(args) => hook::run(&cli.global, &args),
     }
+}
+
+/// The PostgreSQL password sources of the environment: `PGPASSWORD`, else
+/// the `.pgpass` file (`PGPASSFILE`, or `$HOME/.pgpass`).
+pub fn pg_credentials() -> crate::store::pg::Credentials {
+    let password = std::env::var("PGPASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(crate::store::pg::Password::new);
+    let pgpass = std::env::var_os("PGPASSFILE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")));
+    crate::store::pg::Credentials { password, pgpass }
 }

@@ -94,7 +94,7 @@ pub fn plans(
     stores: Option<&Stores>,
     pipelines: &[RepoPath],
 ) -> anyhow::Result<Vec<PipelinePlan>> {
-    let (hashes, _) = ws.hashes(stores.map(|s| &*s.state));
+    let (hashes, _) = ws.hashes(stores.map(|s| &*s.memo));
     let mut plans = Vec::new();
     for p in pipelines {
         let production = match stores {

@@ -22,12 +22,26 @@ pub struct ServeArgs {
 pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let cfg = config::load(&args.config)?;
     // The one place the daemon reads the environment: the variables the
-    // config names for secrets, and SLUICE_LOG for the log filter.
+    // config names for secrets, SLUICE_LOG for the log filter, and
+    // PGPASSWORD / PGPASSFILE / HOME for a PostgreSQL state.
     let secrets = config::resolve_secrets(&cfg, &|name| std::env::var(name).ok())
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    let shared = match &cfg.state {
+        Some(url) => Some(
+            crate::store::pg::PgConnect::parse(url, &super::pg_credentials())
+                .map_err(|e| anyhow::anyhow!("{}: state: {e:#}", args.config.display()))?,
+        ),
+        None => None,
+    };
     init_logging();
-    let app = crate::server::App::open(cfg, secrets, global.path_env.clone(), &real_forge)
-        .context("cannot start the daemon")?;
+    let app = crate::server::App::open(
+        cfg,
+        secrets,
+        global.path_env.clone(),
+        &real_forge,
+        shared.as_ref(),
+    )
+    .context("cannot start the daemon")?;
     crate::server::serve(app)?;
     Ok(ExitCode::SUCCESS)
 }

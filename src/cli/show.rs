@@ -28,7 +28,7 @@ pub struct ShowArgs {
 pub fn run(global: &GlobalArgs, args: &ShowArgs) -> anyhow::Result<ExitCode> {
     let mut ws = super::workspace::load(global)?;
     let stores = ws.existing_stores()?;
-    let (hashes, _) = ws.hashes(stores.as_ref().map(|s| &*s.state));
+    let (hashes, _) = ws.hashes(stores.as_ref().map(|s| &*s.memo));
     let failed = super::workspace::report_diagnostics(&ws);
     let (dir, name) = super::cat::split_node_arg(&args.node)?;
     // `PIPELINE//dir/NAME` names a node of another directory.

@@ -59,7 +59,7 @@ pub fn run(global: &GlobalArgs, args: &TestArgs) -> anyhow::Result<ExitCode> {
         ws.narrow(&pipelines);
     }
     let stores = ws.open_stores()?;
-    let (hashes, ctx) = ws.hashes(Some(&stores.state));
+    let (hashes, ctx) = ws.hashes(Some(&stores.memo));
     if super::workspace::report_diagnostics(&ws) {
         return Ok(ExitCode::FAILURE);
     }

@@ -17,6 +17,12 @@ pub fn load(global: &GlobalArgs) -> anyhow::Result<Workspace> {
         Some(rev) => Source::Commit(rev.clone()),
         None => Source::Worktree,
     };
+    let state = match &global.state {
+        Some(url) => Some(
+            crate::store::pg::PgConnect::parse(url, &super::pg_credentials()).context("--state")?,
+        ),
+        None => None,
+    };
     let settings = Settings {
         data_root: global.data.clone(),
         state_dir: global.state_dir.clone(),
@@ -28,6 +34,7 @@ pub fn load(global: &GlobalArgs) -> anyhow::Result<Workspace> {
                 "--blob-cache-size / SLUICE_BLOB_CACHE_SIZE",
             ),
         )?,
+        state,
         path_env: global.path_env.clone(),
     };
     let ws = Workspace::open(&root, &source, settings)?;

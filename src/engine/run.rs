@@ -71,7 +71,7 @@ pub fn run(ws: &mut Workspace, stores: &Stores, req: &RunRequest) -> Result<RunR
     if !ws.diagnostics.is_empty() {
         return Err(RunError::Invalid(ws.diagnostics.clone()));
     }
-    let (hashes, ctx) = ws.hashes(Some(&stores.state));
+    let (hashes, ctx) = ws.hashes(Some(&stores.memo));
     if !ws.diagnostics.is_empty() {
         return Err(RunError::Invalid(ws.diagnostics.clone()));
     }
@@ -303,22 +303,28 @@ fn settled_results(
         return None;
     }
     let by_name = m.by_name();
-    let mut out = Vec::with_capacity(ids.len());
+    let mut entries = Vec::with_capacity(ids.len());
     for id in ids {
         let h = hashes.get(id).copied().flatten()?;
-        let node = &ws.graph.nodes[id];
-        let entry = by_name.get(node.display_name(pipeline).as_str())?;
-        let ok = entry.local_hash == h.local
+        let entry = *by_name.get(ws.graph.nodes[id].display_name(pipeline).as_str())?;
+        let same = entry.local_hash == h.local
             && entry.definition_hash == h.definition
             && entry.status.is_some_and(Status::ok)
-            && entry.error.is_none();
-        let (Some(key), Some(output)) = (entry.task_key, entry.output) else {
+            && entry.error.is_none()
+            && entry.task_key.is_some()
+            && entry.output.is_some();
+        if !same {
             return None;
-        };
-        if !ok
-            || !matches!(stores.state.cache_get(&key), Ok(Some(c)) if c.output == output)
-            || !stores.blobs.contains(&output)
-        {
+        }
+        entries.push((id, entry));
+    }
+    // One round trip for the pipeline where the state is across a network.
+    let keys: Vec<Digest> = entries.iter().filter_map(|(_, e)| e.task_key).collect();
+    let cached = stores.state.cache_get_many(&keys).ok()?;
+    let mut out = Vec::with_capacity(entries.len());
+    for ((id, entry), hit) in entries.into_iter().zip(cached) {
+        let output = entry.output?;
+        if hit.is_none_or(|c| c.output != output) || !stores.blobs.contains(&output) {
             return None;
         }
         out.push((
@@ -326,7 +332,7 @@ fn settled_results(
             NodeResult {
                 status: Status::Cached,
                 task_key: entry.task_key,
-                output: entry.output,
+                output: Some(output),
                 rows: entry.rows,
                 columns: entry.columns.clone(),
                 log: entry.log,
@@ -852,11 +858,8 @@ mod tests {
     fn promotion_hashes_every_output_and_refuses_a_damaged_one() {
         use crate::store::blob::MemBlobStore;
         let blobs = std::sync::Arc::new(MemBlobStore::new());
-        let stores = Stores {
-            blobs: blobs.clone(),
-            state: std::sync::Arc::new(crate::store::state::StateDb::open_in_memory().unwrap()),
-            manifests: Default::default(),
-        };
+        let mut stores = Stores::in_memory().unwrap();
+        stores.blobs = blobs.clone();
         let files = [
             ("clinics/a/T.csv", "id\n1\n2\n"),
             ("clinics/a/U.sql", "-- @depend ./T\nSELECT id FROM T;\n"),
@@ -961,5 +964,43 @@ mod tests {
         assert_eq!(results.len(), 2);
         assert_eq!(results[&u].status, Status::Computed);
         assert_eq!(results[&u].rows, Some(1));
+    }
+
+    /// With the state on PostgreSQL, a no-op run looks up each wave of
+    /// ready nodes in one query, and every node is a hit.
+    #[test]
+    fn a_no_op_run_on_postgresql_looks_up_waves_not_nodes() {
+        let pg = std::sync::Arc::new(crate::store::pg::test_state());
+        let mut stores = Stores::in_memory().unwrap();
+        stores.state = pg.clone();
+        let mut files = Vec::new();
+        for i in 0..8 {
+            files.push((format!("clinics/a/T{i}.csv"), format!("id\n{i}\n")));
+            files.push((
+                format!("clinics/a/U{i}.sql"),
+                format!("-- @depend ./T{i}\nSELECT id FROM T{i};\n"),
+            ));
+        }
+        let files: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, t)| (p.as_str(), t.as_str()))
+            .collect();
+        let first = run(&mut workspace(&files), &stores, &request(true, "main")).unwrap();
+        assert!(
+            first.pipelines[0]
+                .nodes
+                .iter()
+                .any(|n| n.status == Some(Status::Computed))
+        );
+        let before = pg.cache_queries();
+        let again = run(&mut workspace(&files), &stores, &request(false, "main")).unwrap();
+        let nodes = &again.pipelines[0].nodes;
+        assert_eq!(nodes.len(), 16);
+        assert!(
+            nodes.iter().all(|n| n.status == Some(Status::Cached)),
+            "{nodes:?}"
+        );
+        let queries = pg.cache_queries() - before;
+        assert!(queries < 16, "{queries} queries for 16 nodes");
     }
 }

@@ -13,7 +13,7 @@ use crate::git::GitVfs;
 use crate::pipeline::diag::Diagnostic;
 use crate::pipeline::{self, Graph, RepoPath, Vfs};
 use crate::plan::hash::{self, HashContext, NodeHashes};
-use crate::store::state::StateDb;
+use crate::store::state::SqliteState;
 use crate::store::{BlobOptions, Stores};
 use crate::worktree::WorktreeVfs;
 
@@ -27,6 +27,9 @@ pub struct Settings {
     pub state_dir: Option<PathBuf>,
     /// Where the blobs live (`--blobs`): the state directory, or a bucket.
     pub blobs: BlobOptions,
+    /// The state on PostgreSQL (`--state URL`) instead of the state
+    /// directory's database, which then holds only the source memo.
+    pub state: Option<crate::store::pg::PgConnect>,
     /// `PATH` for command actions (and the probe of their versions).
     pub path_env: OsString,
 }
@@ -37,6 +40,7 @@ impl Default for Settings {
             data_root: None,
             state_dir: None,
             blobs: BlobOptions::default(),
+            state: None,
             path_env: DEFAULT_PATH.into(),
         }
     }
@@ -142,6 +146,7 @@ impl Workspace {
                 .map(std::path::absolute)
                 .transpose()?,
             blobs: settings.blobs,
+            state: settings.state,
             path_env: settings.path_env,
         };
         let mut ws = Workspace {
@@ -242,10 +247,15 @@ impl Workspace {
         Ok(dir)
     }
 
+    /// The team's PostgreSQL, when the state lives there (`--state`).
+    pub fn shared_state(&self) -> Option<&crate::store::pg::PgConnect> {
+        self.settings.state.as_ref()
+    }
+
     /// Opens the stores, creating them on first use.
     pub fn open_stores(&self) -> anyhow::Result<Stores> {
         let dir = self.checked_state_dir()?;
-        Stores::open_with(&dir, &self.settings.blobs)
+        Stores::open_with(&dir, &self.settings.blobs, self.settings.state.as_ref())
             .with_context(|| format!("cannot open the state in {}", dir.display()))
     }
 
@@ -253,7 +263,7 @@ impl Workspace {
     /// create them).
     pub fn existing_stores(&self) -> anyhow::Result<Option<Stores>> {
         let dir = self.checked_state_dir()?;
-        if dir.join("state.db").exists() {
+        if dir.join("state.db").exists() || self.settings.state.is_some() {
             self.open_stores().map(Some)
         } else {
             Ok(None)
@@ -263,7 +273,7 @@ impl Workspace {
     /// Hashes every node; sources are read from the data root (through
     /// the memo when a state database is given), and a missing source
     /// becomes a diagnostic at its `@source` line.
-    pub fn hashes(&mut self, memo: Option<&StateDb>) -> (Vec<Option<NodeHashes>>, HashContext) {
+    pub fn hashes(&mut self, memo: Option<&SqliteState>) -> (Vec<Option<NodeHashes>>, HashContext) {
         let mut ctx = HashContext::default();
         ctx.engine_versions.insert(
             "sqlite".into(),

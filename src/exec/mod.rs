@@ -212,7 +212,7 @@ pub fn execute_with(
     let mut settings = settings.clone();
     if settings.temp_root.is_none() {
         settings.temp_root = stores
-            .state
+            .memo
             .path()
             .and_then(Path::parent)
             .map(|state| state.join("tmp"));
@@ -224,7 +224,10 @@ pub fn execute_with(
     let settings = &settings;
     let wanted = closure(graph, wanted);
     let mut sched = Schedule::new(graph, &wanted, observer);
-    let (job_tx, job_rx) = mpsc::channel::<(NodeId, Vec<(String, Digest)>)>();
+    let (job_tx, job_rx) = mpsc::channel::<Job>();
+    // A backend across the network answers a wave of ready nodes' cache
+    // lookups in one query instead of one round trip each.
+    let batch_lookups = stores.state.batches_lookups();
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<(NodeId, NodeResult)>();
     std::thread::scope(|scope| {
@@ -238,13 +241,15 @@ pub fn execute_with(
                         Ok(rx) => rx.recv(),
                         Err(_) => return,
                     };
-                    let Ok((id, inputs)) = job else { return };
+                    let Ok((id, inputs, prefetched)) = job else {
+                        return;
+                    };
                     let node = &graph.nodes[id];
                     let result = match hashes[id] {
                         // A bug in one node's execution must not hang the
                         // run: a panic becomes that node's failure.
                         Some(h) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            run_node(node, &h, inputs, stores, opts, settings)
+                            run_node(node, &h, inputs, prefetched, stores, opts, settings)
                         }))
                         .unwrap_or_else(|_| {
                             NodeResult::failed(
@@ -267,6 +272,7 @@ pub fn execute_with(
 
         let mut in_flight = 0usize;
         loop {
+            let mut wave: Vec<(NodeId, Vec<(String, Digest)>)> = Vec::new();
             while let Some(id) = sched.ready.pop() {
                 if opts.cancel.is_cancelled() {
                     sched.finish(id, NodeResult::skipped(CANCELLED.into()));
@@ -295,7 +301,12 @@ pub fn execute_with(
                         Some((d.table.clone(), out))
                     })
                     .collect();
-                if job_tx.send((id, inputs)).is_err() {
+                wave.push((id, inputs));
+            }
+            let mut prefetched = prefetch(batch_lookups, &wave, hashes, stores);
+            for (id, inputs) in wave {
+                let found = prefetched.remove(&id);
+                if job_tx.send((id, inputs, found)).is_err() {
                     break;
                 }
                 in_flight += 1;
@@ -306,6 +317,12 @@ pub fn execute_with(
             let Ok((id, r)) = done_rx.recv() else { break };
             in_flight -= 1;
             sched.finish(id, r);
+            // Whatever else finished meanwhile, so that its dependents
+            // join the same wave.
+            while let Ok((id, r)) = done_rx.try_recv() {
+                in_flight -= 1;
+                sched.finish(id, r);
+            }
         }
         drop(job_tx);
     });
@@ -373,18 +390,54 @@ impl<'a> Schedule<'a> {
     }
 }
 
-/// Runs one node, or takes it from the cache.
+/// A node for a worker: its id, its inputs' tables and outputs, and its
+/// cache entry when the scheduler looked it up already.
+type Job = (NodeId, Vec<(String, Digest)>, Option<Option<CacheEntry>>);
+
+/// The task key of a node with these inputs.
+fn task_key(hashes: &NodeHashes, inputs: &[(String, Digest)]) -> Digest {
+    let mut keyed: Vec<(&str, Digest)> = inputs.iter().map(|(t, d)| (t.as_str(), *d)).collect();
+    hash::combine("task", &hashes.local, &mut keyed)
+}
+
+/// The cache entries of a wave of ready nodes, looked up in one query
+/// when `batch` (and there is more than one); a failed lookup leaves each
+/// node to look itself up (and report the error).
+fn prefetch(
+    batch: bool,
+    wave: &[(NodeId, Vec<(String, Digest)>)],
+    hashes: &[Option<NodeHashes>],
+    stores: &Stores,
+) -> HashMap<NodeId, Option<CacheEntry>> {
+    if !batch || wave.len() < 2 {
+        return HashMap::new();
+    }
+    let keyed: Vec<(NodeId, Digest)> = wave
+        .iter()
+        .filter_map(|(id, inputs)| Some((*id, task_key(hashes.get(*id)?.as_ref()?, inputs))))
+        .collect();
+    let keys: Vec<Digest> = keyed.iter().map(|(_, k)| *k).collect();
+    match stores.state.cache_get_many(&keys) {
+        Ok(found) if found.len() == keyed.len() => {
+            keyed.into_iter().map(|(id, _)| id).zip(found).collect()
+        }
+        _ => HashMap::new(),
+    }
+}
+
+/// Runs one node, or takes it from the cache (`prefetched`: the entry
+/// the scheduler already looked up, if it did).
 fn run_node(
     node: &Node,
     hashes: &NodeHashes,
     inputs: Vec<(String, Digest)>,
+    prefetched: Option<Option<CacheEntry>>,
     stores: &Stores,
     opts: &RunOptions,
     settings: &ExecSettings,
 ) -> NodeResult {
     let start = Instant::now();
-    let mut keyed: Vec<(&str, Digest)> = inputs.iter().map(|(t, d)| (t.as_str(), *d)).collect();
-    let task_key = hash::combine("task", &hashes.local, &mut keyed);
+    let task_key = task_key(hashes, &inputs);
     let mut result = NodeResult {
         status: Status::Failed,
         task_key: Some(task_key),
@@ -397,7 +450,11 @@ fn run_node(
         failure: None,
         inputs,
     };
-    match stores.state.cache_get(&task_key) {
+    let found = match prefetched {
+        Some(entry) => Ok(entry),
+        None => stores.state.cache_get(&task_key),
+    };
+    match found {
         // A hit costs a lookup and a stat; the bytes are verified when a
         // node reads them (hashed while a SQL node loads them, or before a
         // command gets their path).
@@ -893,7 +950,7 @@ fn check_source(
     let Some(expected) = opts.source_digests.get(rel) else {
         return Ok(());
     };
-    let now = crate::store::source::source_digest(&stores.state, path)
+    let now = crate::store::source::source_digest(&stores.memo, path)
         .map_err(|e| format!("data://{rel}: {e}"))?;
     if now != *expected {
         return Err(format!(

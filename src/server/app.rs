@@ -23,8 +23,9 @@ use crate::forge::{CommitStatus, Forge, StatusState};
 use crate::plan::digest::Digest;
 use crate::store::Stores;
 use crate::store::blob::BlobStore;
+use crate::store::pg::{PgConnect, PgState};
 use crate::store::queue::{Enqueued, Job, JobKind, JobState, NewJob, OutboxItem, now_ms};
-use crate::store::state::StateDb;
+use crate::store::state::{SqliteState, State};
 
 /// How often the outbox tries a failing call before giving up: with the
 /// backoff below, about three hours of forge outage.
@@ -43,7 +44,10 @@ pub struct Repo {
     pub forge: Option<Arc<dyn Forge>>,
     /// Its own cache, refs and runs (pipeline names of two repositories
     /// may be equal); blobs are shared.
-    pub state: Arc<StateDb>,
+    pub state: Arc<dyn State>,
+    /// Its local database (`state_dir/repos/<id>/state.db`): the source
+    /// memo, and the state itself unless it is on PostgreSQL.
+    pub memo: Arc<SqliteState>,
     /// Parsed manifests, kept from job to job.
     pub manifests: Arc<crate::store::ManifestCache>,
 }
@@ -91,7 +95,7 @@ pub struct App {
     pub cfg: ServerConfig,
     pub repos: Vec<Repo>,
     /// Jobs, deliveries and the outbox.
-    pub db: Arc<StateDb>,
+    pub db: Arc<dyn State>,
     pub blobs: Arc<dyn BlobStore>,
     pub metrics: Metrics,
     mirrors: Mirrors,
@@ -146,31 +150,46 @@ enum Call {
 }
 
 impl App {
-    /// Opens the stores under `state_dir` and makes each repository's
+    /// Opens the stores under `state_dir` (the queue and the state on
+    /// PostgreSQL when `shared` is given) and makes each repository's
     /// forge client.
     pub fn open(
         cfg: ServerConfig,
         secrets: Vec<Secrets>,
         path_env: OsString,
         forges: &ForgeFactory,
+        shared: Option<&PgConnect>,
     ) -> anyhow::Result<App> {
         let dir = cfg.state_dir.clone();
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let db = Arc::new(StateDb::open(&dir.join("daemon.db"))?);
+        // On PostgreSQL, the queue has its schema and each repository
+        // its own, as each has its own file here.
+        let db: Arc<dyn State> = match shared {
+            Some(connect) => Arc::new(PgState::open(connect, crate::store::pg::DAEMON_SCHEMA)?),
+            None => Arc::new(SqliteState::open(&dir.join("daemon.db"))?),
+        };
         let blobs = crate::store::open_blobs(&dir, &cfg.blobs)?;
         let mut repos = Vec::new();
         for (config, secrets) in cfg.repos.iter().cloned().zip(secrets) {
             let id = Digest::of(repo_key(&config).as_bytes()).hex();
-            let state = Arc::new(StateDb::open(
+            let memo = Arc::new(SqliteState::open(
                 &dir.join("repos").join(&id[..32]).join("state.db"),
             )?);
+            let state: Arc<dyn State> = match shared {
+                Some(connect) => Arc::new(PgState::open(
+                    connect,
+                    &crate::store::pg::repo_schema(&id[..32]),
+                )?),
+                None => Arc::clone(&memo) as Arc<dyn State>,
+            };
             let forge = forges(&config, &secrets);
             repos.push(Repo {
                 config,
                 secrets,
                 forge,
                 state,
+                memo,
                 manifests: Arc::default(),
             });
         }
@@ -287,19 +306,14 @@ impl App {
             // Its own connection to the database: a delivery never waits
             // behind a worker or the outbox holding the shared one, only
             // (briefly) for SQLite's write lock.
-            let db = match self.db.path().map(StateDb::open) {
-                Some(Ok(own)) => {
-                    if let Err(e) = own.eager_busy_wait() {
-                        tracing::debug!("cannot set the enqueue connection's busy handler: {e}");
-                    }
-                    Arc::new(own)
-                }
+            let db = match self.db.own_connection() {
+                Some(Ok(own)) => own,
                 _ => Arc::clone(&self.db),
             };
             // The thread ends when the App (the only sender) is dropped.
             let spawned = std::thread::Builder::new()
                 .name("sluice-enqueue".into())
-                .spawn(move || group_commit(&db, &rx));
+                .spawn(move || group_commit(&*db, &rx));
             if let Err(e) = spawned {
                 tracing::error!("cannot start the enqueue thread: {e}");
             }
@@ -404,6 +418,7 @@ impl App {
             data_root: Some(self.cfg.data_root.clone()),
             state_dir: None,
             blobs: Default::default(),
+            state: None,
             path_env: self.path_env.clone(),
         };
         let mut ws = match Workspace::open(&mirror, &Source::Bare(job.sha.clone()), settings) {
@@ -419,6 +434,7 @@ impl App {
         let stores = Stores {
             blobs: Arc::clone(&self.blobs),
             state: Arc::clone(&repo.state),
+            memo: Arc::clone(&repo.memo),
             manifests: Arc::clone(&repo.manifests),
         };
         let pipelines: Vec<String> = ws.graph.pipelines.iter().map(|p| p.to_string()).collect();
@@ -843,7 +859,7 @@ pub fn is_run_id(s: &str) -> bool {
 
 /// The group-commit loop: waits for a delivery, takes every other one
 /// already waiting, stores them in one transaction and answers each.
-fn group_commit(db: &StateDb, rx: &std::sync::mpsc::Receiver<EnqueueRequest>) {
+fn group_commit(db: &dyn State, rx: &std::sync::mpsc::Receiver<EnqueueRequest>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < ENQUEUE_BATCH
@@ -931,7 +947,7 @@ mod tests {
         let f2 = Arc::clone(&fake);
         let factory =
             move |_: &RepoConfig, _: &Secrets| -> Option<Arc<dyn Forge>> { Some(f2.clone()) };
-        let app = App::open(cfg, secrets, "/usr/bin:/bin".into(), &factory).unwrap();
+        let app = App::open(cfg, secrets, "/usr/bin:/bin".into(), &factory, None).unwrap();
         (Arc::new(app), fake)
     }
 

@@ -46,6 +46,10 @@ pub struct ServerConfig {
     pub public_url: String,
     /// Blobs, the state database and bare mirrors live here.
     pub state_dir: PathBuf,
+    /// `state = "postgresql://…"`: the queue and every repository's cache,
+    /// refs and runs on PostgreSQL (checked: no password in it, TLS for a
+    /// remote host); the source memo stays under `state_dir`.
+    pub state: Option<String>,
     /// Where `data://` sources resolve. Set by the administrator only: a
     /// repository's `[data] root` does not apply on the server.
     pub data_root: PathBuf,
@@ -192,6 +196,7 @@ struct RawServer {
     listen: Option<Spanned<String>>,
     public_url: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
+    state: Option<Spanned<String>>,
     data_root: Option<Spanned<String>>,
     workers: Option<Spanned<i64>>,
     run_page_logs: Option<bool>,
@@ -261,6 +266,18 @@ pub fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
 
     let state_dir = absolute_dir(&raw.state_dir, "state_dir", text)?;
     let data_root = absolute_dir(&raw.data_root, "data_root", text)?;
+    let state = match raw.state {
+        None => None,
+        Some(url) => {
+            // The same checks as at open, without a password to look up.
+            crate::store::pg::PgConnect::parse(
+                url.get_ref(),
+                &crate::store::pg::Credentials::default(),
+            )
+            .map_err(|e| err(at(url.span()), "state", format!("{e:#}")))?;
+            Some(url.into_inner())
+        }
+    };
 
     let workers = raw
         .workers
@@ -319,6 +336,7 @@ pub fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
         listen: listen_addr,
         public_url: public_url_value,
         state_dir,
+        state,
         data_root,
         workers: workers_value,
         run_page_logs: raw.run_page_logs.unwrap_or(false),
@@ -822,6 +840,26 @@ mod tests {
         assert!(e.message.contains("absolute"), "{e}");
         let e = error_of(&example_with("\"/srv/clinic-data\"", "\"../data\""));
         assert_eq!((e.line, e.key.as_str()), (4, "data_root"));
+    }
+
+    #[test]
+    fn state_on_postgresql_is_checked_at_parse() {
+        let with = |line: &str| example_with("workers = 2", &format!("workers = 2\n{line}"));
+        let c = parse(&with(
+            "state = \"postgresql://sluice@db.example.org/sluice?sslmode=require\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.state.as_deref(),
+            Some("postgresql://sluice@db.example.org/sluice?sslmode=require")
+        );
+        assert_eq!(parse(EXAMPLE).unwrap().state, None);
+        let e = error_of(&with("state = \"postgresql://sluice:hunter2@127.0.0.1/s\""));
+        assert_eq!((e.line, e.key.as_str()), (6, "state"));
+        assert!(e.message.contains("PGPASSWORD"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = error_of(&with("state = \"postgresql://sluice@db.example.org/s\""));
+        assert!(e.message.contains("sslmode=require"), "{e}");
     }
 
     #[test]

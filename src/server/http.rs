@@ -345,7 +345,7 @@ async fn enqueue_event(
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let app2 = Arc::clone(&app);
-    match tokio::task::spawn_blocking(move || app2.metrics.render(&app2.db)).await {
+    match tokio::task::spawn_blocking(move || app2.metrics.render(&*app2.db)).await {
         Ok(body) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::exec::{NodeResult, Observer, Status};
 use crate::pipeline::Node;
 use crate::store::queue::JobState;
-use crate::store::state::StateDb;
+use crate::store::state::State;
 
 /// What became of a webhook delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition; job counts come from the database.
-    pub fn render(&self, db: &StateDb) -> String {
+    pub fn render(&self, db: &dyn State) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,

@@ -16,7 +16,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::blob::{BLOB_MODE, DIR_MODE, digest_reader};
-use super::state::{self, StateDb};
+use super::state::{self, SqliteState, State as _};
 use crate::plan::digest::Digest;
 use crate::plan::manifest::Manifest;
 
@@ -312,7 +312,7 @@ fn check_temp_files(dir: &Path, repair: bool, report: &mut FsckReport) {
 
 struct DbCheck {
     /// The database, when it is usable (sound, or rebuilt).
-    db: Option<StateDb>,
+    db: Option<SqliteState>,
     /// It was recreated empty: the refs come from the files and chains.
     rebuilt: bool,
     /// Refs read from the damaged database before it was moved aside.
@@ -330,14 +330,14 @@ fn check_database(dir: &Path, repair: bool, report: &mut FsckReport) -> anyhow::
         // Nothing ran here yet, or the file was deleted: with ref files
         // to restore, a repair recreates it.
         if repair && !state::ref_files(&dir.join("refs")).is_empty() {
-            out.db = Some(StateDb::open(&path)?);
+            out.db = Some(SqliteState::open(&path)?);
             out.rebuilt = true;
         }
         return Ok(out);
     }
     let damage = match state::damaged_db_reason(&path) {
         Some(reason) => Some(reason),
-        None => match StateDb::open(&path) {
+        None => match SqliteState::open(&path) {
             Ok(db) => match db.integrity_check() {
                 Ok(problems) if problems.is_empty() => {
                     out.db = Some(db);
@@ -375,7 +375,7 @@ fn check_database(dir: &Path, repair: bool, report: &mut FsckReport) -> anyhow::
                 })?;
             }
         }
-        out.db = Some(StateDb::open(&path)?);
+        out.db = Some(SqliteState::open(&path)?);
         out.rebuilt = true;
         report.database.repaired();
         report.problem(format!(
@@ -389,7 +389,7 @@ fn check_database(dir: &Path, repair: bool, report: &mut FsckReport) -> anyhow::
 // -- cache -------------------------------------------------------------------------
 
 fn check_cache(
-    db: &StateDb,
+    db: &SqliteState,
     blobs: &Blobs,
     repair: bool,
     report: &mut FsckReport,

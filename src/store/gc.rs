@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::blob::{BlobError, BlobInfo, BlobStore};
 use super::queue::Job;
-use super::state::{CacheBlobs, RunRecord, StateDb};
+use super::state::{CacheBlobs, RunRecord, State};
 use crate::plan::digest::Digest;
 use crate::plan::manifest::Manifest;
 
@@ -109,45 +109,6 @@ pub fn human_bytes(n: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-/// What gc asks of a state database: the SQLite one today, and whatever
-/// other backend implements it (the calls are the state's own, so each
-/// is one line).
-pub trait GcState {
-    fn ref_list(&self) -> anyhow::Result<Vec<(String, Option<Digest>)>>;
-    /// Every run, oldest first.
-    fn runs(&self) -> anyhow::Result<Vec<RunRecord>>;
-    fn cache_blobs(&self) -> anyhow::Result<Vec<CacheBlobs>>;
-    /// The jobs with a stored report, oldest first.
-    fn jobs_with_reports(&self) -> anyhow::Result<Vec<Job>>;
-    fn cache_forget_task(&self, task_key: &str) -> anyhow::Result<usize>;
-    fn runs_forget(&self, ids: &[i64]) -> anyhow::Result<usize>;
-    fn jobs_forget_reports(&self, ids: &[i64]) -> anyhow::Result<usize>;
-}
-
-impl GcState for StateDb {
-    fn ref_list(&self) -> anyhow::Result<Vec<(String, Option<Digest>)>> {
-        StateDb::ref_list(self)
-    }
-    fn runs(&self) -> anyhow::Result<Vec<RunRecord>> {
-        StateDb::runs(self)
-    }
-    fn cache_blobs(&self) -> anyhow::Result<Vec<CacheBlobs>> {
-        StateDb::cache_blobs(self)
-    }
-    fn jobs_with_reports(&self) -> anyhow::Result<Vec<Job>> {
-        StateDb::jobs_with_reports(self)
-    }
-    fn cache_forget_task(&self, task_key: &str) -> anyhow::Result<usize> {
-        StateDb::cache_forget_task(self, task_key)
-    }
-    fn runs_forget(&self, ids: &[i64]) -> anyhow::Result<usize> {
-        StateDb::runs_forget(self, ids)
-    }
-    fn jobs_forget_reports(&self, ids: &[i64]) -> anyhow::Result<usize> {
-        StateDb::jobs_forget_reports(self, ids)
-    }
-}
-
 /// What gc reads from one state database.
 #[derive(Debug, Clone, Default)]
 pub struct StateView {
@@ -163,7 +124,7 @@ pub struct StateView {
 
 impl StateView {
     /// Reads what gc needs from a state database.
-    pub fn read(name: String, db: &dyn GcState) -> anyhow::Result<StateView> {
+    pub fn read(name: String, db: &dyn State) -> anyhow::Result<StateView> {
         let context = || format!("cannot read the state database {name}");
         Ok(StateView {
             refs: db.ref_list().with_context(context)?,
@@ -430,7 +391,7 @@ const MAX_CHAIN: usize = 1_000_000;
 /// instead (a ref naming a missing or damaged manifest).
 pub fn gather(
     blobs: &dyn BlobStore,
-    states: &[(String, &dyn GcState)],
+    states: &[(String, &dyn State)],
     policy: &Policy,
     now: SystemTime,
     progress: &mut dyn FnMut(Step),
@@ -621,7 +582,7 @@ pub struct Applied {
 pub fn apply(
     plan: &Plan,
     blobs: &dyn BlobStore,
-    states: &[(String, &dyn GcState)],
+    states: &[(String, &dyn State)],
     progress: &mut dyn FnMut(Step),
     warnings: &mut Vec<String>,
 ) -> anyhow::Result<Applied> {
@@ -712,6 +673,7 @@ pub fn apply(
 mod tests {
     use super::*;
     use crate::plan::manifest::ManifestNode;
+    use crate::store::state::SqliteState;
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -1177,7 +1139,7 @@ mod tests {
             .state
             .cache_put(&d("k-stale"), &cache(stale))
             .unwrap();
-        let states = [("mem".to_string(), &*stores.state as &dyn GcState)];
+        let states = [("mem".to_string(), &*stores.state as &dyn State)];
         let policy = Policy {
             keep_runs: 1,
             grace: Duration::ZERO,
@@ -1278,14 +1240,14 @@ mod tests {
 
     /// Production, three branch runs with their tables, logs and cache
     /// entries, and two run pages of one lane.
-    fn populated(budget: usize) -> (Failing, StateDb) {
+    fn populated(budget: usize) -> (Failing, SqliteState) {
         use crate::store::queue::{JobKind, JobState, NewJob};
         use crate::store::state::CacheEntry;
         let blobs = Failing {
             inner: crate::store::blob::MemBlobStore::new(),
             budget: budget.into(),
         };
-        let db = StateDb::open_in_memory().unwrap();
+        let db = SqliteState::open_in_memory().unwrap();
         let manifest = |tag: &str, previous: Option<Digest>| {
             let out = blobs.put(format!("id\n{tag}\n").as_bytes()).unwrap();
             let log = blobs.put(format!("log {tag}\n").as_bytes()).unwrap();
@@ -1356,7 +1318,7 @@ mod tests {
     }
 
     /// Nothing in the state names a blob that is not stored.
-    fn nothing_dangles(blobs: &dyn BlobStore, db: &StateDb) {
+    fn nothing_dangles(blobs: &dyn BlobStore, db: &SqliteState) {
         for e in db.cache_blobs().unwrap() {
             assert!(e.output.is_some_and(|o| blobs.contains(&o)), "{e:?}");
             if let Some(log) = e.log {
@@ -1383,7 +1345,7 @@ mod tests {
         let later = SystemTime::now() + HOUR;
         let whole = {
             let (blobs, db) = populated(usize::MAX);
-            let states = [("mem".to_string(), &db as &dyn GcState)];
+            let states = [("mem".to_string(), &db as &dyn State)];
             let (_, plan) = gather(
                 &blobs,
                 &states,
@@ -1408,7 +1370,7 @@ mod tests {
         };
         for killed_after in 0..7 {
             let (blobs, db) = populated(killed_after);
-            let states = [("mem".to_string(), &db as &dyn GcState)];
+            let states = [("mem".to_string(), &db as &dyn State)];
             let (_, plan) = gather(
                 &blobs,
                 &states,
@@ -1456,7 +1418,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let blobs = LocalBlobStore::open(&dir.path().join("blobs")).unwrap();
-        let db = StateDb::open(&dir.path().join("state.db")).unwrap();
+        let db = SqliteState::open(&dir.path().join("state.db")).unwrap();
         // Written straight into the layout: a put fsyncs, which would
         // measure the disk, not gc.
         let write = |bytes: &[u8]| {
@@ -1514,7 +1476,7 @@ mod tests {
             db.cache_put(&d(&format!("old{i}")), &entry).unwrap();
         }
         db.conn().execute_batch("COMMIT").unwrap();
-        let states = [("state.db".to_string(), &db as &dyn GcState)];
+        let states = [("state.db".to_string(), &db as &dyn State)];
         let policy = Policy {
             keep_runs: 1,
             grace: Duration::ZERO,
@@ -1546,7 +1508,7 @@ mod tests {
     #[test]
     fn a_promotion_onto_a_doomed_table_during_gc_is_reported_with_the_remedy() {
         let (blobs, db) = populated(usize::MAX);
-        let states = [("mem".to_string(), &db as &dyn GcState)];
+        let states = [("mem".to_string(), &db as &dyn State)];
         let policy = Policy {
             keep_runs: 1,
             grace: Duration::ZERO,
@@ -1585,7 +1547,7 @@ mod tests {
 
         // Unmoved refs say nothing.
         let (blobs, db) = populated(usize::MAX);
-        let states = [("mem".to_string(), &db as &dyn GcState)];
+        let states = [("mem".to_string(), &db as &dyn State)];
         let (_, plan) = gather(
             &blobs,
             &states,
@@ -1606,7 +1568,7 @@ mod tests {
         use std::io::Write as _;
         let dir = tempfile::tempdir().unwrap();
         let blobs = LocalBlobStore::open(&dir.path().join("blobs")).unwrap();
-        let db = StateDb::open(&dir.path().join("state.db")).unwrap();
+        let db = SqliteState::open(&dir.path().join("state.db")).unwrap();
         let old = blobs.put(b"id\n1\n").unwrap();
         let gone = blobs.put(b"id\n2\n").unwrap();
         for d in [old, gone] {
@@ -1615,7 +1577,7 @@ mod tests {
                 .set_modified(SystemTime::now() - 2 * DEFAULT_GRACE)
                 .unwrap();
         }
-        let states = [("state.db".to_string(), &db as &dyn GcState)];
+        let states = [("state.db".to_string(), &db as &dyn State)];
         let (_, plan) = gather(
             &blobs,
             &states,

@@ -1,10 +1,12 @@
 //! Where sluice keeps what it computes: content-addressed blobs and the
-//! SQLite state database, in one state directory (`.sluice/` by default).
+//! state (SQLite in the state directory, `.sluice/` by default, or a
+//! team's PostgreSQL), and the local source-digest memo.
 
 pub mod blob;
 pub mod blob_cache;
 pub mod fsck;
 pub mod gc;
+pub mod pg;
 pub mod queue;
 pub mod s3;
 pub mod source;
@@ -19,7 +21,7 @@ use crate::plan::manifest::Manifest;
 use anyhow::Context;
 
 use blob::{BlobStore, LocalBlobStore, MemBlobStore};
-use state::StateDb;
+use state::{SqliteState, State};
 
 /// The state directory: the override (`--state-dir` / `SLUICE_STATE_DIR`,
 /// resolved by the caller) or `<repo>/.sluice`.
@@ -154,7 +156,11 @@ pub fn open_blobs(dir: &Path, options: &BlobOptions) -> anyhow::Result<Arc<dyn B
 #[derive(Clone)]
 pub struct Stores {
     pub blobs: Arc<dyn BlobStore>,
-    pub state: Arc<StateDb>,
+    /// The action cache, refs and runs: `memo` itself, or PostgreSQL.
+    pub state: Arc<dyn State>,
+    /// The local state database in the state directory: the source-digest
+    /// memo (this machine's files), whichever backend holds the state.
+    pub memo: Arc<SqliteState>,
     /// Parsed manifests by digest: content-addressed, so never stale. A
     /// run reads every pipeline's production manifest, and the daemon
     /// reads the same ones push after push.
@@ -205,11 +211,17 @@ impl Stores {
     /// Opens (creating on first use) the stores in `dir`: blobs under
     /// `dir/blobs`, the database at `dir/state.db`.
     pub fn open(dir: &Path) -> anyhow::Result<Stores> {
-        Stores::open_with(dir, &BlobOptions::default())
+        Stores::open_with(dir, &BlobOptions::default(), None)
     }
 
-    /// [`Stores::open`] with the blob store `blobs` names.
-    pub fn open_with(dir: &Path, blobs: &BlobOptions) -> anyhow::Result<Stores> {
+    /// [`Stores::open`] with the blob store `blobs` names, and the state
+    /// on PostgreSQL when `shared` is given (the local database then holds
+    /// only the source memo).
+    pub fn open_with(
+        dir: &Path,
+        blobs: &BlobOptions,
+        shared: Option<&pg::PgConnect>,
+    ) -> anyhow::Result<Stores> {
         if let Some(warning) = secure_dir(dir)? {
             warn(&warning);
         }
@@ -221,19 +233,26 @@ impl Stores {
                 .with_context(|| format!("cannot write {}", ignore.display()))?;
         }
         let blobs = open_blobs(dir, blobs)?;
-        let state = StateDb::open(&dir.join("state.db"))?;
+        let memo = Arc::new(SqliteState::open(&dir.join("state.db"))?);
+        let state: Arc<dyn State> = match shared {
+            Some(connect) => Arc::new(pg::PgState::open(connect, pg::CLI_SCHEMA)?),
+            None => Arc::clone(&memo) as Arc<dyn State>,
+        };
         Ok(Stores {
             blobs,
-            state: Arc::new(state),
+            state,
+            memo,
             manifests: Arc::default(),
         })
     }
 
     /// In-memory stores, for tests.
     pub fn in_memory() -> anyhow::Result<Stores> {
+        let memo = Arc::new(SqliteState::open_in_memory()?);
         Ok(Stores {
             blobs: Arc::new(MemBlobStore::new()),
-            state: Arc::new(StateDb::open_in_memory()?),
+            state: Arc::clone(&memo) as Arc<dyn State>,
+            memo,
             manifests: Arc::default(),
         })
     }

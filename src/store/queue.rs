@@ -6,7 +6,7 @@
 use anyhow::Context;
 use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
 
-use super::state::{StateDb, now_rfc3339};
+use super::state::{SqliteState, now_rfc3339};
 use crate::plan::digest::Digest;
 
 /// What started a job.
@@ -26,13 +26,15 @@ impl JobKind {
         }
     }
 
+    /// The kind stored as `s`.
+    pub fn from_name(s: &str) -> Option<JobKind> {
+        [JobKind::Push, JobKind::PullRequest, JobKind::Schedule]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+
     fn parse(s: &str) -> rusqlite::Result<JobKind> {
-        Ok(match s {
-            "push" => JobKind::Push,
-            "pull_request" => JobKind::PullRequest,
-            "schedule" => JobKind::Schedule,
-            _ => return Err(rusqlite::Error::InvalidQuery),
-        })
+        Self::from_name(s).ok_or(rusqlite::Error::InvalidQuery)
     }
 }
 
@@ -62,11 +64,13 @@ impl JobState {
         }
     }
 
+    /// The state stored as `s`.
+    pub fn from_name(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     fn parse(s: &str) -> rusqlite::Result<JobState> {
-        JobState::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or(rusqlite::Error::InvalidQuery)
+        Self::from_name(s).ok_or(rusqlite::Error::InvalidQuery)
     }
 }
 
@@ -104,7 +108,7 @@ pub struct Job {
     pub created_at: String,
 }
 
-/// What [`StateDb::enqueue`] did.
+/// What [`SqliteState::enqueue`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
     /// The delivery id was seen before: nothing changed.
@@ -153,7 +157,7 @@ fn job_from_row(r: &Row) -> rusqlite::Result<Job> {
     })
 }
 
-/// One job of [`StateDb::enqueue_many`], inside its transaction.
+/// One job of [`SqliteState::enqueue_many`], inside its transaction.
 fn enqueue_in(
     tx: &rusqlite::Transaction<'_>,
     job: &NewJob,
@@ -225,24 +229,11 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-impl StateDb {
-    /// Stores a job, unless `delivery` (its forge's delivery id) was seen
-    /// before. Older jobs of the same lane are superseded in the same
-    /// transaction.
-    pub fn enqueue(
-        &self,
-        job: &NewJob,
-        delivery: Option<(&str, &str)>,
-    ) -> anyhow::Result<Enqueued> {
-        self.enqueue_many(&[(job, delivery)])?
-            .pop()
-            .context("cannot store the job")
-    }
-
+impl SqliteState {
     /// [`Self::enqueue`] for several deliveries in one transaction (one
     /// commit for a burst of webhooks: group commit). All are stored, or
     /// none.
-    pub fn enqueue_many(
+    pub(super) fn enqueue_many(
         &self,
         batch: &[(&NewJob, Option<(&str, &str)>)],
     ) -> anyhow::Result<Vec<Enqueued>> {
@@ -259,7 +250,7 @@ impl StateDb {
 
     /// Takes the oldest queued job whose lane has nothing running, and
     /// marks it running.
-    pub fn claim_job(&self) -> anyhow::Result<Option<Job>> {
+    pub(super) fn claim_job(&self) -> anyhow::Result<Option<Job>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let job = tx
@@ -287,7 +278,7 @@ impl StateDb {
     }
 
     /// Ends a running job.
-    pub fn finish_job(
+    pub(super) fn finish_job(
         &self,
         id: i64,
         state: JobState,
@@ -311,7 +302,7 @@ impl StateDb {
 
     /// Puts a running job back in the queue (shutdown, or a crash found at
     /// start when `id` is `None`: every running job). Returns how many.
-    pub fn requeue_running(&self, id: Option<i64>) -> anyhow::Result<usize> {
+    pub(super) fn requeue_running(&self, id: Option<i64>) -> anyhow::Result<usize> {
         let conn = self.conn();
         let n = match id {
             Some(id) => conn.execute(
@@ -326,7 +317,7 @@ impl StateDb {
         Ok(n)
     }
 
-    pub fn job(&self, id: i64) -> anyhow::Result<Option<Job>> {
+    pub(super) fn job(&self, id: i64) -> anyhow::Result<Option<Job>> {
         Ok(self
             .conn()
             .query_row(
@@ -337,7 +328,7 @@ impl StateDb {
             .optional()?)
     }
 
-    pub fn job_by_run_id(&self, run_id: &str) -> anyhow::Result<Option<Job>> {
+    pub(super) fn job_by_run_id(&self, run_id: &str) -> anyhow::Result<Option<Job>> {
         Ok(self
             .conn()
             .query_row(
@@ -349,7 +340,7 @@ impl StateDb {
     }
 
     /// How many jobs are in each state.
-    pub fn job_counts(&self) -> anyhow::Result<Vec<(JobState, u64)>> {
+    pub(super) fn job_counts(&self) -> anyhow::Result<Vec<(JobState, u64)>> {
         let conn = self.conn();
         let mut out = Vec::new();
         for s in JobState::ALL {
@@ -366,7 +357,7 @@ impl StateDb {
     // -- outbox ---------------------------------------------------------------
 
     /// Queues a forge call, due now.
-    pub fn outbox_push(
+    pub(super) fn outbox_push(
         &self,
         repo: &str,
         job_id: i64,
@@ -386,7 +377,7 @@ impl StateDb {
     /// The next call that is due: the oldest pending one of its repository
     /// (calls of one repository go in order, so a failing one holds back
     /// those behind it), due at or before `now_ms`.
-    pub fn outbox_next(&self, now_ms: i64) -> anyhow::Result<Option<OutboxItem>> {
+    pub(super) fn outbox_next(&self, now_ms: i64) -> anyhow::Result<Option<OutboxItem>> {
         Ok(self
             .conn()
             .query_row(
@@ -410,7 +401,7 @@ impl StateDb {
     }
 
     /// When the earliest pending call is due, if any.
-    pub fn outbox_next_due(&self) -> anyhow::Result<Option<i64>> {
+    pub(super) fn outbox_next_due(&self) -> anyhow::Result<Option<i64>> {
         Ok(self.conn().query_row(
             "SELECT MIN(next_at_ms) FROM outbox WHERE state = 'pending'",
             [],
@@ -418,7 +409,7 @@ impl StateDb {
         )?)
     }
 
-    pub fn outbox_done(&self, id: i64) -> anyhow::Result<()> {
+    pub(super) fn outbox_done(&self, id: i64) -> anyhow::Result<()> {
         self.conn().execute(
             "UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL WHERE id = ?1",
             [id],
@@ -427,7 +418,7 @@ impl StateDb {
     }
 
     /// Tries `id` again at `next_at_ms`.
-    pub fn outbox_retry(&self, id: i64, next_at_ms: i64, error: &str) -> anyhow::Result<()> {
+    pub(super) fn outbox_retry(&self, id: i64, next_at_ms: i64, error: &str) -> anyhow::Result<()> {
         self.conn().execute(
             "UPDATE outbox SET attempts = attempts + 1, next_at_ms = ?2, last_error = ?3 WHERE id = ?1",
             params![id, next_at_ms, error],
@@ -436,7 +427,7 @@ impl StateDb {
     }
 
     /// Gives up on `id`.
-    pub fn outbox_drop(&self, id: i64, error: &str) -> anyhow::Result<()> {
+    pub(super) fn outbox_drop(&self, id: i64, error: &str) -> anyhow::Result<()> {
         self.conn().execute(
             "UPDATE outbox SET state = 'dropped', attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
             params![id, error],
@@ -444,7 +435,7 @@ impl StateDb {
         Ok(())
     }
 
-    pub fn outbox_pending(&self) -> anyhow::Result<u64> {
+    pub(super) fn outbox_pending(&self) -> anyhow::Result<u64> {
         let n: i64 = self.conn().query_row(
             "SELECT COUNT(*) FROM outbox WHERE state = 'pending'",
             [],
@@ -455,7 +446,7 @@ impl StateDb {
 
     // -- comments -------------------------------------------------------------
 
-    pub fn comment_id(&self, repo: &str, pr: u64) -> anyhow::Result<Option<u64>> {
+    pub(super) fn comment_id(&self, repo: &str, pr: u64) -> anyhow::Result<Option<u64>> {
         Ok(self
             .conn()
             .query_row(
@@ -467,7 +458,7 @@ impl StateDb {
             .map(|n| n as u64))
     }
 
-    pub fn set_comment_id(&self, repo: &str, pr: u64, id: u64) -> anyhow::Result<()> {
+    pub(super) fn set_comment_id(&self, repo: &str, pr: u64, id: u64) -> anyhow::Result<()> {
         self.conn().execute(
             "INSERT INTO comments (repo, pr, comment_id) VALUES (?1, ?2, ?3)
              ON CONFLICT (repo, pr) DO UPDATE SET comment_id = excluded.comment_id",
@@ -479,9 +470,9 @@ impl StateDb {
 
 // -- for `sluice gc` (store::gc) ---------------------------------------------
 
-impl StateDb {
+impl SqliteState {
     /// Every job that has a stored report, oldest first.
-    pub fn jobs_with_reports(&self) -> anyhow::Result<Vec<Job>> {
+    pub(super) fn jobs_with_reports(&self) -> anyhow::Result<Vec<Job>> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(&format!(
@@ -498,7 +489,7 @@ impl StateDb {
 
     /// Forgets the reports of these jobs (their blobs are being
     /// collected): their run pages then say the job's state only.
-    pub fn jobs_forget_reports(&self, ids: &[i64]) -> anyhow::Result<usize> {
+    pub(super) fn jobs_forget_reports(&self, ids: &[i64]) -> anyhow::Result<usize> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut n = 0;
@@ -535,83 +526,93 @@ mod tests {
 
     #[test]
     fn a_delivery_is_queued_once() {
-        let db = StateDb::open_in_memory().unwrap();
-        let first = db
-            .enqueue(&job("refs/heads/b", "a", "r1"), Some(("d1", "push")))
-            .unwrap();
-        assert!(matches!(first, Enqueued::Queued { .. }));
-        let again = db
-            .enqueue(&job("refs/heads/b", "a", "r2"), Some(("d1", "push")))
-            .unwrap();
-        assert_eq!(again, Enqueued::Duplicate);
-        assert_eq!(db.job_counts().unwrap()[0], (JobState::Queued, 1));
+        for db in crate::store::pg::both_backends() {
+            let db = &*db;
+            let first = db
+                .enqueue(&job("refs/heads/b", "a", "r1"), Some(("d1", "push")))
+                .unwrap();
+            assert!(matches!(first, Enqueued::Queued { .. }));
+            let again = db
+                .enqueue(&job("refs/heads/b", "a", "r2"), Some(("d1", "push")))
+                .unwrap();
+            assert_eq!(again, Enqueued::Duplicate);
+            assert_eq!(db.job_counts().unwrap()[0], (JobState::Queued, 1));
+        }
     }
 
     #[test]
     fn a_newer_push_supersedes_queued_and_marks_running() {
-        let db = StateDb::open_in_memory().unwrap();
-        db.enqueue(&job("refs/heads/b", "a", "r1"), None).unwrap();
-        let running = db.claim_job().unwrap().unwrap();
-        assert_eq!(running.sha, "a");
-        db.enqueue(&job("refs/heads/b", "b", "r2"), None).unwrap();
-        let Enqueued::Queued {
-            superseded, cancel, ..
-        } = db.enqueue(&job("refs/heads/b", "c", "r3"), None).unwrap()
-        else {
-            panic!("not queued")
-        };
-        assert_eq!(
-            superseded
-                .iter()
-                .map(|j| j.sha.as_str())
-                .collect::<Vec<_>>(),
-            ["b"]
-        );
-        assert_eq!(cancel, vec![running.id]);
-        // The lane is busy until the running job ends.
-        assert_eq!(db.claim_job().unwrap(), None);
-        db.finish_job(running.id, JobState::Superseded, Some("cancelled"), None)
-            .unwrap();
-        assert_eq!(db.claim_job().unwrap().unwrap().sha, "c");
+        for db in crate::store::pg::both_backends() {
+            let db = &*db;
+            db.enqueue(&job("refs/heads/b", "a", "r1"), None).unwrap();
+            let running = db.claim_job().unwrap().unwrap();
+            assert_eq!(running.sha, "a");
+            db.enqueue(&job("refs/heads/b", "b", "r2"), None).unwrap();
+            let Enqueued::Queued {
+                superseded, cancel, ..
+            } = db.enqueue(&job("refs/heads/b", "c", "r3"), None).unwrap()
+            else {
+                panic!("not queued")
+            };
+            assert_eq!(
+                superseded
+                    .iter()
+                    .map(|j| j.sha.as_str())
+                    .collect::<Vec<_>>(),
+                ["b"]
+            );
+            assert_eq!(cancel, vec![running.id]);
+            // The lane is busy until the running job ends.
+            assert_eq!(db.claim_job().unwrap(), None);
+            db.finish_job(running.id, JobState::Superseded, Some("cancelled"), None)
+                .unwrap();
+            assert_eq!(db.claim_job().unwrap().unwrap().sha, "c");
+        }
     }
 
     #[test]
     fn lanes_run_side_by_side_and_running_jobs_requeue() {
-        let db = StateDb::open_in_memory().unwrap();
-        db.enqueue(&job("refs/heads/a", "1", "r1"), None).unwrap();
-        db.enqueue(&job("refs/heads/b", "2", "r2"), None).unwrap();
-        assert!(db.claim_job().unwrap().is_some());
-        assert!(db.claim_job().unwrap().is_some());
-        assert_eq!(db.requeue_running(None).unwrap(), 2);
-        assert_eq!(db.claim_job().unwrap().unwrap().sha, "1");
+        for db in crate::store::pg::both_backends() {
+            let db = &*db;
+            db.enqueue(&job("refs/heads/a", "1", "r1"), None).unwrap();
+            db.enqueue(&job("refs/heads/b", "2", "r2"), None).unwrap();
+            assert!(db.claim_job().unwrap().is_some());
+            assert!(db.claim_job().unwrap().is_some());
+            assert_eq!(db.requeue_running(None).unwrap(), 2);
+            assert_eq!(db.claim_job().unwrap().unwrap().sha, "1");
+        }
     }
 
     #[test]
     fn outbox_keeps_order_per_repo() {
-        let db = StateDb::open_in_memory().unwrap();
-        let a1 = db.outbox_push("a", 1, "status", "1").unwrap();
-        let a2 = db.outbox_push("a", 1, "status", "2").unwrap();
-        let b1 = db.outbox_push("b", 2, "status", "3").unwrap();
-        let now = now_ms();
-        assert_eq!(db.outbox_next(now).unwrap().unwrap().id, a1);
-        // a1 fails and waits: a2 must not overtake it, b1 may.
-        db.outbox_retry(a1, now + 60_000, "500").unwrap();
-        assert_eq!(db.outbox_next(now).unwrap().unwrap().id, b1);
-        db.outbox_done(b1).unwrap();
-        assert_eq!(db.outbox_next(now).unwrap(), None);
-        assert_eq!(db.outbox_next(now + 60_000).unwrap().unwrap().id, a1);
-        db.outbox_done(a1).unwrap();
-        assert_eq!(db.outbox_next(now).unwrap().unwrap().id, a2);
-        assert_eq!(db.outbox_pending().unwrap(), 1);
+        for db in crate::store::pg::both_backends() {
+            let db = &*db;
+            let a1 = db.outbox_push("a", 1, "status", "1").unwrap();
+            let a2 = db.outbox_push("a", 1, "status", "2").unwrap();
+            let b1 = db.outbox_push("b", 2, "status", "3").unwrap();
+            let now = now_ms();
+            assert_eq!(db.outbox_next(now).unwrap().unwrap().id, a1);
+            // a1 fails and waits: a2 must not overtake it, b1 may.
+            db.outbox_retry(a1, now + 60_000, "500").unwrap();
+            assert_eq!(db.outbox_next(now).unwrap().unwrap().id, b1);
+            db.outbox_done(b1).unwrap();
+            assert_eq!(db.outbox_next(now).unwrap(), None);
+            assert_eq!(db.outbox_next(now + 60_000).unwrap().unwrap().id, a1);
+            db.outbox_done(a1).unwrap();
+            assert_eq!(db.outbox_next(now).unwrap().unwrap().id, a2);
+            assert_eq!(db.outbox_pending().unwrap(), 1);
+        }
     }
 
     #[test]
     fn comment_ids_are_remembered() {
-        let db = StateDb::open_in_memory().unwrap();
-        assert_eq!(db.comment_id("r", 7).unwrap(), None);
-        db.set_comment_id("r", 7, 42).unwrap();
-        db.set_comment_id("r", 7, 43).unwrap();
-        assert_eq!(db.comment_id("r", 7).unwrap(), Some(43));
+        for db in crate::store::pg::both_backends() {
+            let db = &*db;
+            assert_eq!(db.comment_id("r", 7).unwrap(), None);
+            db.set_comment_id("r", 7, 42).unwrap();
+            db.set_comment_id("r", 7, 43).unwrap();
+            assert_eq!(db.comment_id("r", 7).unwrap(), Some(43));
+        }
     }
 }
 
@@ -619,12 +620,13 @@ mod tests {
 #[allow(clippy::unwrap_used)]
 mod timing {
     use super::*;
+    use crate::store::state::State as _;
 
     #[test]
     #[ignore = "a measurement: cargo test --release --lib enqueue_timing -- --ignored --nocapture"]
     fn enqueue_timing() {
         let tmp = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&tmp.path().join("daemon.db")).unwrap();
+        let db = SqliteState::open(&tmp.path().join("daemon.db")).unwrap();
         let t = std::time::Instant::now();
         let jobs: Vec<NewJob> = (0..200)
             .map(|i| NewJob {

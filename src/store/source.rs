@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::blob::digest_reader;
-use super::state::{SourceStat, StateDb};
+use super::state::{SourceStat, SqliteState};
 use crate::plan::digest::Digest;
 
 /// A file modified this recently is not memoised: file systems keep
@@ -31,14 +31,14 @@ pub enum SourceError {
 /// The SHA-256 of the file at `path`: from the memo when its size, mtime
 /// and inode are unchanged (without reading it), else by streaming it and
 /// memoising the result.
-pub fn source_digest(db: &StateDb, path: &Path) -> Result<Digest, SourceError> {
+pub fn source_digest(db: &SqliteState, path: &Path) -> Result<Digest, SourceError> {
     source_digest_with(db, path, |file| digest_reader(file).map(|(d, _)| d))
 }
 
 /// `source_digest` with the hashing injected, so tests can count reads and
 /// modify the file mid-hash.
 fn source_digest_with(
-    db: &StateDb,
+    db: &SqliteState,
     path: &Path,
     hash: impl FnOnce(&File) -> io::Result<Digest>,
 ) -> Result<Digest, SourceError> {
@@ -142,7 +142,7 @@ mod tests {
     #[test]
     fn a_second_call_reads_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open_in_memory().unwrap();
+        let db = SqliteState::open_in_memory().unwrap();
         let path = dir.path().join("patients.csv");
         let mtime = old_file(&path, b"id\n1\n");
         let reads = Cell::new(0);
@@ -165,7 +165,7 @@ mod tests {
     #[test]
     fn a_changed_file_is_hashed_again() {
         let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open_in_memory().unwrap();
+        let db = SqliteState::open_in_memory().unwrap();
         let path = dir.path().join("labs.csv");
         let mtime = old_file(&path, b"a\n1\n");
         let v1 = source_digest(&db, &path).unwrap();
@@ -192,7 +192,7 @@ mod tests {
     #[test]
     fn a_just_written_file_is_not_memoised() {
         let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open_in_memory().unwrap();
+        let db = SqliteState::open_in_memory().unwrap();
         let path = dir.path().join("fresh.csv");
         fs::write(&path, b"x\n").unwrap();
         let reads = Cell::new(0);
@@ -209,7 +209,7 @@ mod tests {
     #[test]
     fn a_file_modified_while_hashing_is_not_memoised() {
         let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open_in_memory().unwrap();
+        let db = SqliteState::open_in_memory().unwrap();
         let path = dir.path().join("growing.log");
         old_file(&path, b"line 1\n");
         let digest = source_digest_with(&db, &path, |mut file| {
@@ -237,7 +237,7 @@ mod tests {
     #[test]
     fn missing_files_and_directories_are_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open_in_memory().unwrap();
+        let db = SqliteState::open_in_memory().unwrap();
         let missing = source_digest(&db, &dir.path().join("nope.csv")).unwrap_err();
         assert!(
             matches!(&missing, SourceError::Io(e) if e.kind() == io::ErrorKind::NotFound),

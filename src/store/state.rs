@@ -1,5 +1,7 @@
-//! The SQLite state database: the action cache, refs, runs and the
-//! source-digest memo, with versioned migrations applied at open.
+//! The state: the [`State`] trait (action cache, refs, runs, the daemon's
+//! queue) and its SQLite implementation, [`SqliteState`], which also
+//! holds the local source-digest memo, with versioned migrations applied
+//! at open. PostgreSQL's is in `store::pg`.
 //!
 //! One connection sits behind a mutex: SQLite serialises writers anyway,
 //! and every statement here is short. WAL lets other processes (a second
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::queue::{Enqueued, Job, JobState, NewJob, OutboxItem};
 use crate::plan::digest::Digest;
 
 /// Migrations in order; migration `i` takes the schema from version `i`
@@ -80,11 +83,160 @@ pub struct SourceStat {
     pub inode: u64,
 }
 
+/// The state that runs and the daemon share: the action cache, refs,
+/// runs, and the daemon's deliveries, jobs, outbox and comment ids. Two
+/// implementations: [`SqliteState`], one file in the state directory (the
+/// default), and [`super::pg::PgState`], a team's PostgreSQL. Everything
+/// holds it as `Arc<dyn State>`. The source-digest memo is not here: it
+/// describes this machine's files, so it stays in the local
+/// [`SqliteState`] of each worker.
+pub trait State: Send + Sync + std::fmt::Debug {
+    /// The schema version recorded in the database.
+    fn schema_version(&self) -> anyhow::Result<u32>;
+
+    // -- action cache
+
+    /// Looks up a task.
+    fn cache_get(&self, task_key: &Digest) -> anyhow::Result<Option<CacheEntry>>;
+    /// Looks up several tasks, in order. A backend across the network
+    /// answers them in one round trip (PostgreSQL).
+    fn cache_get_many(&self, task_keys: &[Digest]) -> anyhow::Result<Vec<Option<CacheEntry>>> {
+        task_keys.iter().map(|k| self.cache_get(k)).collect()
+    }
+    /// Whether [`Self::cache_get_many`] saves round trips, so that a run
+    /// should look up a wave of ready nodes at once.
+    fn batches_lookups(&self) -> bool {
+        false
+    }
+    /// Inserts or replaces the entry for `task_key`.
+    fn cache_put(&self, task_key: &Digest, entry: &CacheEntry) -> anyhow::Result<()>;
+    /// Holds one read snapshot for a run's lookups while the guard lives,
+    /// where the backend gains from it (SQLite); a no-op elsewhere.
+    fn begin_cache_reads(&self) -> CacheReadGuard<'_> {
+        CacheReadGuard::inactive()
+    }
+    /// Drops every cache entry whose output is `output` (a blob found
+    /// damaged), so the next run recomputes those nodes.
+    fn cache_forget_output(&self, output: &Digest) -> anyhow::Result<usize>;
+    /// Every cache entry's task key, output and log blob, as stored (a
+    /// field that does not parse as a digest is `None`).
+    fn cache_blobs(&self) -> anyhow::Result<Vec<CacheBlobs>>;
+    /// Drops the entry stored under this task key (as stored, parsed or not).
+    fn cache_forget_task(&self, task_key: &str) -> anyhow::Result<usize>;
+
+    // -- refs
+
+    fn ref_get(&self, name: &str) -> anyhow::Result<Option<Digest>>;
+    /// Every ref, by name; a value that does not parse is `None`.
+    fn ref_list(&self) -> anyhow::Result<Vec<(String, Option<Digest>)>>;
+    fn ref_delete(&self, name: &str) -> anyhow::Result<()>;
+    /// Points `name` at `manifest` unconditionally.
+    fn ref_set(&self, name: &str, manifest: &Digest) -> anyhow::Result<()>;
+    /// Points `name` at `new` only if it currently points at `expected`
+    /// (`None`: only if it does not exist), atomically against every other
+    /// process. Returns whether it moved.
+    fn ref_compare_and_set(
+        &self,
+        name: &str,
+        expected: Option<&Digest>,
+        new: &Digest,
+    ) -> anyhow::Result<bool>;
+
+    // -- runs
+
+    /// Records a run and returns its id.
+    fn record_run(
+        &self,
+        pipeline: &str,
+        manifest: &Digest,
+        commit: Option<&str>,
+        git_ref: Option<&str>,
+        failed: bool,
+    ) -> anyhow::Result<i64>;
+    /// The newest run of `pipeline`.
+    fn last_run(&self, pipeline: &str) -> anyhow::Result<Option<RunRecord>>;
+    /// Every recorded run, oldest first.
+    fn runs(&self) -> anyhow::Result<Vec<RunRecord>>;
+    /// Deletes the run records with these ids (`sluice gc` collects their
+    /// manifests); returns how many were deleted.
+    fn runs_forget(&self, ids: &[i64]) -> anyhow::Result<usize>;
+
+    // -- the daemon's queue (see `store::queue`)
+
+    /// Stores a job, unless `delivery` (its forge's delivery id) was seen
+    /// before. Older jobs of the same lane are superseded in the same
+    /// transaction.
+    fn enqueue(&self, job: &NewJob, delivery: Option<(&str, &str)>) -> anyhow::Result<Enqueued> {
+        self.enqueue_many(&[(job, delivery)])?
+            .pop()
+            .context("cannot store the job")
+    }
+    /// [`Self::enqueue`] for several deliveries in one transaction (group
+    /// commit). All are stored, or none.
+    fn enqueue_many(
+        &self,
+        batch: &[(&NewJob, Option<(&str, &str)>)],
+    ) -> anyhow::Result<Vec<Enqueued>>;
+    /// Takes the oldest queued job whose lane has nothing running, and
+    /// marks it running.
+    fn claim_job(&self) -> anyhow::Result<Option<Job>>;
+    /// Ends a running job.
+    fn finish_job(
+        &self,
+        id: i64,
+        state: JobState,
+        outcome: Option<&str>,
+        report: Option<&Digest>,
+    ) -> anyhow::Result<()>;
+    /// Puts a running job back in the queue (shutdown, or a crash found at
+    /// start when `id` is `None`: every running job). Returns how many.
+    fn requeue_running(&self, id: Option<i64>) -> anyhow::Result<usize>;
+    fn job(&self, id: i64) -> anyhow::Result<Option<Job>>;
+    fn job_by_run_id(&self, run_id: &str) -> anyhow::Result<Option<Job>>;
+    /// How many jobs are in each state.
+    fn job_counts(&self) -> anyhow::Result<Vec<(JobState, u64)>>;
+    /// Queues a forge call, due now.
+    fn outbox_push(
+        &self,
+        repo: &str,
+        job_id: i64,
+        kind: &str,
+        payload: &str,
+    ) -> anyhow::Result<i64>;
+    /// The next call that is due: the oldest pending one of its repository
+    /// (calls of one repository go in order, so a failing one holds back
+    /// those behind it), due at or before `now_ms`.
+    fn outbox_next(&self, now_ms: i64) -> anyhow::Result<Option<OutboxItem>>;
+    /// When the earliest pending call is due, if any.
+    fn outbox_next_due(&self) -> anyhow::Result<Option<i64>>;
+    fn outbox_done(&self, id: i64) -> anyhow::Result<()>;
+    /// Tries `id` again at `next_at_ms`.
+    fn outbox_retry(&self, id: i64, next_at_ms: i64, error: &str) -> anyhow::Result<()>;
+    /// Gives up on `id`.
+    fn outbox_drop(&self, id: i64, error: &str) -> anyhow::Result<()>;
+    fn outbox_pending(&self) -> anyhow::Result<u64>;
+    fn comment_id(&self, repo: &str, pr: u64) -> anyhow::Result<Option<u64>>;
+    fn set_comment_id(&self, repo: &str, pr: u64, id: u64) -> anyhow::Result<()>;
+    /// Every job that has a stored report, oldest first (`sluice gc`).
+    fn jobs_with_reports(&self) -> anyhow::Result<Vec<Job>>;
+    /// Forgets the reports of these jobs (`sluice gc` collects their
+    /// blobs): their run pages then say the job's state only.
+    fn jobs_forget_reports(&self, ids: &[i64]) -> anyhow::Result<usize>;
+
+    /// A handle with a connection of its own, for a thread whose writes
+    /// someone is waiting on (the daemon's deliveries), when sharing this
+    /// one would make it wait behind other threads. `None`: share this one
+    /// (a backend with a pool of connections).
+    fn own_connection(&self) -> Option<anyhow::Result<std::sync::Arc<dyn State>>> {
+        None
+    }
+}
+
 /// The state database.
-pub struct StateDb {
+pub struct SqliteState {
     conn: Mutex<Connection>,
     /// A read-only connection holding one read transaction while runs
-    /// look up the cache (see [`StateDb::begin_cache_reads`]).
+    /// look up the cache (see [`SqliteState::begin_cache_reads`]).
     cache_reads: Mutex<Option<CacheReads>>,
     path: Option<PathBuf>,
     /// Where the production refs are mirrored as files (`<dir>/refs`,
@@ -92,7 +244,7 @@ pub struct StateDb {
     refs_dir: Option<PathBuf>,
 }
 
-/// The read-only connection of [`StateDb::begin_cache_reads`].
+/// The read-only connection of [`SqliteState::begin_cache_reads`].
 struct CacheReads {
     users: usize,
     conn: Connection,
@@ -101,17 +253,26 @@ struct CacheReads {
 /// Ends a run's share of the cache-read snapshot when dropped.
 #[must_use]
 pub struct CacheReadGuard<'a> {
-    db: &'a StateDb,
+    db: Option<&'a SqliteState>,
     active: bool,
+}
+
+impl CacheReadGuard<'_> {
+    /// A guard that holds nothing (backends without a snapshot).
+    pub fn inactive() -> Self {
+        CacheReadGuard {
+            db: None,
+            active: false,
+        }
+    }
 }
 
 impl Drop for CacheReadGuard<'_> {
     fn drop(&mut self) {
-        if !self.active {
+        let Some(db) = self.db.filter(|_| self.active) else {
             return;
-        }
-        let mut reads = self
-            .db
+        };
+        let mut reads = db
             .cache_reads
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
@@ -370,20 +531,22 @@ pub fn remove_ref_file(refs_dir: &Path, name: &str) -> anyhow::Result<()> {
     }
 }
 
-impl std::fmt::Debug for StateDb {
+impl std::fmt::Debug for SqliteState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateDb").field("path", &self.path).finish()
+        f.debug_struct("SqliteState")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
-impl StateDb {
+impl SqliteState {
     /// Opens (creating it and its directory if needed) the database at
     /// `path` and brings its schema up to date.
     ///
     /// An existing file that is empty or not a database is refused, never
     /// silently replaced by a new one: that would lose the production
     /// refs. `sluice fsck --repair` moves it aside and rebuilds them.
-    pub fn open(path: &Path) -> anyhow::Result<StateDb> {
+    pub fn open(path: &Path) -> anyhow::Result<SqliteState> {
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -400,7 +563,7 @@ impl StateDb {
                 path.display()
             );
         }
-        let opened = (|| -> anyhow::Result<StateDb> {
+        let opened = (|| -> anyhow::Result<SqliteState> {
             let conn = Connection::open(path)
                 .with_context(|| format!("cannot open the state database {}", path.display()))?;
             conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -433,11 +596,11 @@ impl StateDb {
     }
 
     /// A private in-memory database, for tests.
-    pub fn open_in_memory() -> anyhow::Result<StateDb> {
+    pub fn open_in_memory() -> anyhow::Result<SqliteState> {
         Self::init(Connection::open_in_memory()?, None)
     }
 
-    fn init(mut conn: Connection, path: Option<PathBuf>) -> anyhow::Result<StateDb> {
+    fn init(mut conn: Connection, path: Option<PathBuf>) -> anyhow::Result<SqliteState> {
         // NORMAL is durable across application crashes in WAL mode; a
         // power cut may roll back the last few commits, which leaves the
         // database consistent, only slightly older (lost cache entries are
@@ -448,7 +611,7 @@ impl StateDb {
             .as_deref()
             .map_or_else(|| "(in memory)".to_string(), |p| p.display().to_string());
         migrate(&mut conn).with_context(|| format!("state database {shown}"))?;
-        Ok(StateDb {
+        Ok(SqliteState {
             conn: Mutex::new(conn),
             cache_reads: Mutex::new(None),
             path,
@@ -495,220 +658,11 @@ impl StateDb {
         self.path.as_deref()
     }
 
-    /// The schema version recorded in the database.
-    pub fn schema_version(&self) -> anyhow::Result<u32> {
-        Ok(user_version(&self.conn())?)
-    }
-
     /// A statement that panicked cannot leave a half-done write behind
     /// (SQLite rolls back an unfinished transaction), so a lock poisoned
     /// by a panicking thread is safe to reuse.
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    // -- action cache -------------------------------------------------------
-
-    /// Looks up a task. While a run holds [`Self::begin_cache_reads`], a
-    /// hit is read from its snapshot; a miss is looked up again in the
-    /// present (another run, or this one, may have computed it since).
-    pub fn cache_get(&self, task_key: &Digest) -> anyhow::Result<Option<CacheEntry>> {
-        let key = task_key.to_string();
-        {
-            let reads = self
-                .cache_reads
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(r) = reads.as_ref()
-                && let Ok(Some(row)) = cache_row(&r.conn, &key)
-            {
-                return cache_entry(task_key, row).map(Some);
-            }
-        }
-        match cache_row(&self.conn(), &key)? {
-            Some(row) => cache_entry(task_key, row).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// Opens one read transaction for the cache lookups of a run, until
-    /// the guard is dropped: a no-op run looks up every node, and one
-    /// snapshot spares each lookup its own transaction and WAL locks.
-    /// Runs that overlap share it (the newest refreshes it). A database
-    /// that cannot open a second connection (in memory) goes on without.
-    pub fn begin_cache_reads(&self) -> CacheReadGuard<'_> {
-        let mut reads = self
-            .cache_reads
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let fresh = match reads.take() {
-            Some(mut r) => {
-                // A fresh snapshot for the newcomer.
-                let restarted =
-                    r.conn.execute_batch("COMMIT; BEGIN").is_ok() && snapshot(&r.conn).is_ok();
-                r.users += 1;
-                restarted.then_some(r)
-            }
-            None => self.path.as_deref().and_then(|path| {
-                let conn = Connection::open_with_flags(
-                    path,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )
-                .ok()?;
-                conn.busy_timeout(BUSY_TIMEOUT).ok()?;
-                conn.execute_batch("BEGIN").ok()?;
-                snapshot(&conn).ok()?;
-                Some(CacheReads { users: 1, conn })
-            }),
-        };
-        let active = fresh.is_some();
-        *reads = fresh;
-        CacheReadGuard { db: self, active }
-    }
-
-    /// Drops every cache entry whose output is `output` (a blob found
-    /// damaged), so the next run recomputes those nodes.
-    pub fn cache_forget_output(&self, output: &Digest) -> anyhow::Result<usize> {
-        let n = self
-            .conn()
-            .execute(
-                "DELETE FROM action_cache WHERE output = ?1",
-                [output.to_string()],
-            )
-            .context("cannot update the action cache")?;
-        // A snapshot taken before must not serve the dropped entries.
-        if let Some(r) = self
-            .cache_reads
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
-            let _ = r.conn.execute_batch("COMMIT; BEGIN");
-            let _ = snapshot(&r.conn);
-        }
-        Ok(n)
-    }
-
-    /// Every cache entry's task key, output and log blob, as stored (a
-    /// field that does not parse as a digest is `None`).
-    pub fn cache_blobs(&self) -> anyhow::Result<Vec<CacheBlobs>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT task_key, output, log FROM action_cache ORDER BY task_key")
-            .context("cannot read the action cache")?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                ))
-            })
-            .context("cannot read the action cache")?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (task_key, output, log) = row.context("cannot read the action cache")?;
-            out.push(CacheBlobs {
-                output: output.parse().ok(),
-                log: log.map(|l| l.parse().ok()),
-                task_key,
-            });
-        }
-        Ok(out)
-    }
-
-    /// Drops the entry stored under this task key (as stored, parsed or not).
-    pub fn cache_forget_task(&self, task_key: &str) -> anyhow::Result<usize> {
-        self.conn()
-            .execute("DELETE FROM action_cache WHERE task_key = ?1", [task_key])
-            .context("cannot update the action cache")
-    }
-
-    /// Inserts or replaces the entry for `task_key`.
-    pub fn cache_put(&self, task_key: &Digest, entry: &CacheEntry) -> anyhow::Result<()> {
-        let columns = serde_json::to_string(&entry.columns)?;
-        let rows = sql_int(entry.rows, "row count")?;
-        let duration_ms = sql_int(entry.duration_ms, "duration")?;
-        self.conn()
-            .execute(
-                "INSERT OR REPLACE INTO action_cache
-                 (task_key, output, rows, columns, log, duration_ms, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    task_key.to_string(),
-                    entry.output.to_string(),
-                    rows,
-                    columns,
-                    entry.log.map(|l| l.to_string()),
-                    duration_ms,
-                    now_rfc3339(),
-                ],
-            )
-            .context("cannot write the action cache")?;
-        Ok(())
-    }
-
-    // -- refs ---------------------------------------------------------------
-
-    pub fn ref_get(&self, name: &str) -> anyhow::Result<Option<Digest>> {
-        let text: Option<String> = self
-            .conn()
-            .query_row("SELECT manifest FROM refs WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()
-            .with_context(|| format!("cannot read ref {name}"))?;
-        text.map(|t| t.parse().with_context(|| format!("ref {name} is corrupt")))
-            .transpose()
-    }
-
-    /// Every ref, by name; a value that does not parse is `None`.
-    pub fn ref_list(&self) -> anyhow::Result<Vec<(String, Option<Digest>)>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT name, manifest FROM refs ORDER BY name")
-            .context("cannot read the refs")?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .context("cannot read the refs")?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (name, manifest) = row.context("cannot read the refs")?;
-            out.push((name, manifest.parse().ok()));
-        }
-        Ok(out)
-    }
-
-    /// Deletes a ref (and its file).
-    pub fn ref_delete(&self, name: &str) -> anyhow::Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute("DELETE FROM refs WHERE name = ?1", [name])
-            .with_context(|| format!("cannot delete ref {name}"))?;
-        if let Some(dir) = &self.refs_dir {
-            remove_ref_file(dir, name)?;
-        }
-        tx.commit()
-            .with_context(|| format!("cannot delete ref {name}"))?;
-        Ok(())
-    }
-
-    /// Points `name` at `manifest` unconditionally.
-    pub fn ref_set(&self, name: &str, manifest: &Digest) -> anyhow::Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO refs (name, manifest, updated_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (name) DO UPDATE
-             SET manifest = excluded.manifest, updated_at = excluded.updated_at",
-            params![name, manifest.to_string(), now_rfc3339()],
-        )
-        .with_context(|| format!("cannot set ref {name}"))?;
-        self.mirror_ref(name, manifest)?;
-        tx.commit()
-            .with_context(|| format!("cannot set ref {name}"))?;
-        Ok(())
     }
 
     /// Writes the ref's file while the caller holds the write lock, so
@@ -719,96 +673,6 @@ impl StateDb {
             Some(dir) => write_ref_file(dir, name, manifest),
             None => Ok(()),
         }
-    }
-
-    /// Points `name` at `new` only if it currently points at `expected`
-    /// (`None`: only if it does not exist). Returns whether it moved. Each
-    /// branch is a single statement, which SQLite runs atomically even
-    /// against other processes, so two promotions cannot both win.
-    pub fn ref_compare_and_set(
-        &self,
-        name: &str,
-        expected: Option<&Digest>,
-        new: &Digest,
-    ) -> anyhow::Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let changed = match expected {
-            None => tx.execute(
-                "INSERT INTO refs (name, manifest, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name) DO NOTHING",
-                params![name, new.to_string(), now_rfc3339()],
-            ),
-            Some(old) => tx.execute(
-                "UPDATE refs SET manifest = ?2, updated_at = ?3
-                 WHERE name = ?1 AND manifest = ?4",
-                params![name, new.to_string(), now_rfc3339(), old.to_string()],
-            ),
-        }
-        .with_context(|| format!("cannot update ref {name}"))?;
-        if changed == 1 {
-            self.mirror_ref(name, new)?;
-        }
-        tx.commit()
-            .with_context(|| format!("cannot update ref {name}"))?;
-        Ok(changed == 1)
-    }
-
-    // -- runs ---------------------------------------------------------------
-
-    /// Records a run and returns its id.
-    pub fn record_run(
-        &self,
-        pipeline: &str,
-        manifest: &Digest,
-        commit: Option<&str>,
-        git_ref: Option<&str>,
-        failed: bool,
-    ) -> anyhow::Result<i64> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO runs (pipeline, manifest, commit_id, git_ref, created_at, failed)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                pipeline,
-                manifest.to_string(),
-                commit,
-                git_ref,
-                now_rfc3339(),
-                failed
-            ],
-        )
-        .with_context(|| format!("cannot record a run of {pipeline}"))?;
-        Ok(conn.last_insert_rowid())
-    }
-
-    /// The newest run of `pipeline`.
-    pub fn last_run(&self, pipeline: &str) -> anyhow::Result<Option<RunRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE pipeline = ?1 ORDER BY id DESC LIMIT 1"
-            ))
-            .with_context(|| format!("cannot read the runs of {pipeline}"))?;
-        let row = stmt
-            .query_row([pipeline], run_row)
-            .optional()
-            .with_context(|| format!("cannot read the runs of {pipeline}"))?;
-        row.map(run_record).transpose()
-    }
-
-    /// Every recorded run, oldest first.
-    pub fn runs(&self) -> anyhow::Result<Vec<RunRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id"))
-            .context("cannot read the runs")?;
-        let rows = stmt
-            .query_map([], run_row)
-            .context("cannot read the runs")?
-            .collect::<Result<Vec<_>, _>>()
-            .context("cannot read the runs")?;
-        rows.into_iter().map(run_record).collect()
     }
 
     // -- source memo --------------------------------------------------------
@@ -860,6 +724,427 @@ impl StateDb {
             )
             .context("cannot write the source-digest memo")?;
         Ok(())
+    }
+}
+
+impl State for SqliteState {
+    /// The schema version recorded in the database.
+    fn schema_version(&self) -> anyhow::Result<u32> {
+        Ok(user_version(&self.conn())?)
+    }
+
+    // -- action cache -------------------------------------------------------
+
+    /// Looks up a task. While a run holds [`Self::begin_cache_reads`], a
+    /// hit is read from its snapshot; a miss is looked up again in the
+    /// present (another run, or this one, may have computed it since).
+    fn cache_get(&self, task_key: &Digest) -> anyhow::Result<Option<CacheEntry>> {
+        let key = task_key.to_string();
+        {
+            let reads = self
+                .cache_reads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(r) = reads.as_ref()
+                && let Ok(Some(row)) = cache_row(&r.conn, &key)
+            {
+                return cache_entry(task_key, row).map(Some);
+            }
+        }
+        match cache_row(&self.conn(), &key)? {
+            Some(row) => cache_entry(task_key, row).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Opens one read transaction for the cache lookups of a run, until
+    /// the guard is dropped: a no-op run looks up every node, and one
+    /// snapshot spares each lookup its own transaction and WAL locks.
+    /// Runs that overlap share it (the newest refreshes it). A database
+    /// that cannot open a second connection (in memory) goes on without.
+    fn begin_cache_reads(&self) -> CacheReadGuard<'_> {
+        let mut reads = self
+            .cache_reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let fresh = match reads.take() {
+            Some(mut r) => {
+                // A fresh snapshot for the newcomer.
+                let restarted =
+                    r.conn.execute_batch("COMMIT; BEGIN").is_ok() && snapshot(&r.conn).is_ok();
+                r.users += 1;
+                restarted.then_some(r)
+            }
+            None => self.path.as_deref().and_then(|path| {
+                let conn = Connection::open_with_flags(
+                    path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .ok()?;
+                conn.busy_timeout(BUSY_TIMEOUT).ok()?;
+                conn.execute_batch("BEGIN").ok()?;
+                snapshot(&conn).ok()?;
+                Some(CacheReads { users: 1, conn })
+            }),
+        };
+        let active = fresh.is_some();
+        *reads = fresh;
+        CacheReadGuard {
+            db: Some(self),
+            active,
+        }
+    }
+
+    /// Drops every cache entry whose output is `output` (a blob found
+    /// damaged), so the next run recomputes those nodes.
+    fn cache_forget_output(&self, output: &Digest) -> anyhow::Result<usize> {
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM action_cache WHERE output = ?1",
+                [output.to_string()],
+            )
+            .context("cannot update the action cache")?;
+        // A snapshot taken before must not serve the dropped entries.
+        if let Some(r) = self
+            .cache_reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            let _ = r.conn.execute_batch("COMMIT; BEGIN");
+            let _ = snapshot(&r.conn);
+        }
+        Ok(n)
+    }
+
+    /// Every cache entry's task key, output and log blob, as stored (a
+    /// field that does not parse as a digest is `None`).
+    fn cache_blobs(&self) -> anyhow::Result<Vec<CacheBlobs>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT task_key, output, log FROM action_cache ORDER BY task_key")
+            .context("cannot read the action cache")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })
+            .context("cannot read the action cache")?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (task_key, output, log) = row.context("cannot read the action cache")?;
+            out.push(CacheBlobs {
+                output: output.parse().ok(),
+                log: log.map(|l| l.parse().ok()),
+                task_key,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Drops the entry stored under this task key (as stored, parsed or not).
+    fn cache_forget_task(&self, task_key: &str) -> anyhow::Result<usize> {
+        self.conn()
+            .execute("DELETE FROM action_cache WHERE task_key = ?1", [task_key])
+            .context("cannot update the action cache")
+    }
+
+    /// Inserts or replaces the entry for `task_key`.
+    fn cache_put(&self, task_key: &Digest, entry: &CacheEntry) -> anyhow::Result<()> {
+        let columns = serde_json::to_string(&entry.columns)?;
+        let rows = sql_int(entry.rows, "row count")?;
+        let duration_ms = sql_int(entry.duration_ms, "duration")?;
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO action_cache
+                 (task_key, output, rows, columns, log, duration_ms, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    task_key.to_string(),
+                    entry.output.to_string(),
+                    rows,
+                    columns,
+                    entry.log.map(|l| l.to_string()),
+                    duration_ms,
+                    now_rfc3339(),
+                ],
+            )
+            .context("cannot write the action cache")?;
+        Ok(())
+    }
+
+    // -- refs ---------------------------------------------------------------
+
+    fn ref_get(&self, name: &str) -> anyhow::Result<Option<Digest>> {
+        let text: Option<String> = self
+            .conn()
+            .query_row("SELECT manifest FROM refs WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .with_context(|| format!("cannot read ref {name}"))?;
+        text.map(|t| t.parse().with_context(|| format!("ref {name} is corrupt")))
+            .transpose()
+    }
+
+    /// Every ref, by name; a value that does not parse is `None`.
+    fn ref_list(&self) -> anyhow::Result<Vec<(String, Option<Digest>)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT name, manifest FROM refs ORDER BY name")
+            .context("cannot read the refs")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .context("cannot read the refs")?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, manifest) = row.context("cannot read the refs")?;
+            out.push((name, manifest.parse().ok()));
+        }
+        Ok(out)
+    }
+
+    /// Deletes a ref (and its file).
+    fn ref_delete(&self, name: &str) -> anyhow::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM refs WHERE name = ?1", [name])
+            .with_context(|| format!("cannot delete ref {name}"))?;
+        if let Some(dir) = &self.refs_dir {
+            remove_ref_file(dir, name)?;
+        }
+        tx.commit()
+            .with_context(|| format!("cannot delete ref {name}"))?;
+        Ok(())
+    }
+
+    /// Points `name` at `manifest` unconditionally.
+    fn ref_set(&self, name: &str, manifest: &Digest) -> anyhow::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO refs (name, manifest, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE
+             SET manifest = excluded.manifest, updated_at = excluded.updated_at",
+            params![name, manifest.to_string(), now_rfc3339()],
+        )
+        .with_context(|| format!("cannot set ref {name}"))?;
+        self.mirror_ref(name, manifest)?;
+        tx.commit()
+            .with_context(|| format!("cannot set ref {name}"))?;
+        Ok(())
+    }
+
+    /// Points `name` at `new` only if it currently points at `expected`
+    /// (`None`: only if it does not exist). Returns whether it moved. Each
+    /// branch is a single statement, which SQLite runs atomically even
+    /// against other processes, so two promotions cannot both win.
+    fn ref_compare_and_set(
+        &self,
+        name: &str,
+        expected: Option<&Digest>,
+        new: &Digest,
+    ) -> anyhow::Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = match expected {
+            None => tx.execute(
+                "INSERT INTO refs (name, manifest, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO NOTHING",
+                params![name, new.to_string(), now_rfc3339()],
+            ),
+            Some(old) => tx.execute(
+                "UPDATE refs SET manifest = ?2, updated_at = ?3
+                 WHERE name = ?1 AND manifest = ?4",
+                params![name, new.to_string(), now_rfc3339(), old.to_string()],
+            ),
+        }
+        .with_context(|| format!("cannot update ref {name}"))?;
+        if changed == 1 {
+            self.mirror_ref(name, new)?;
+        }
+        tx.commit()
+            .with_context(|| format!("cannot update ref {name}"))?;
+        Ok(changed == 1)
+    }
+
+    // -- runs ---------------------------------------------------------------
+
+    /// Records a run and returns its id.
+    fn record_run(
+        &self,
+        pipeline: &str,
+        manifest: &Digest,
+        commit: Option<&str>,
+        git_ref: Option<&str>,
+        failed: bool,
+    ) -> anyhow::Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO runs (pipeline, manifest, commit_id, git_ref, created_at, failed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                pipeline,
+                manifest.to_string(),
+                commit,
+                git_ref,
+                now_rfc3339(),
+                failed
+            ],
+        )
+        .with_context(|| format!("cannot record a run of {pipeline}"))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// The newest run of `pipeline`.
+    fn last_run(&self, pipeline: &str) -> anyhow::Result<Option<RunRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE pipeline = ?1 ORDER BY id DESC LIMIT 1"
+            ))
+            .with_context(|| format!("cannot read the runs of {pipeline}"))?;
+        let row = stmt
+            .query_row([pipeline], run_row)
+            .optional()
+            .with_context(|| format!("cannot read the runs of {pipeline}"))?;
+        row.map(run_record).transpose()
+    }
+
+    /// Every recorded run, oldest first.
+    fn runs(&self) -> anyhow::Result<Vec<RunRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id"))
+            .context("cannot read the runs")?;
+        let rows = stmt
+            .query_map([], run_row)
+            .context("cannot read the runs")?
+            .collect::<Result<Vec<_>, _>>()
+            .context("cannot read the runs")?;
+        rows.into_iter().map(run_record).collect()
+    }
+
+    // -- the daemon's queue: in `store::queue`
+
+    fn enqueue_many(
+        &self,
+        batch: &[(&NewJob, Option<(&str, &str)>)],
+    ) -> anyhow::Result<Vec<Enqueued>> {
+        SqliteState::enqueue_many(self, batch)
+    }
+
+    fn claim_job(&self) -> anyhow::Result<Option<Job>> {
+        SqliteState::claim_job(self)
+    }
+
+    fn finish_job(
+        &self,
+        id: i64,
+        state: JobState,
+        outcome: Option<&str>,
+        report: Option<&Digest>,
+    ) -> anyhow::Result<()> {
+        SqliteState::finish_job(self, id, state, outcome, report)
+    }
+
+    fn requeue_running(&self, id: Option<i64>) -> anyhow::Result<usize> {
+        SqliteState::requeue_running(self, id)
+    }
+
+    fn job(&self, id: i64) -> anyhow::Result<Option<Job>> {
+        SqliteState::job(self, id)
+    }
+
+    fn job_by_run_id(&self, run_id: &str) -> anyhow::Result<Option<Job>> {
+        SqliteState::job_by_run_id(self, run_id)
+    }
+
+    fn jobs_with_reports(&self) -> anyhow::Result<Vec<Job>> {
+        SqliteState::jobs_with_reports(self)
+    }
+
+    fn jobs_forget_reports(&self, ids: &[i64]) -> anyhow::Result<usize> {
+        SqliteState::jobs_forget_reports(self, ids)
+    }
+
+    fn runs_forget(&self, ids: &[i64]) -> anyhow::Result<usize> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut n = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached("DELETE FROM runs WHERE id = ?1")
+                .context("cannot delete runs")?;
+            for id in ids {
+                n += stmt.execute([id]).context("cannot delete runs")?;
+            }
+        }
+        tx.commit().context("cannot delete runs")?;
+        Ok(n)
+    }
+
+    fn job_counts(&self) -> anyhow::Result<Vec<(JobState, u64)>> {
+        SqliteState::job_counts(self)
+    }
+
+    fn outbox_push(
+        &self,
+        repo: &str,
+        job_id: i64,
+        kind: &str,
+        payload: &str,
+    ) -> anyhow::Result<i64> {
+        SqliteState::outbox_push(self, repo, job_id, kind, payload)
+    }
+
+    fn outbox_next(&self, now_ms: i64) -> anyhow::Result<Option<OutboxItem>> {
+        SqliteState::outbox_next(self, now_ms)
+    }
+
+    fn outbox_next_due(&self) -> anyhow::Result<Option<i64>> {
+        SqliteState::outbox_next_due(self)
+    }
+
+    fn outbox_done(&self, id: i64) -> anyhow::Result<()> {
+        SqliteState::outbox_done(self, id)
+    }
+
+    fn outbox_retry(&self, id: i64, next_at_ms: i64, error: &str) -> anyhow::Result<()> {
+        SqliteState::outbox_retry(self, id, next_at_ms, error)
+    }
+
+    fn outbox_drop(&self, id: i64, error: &str) -> anyhow::Result<()> {
+        SqliteState::outbox_drop(self, id, error)
+    }
+
+    fn outbox_pending(&self) -> anyhow::Result<u64> {
+        SqliteState::outbox_pending(self)
+    }
+
+    fn comment_id(&self, repo: &str, pr: u64) -> anyhow::Result<Option<u64>> {
+        SqliteState::comment_id(self, repo, pr)
+    }
+
+    fn set_comment_id(&self, repo: &str, pr: u64, id: u64) -> anyhow::Result<()> {
+        SqliteState::set_comment_id(self, repo, pr, id)
+    }
+
+    /// Its own connection to the same file, retrying a busy database
+    /// eagerly; `None` in memory.
+    fn own_connection(&self) -> Option<anyhow::Result<std::sync::Arc<dyn State>>> {
+        let path = self.path.as_deref()?;
+        Some(SqliteState::open(path).map(|own| {
+            if let Err(e) = own.eager_busy_wait() {
+                tracing::debug!("cannot set the connection's busy handler: {e}");
+            }
+            std::sync::Arc::new(own) as std::sync::Arc<dyn State>
+        }))
     }
 }
 
@@ -975,28 +1260,6 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (y, m as u32, d as u32)
 }
 
-// -- for `sluice gc` (store::gc) ---------------------------------------------
-
-impl StateDb {
-    /// Deletes the run records with these ids (their manifests are being
-    /// collected); returns how many were deleted.
-    pub fn runs_forget(&self, ids: &[i64]) -> anyhow::Result<usize> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut n = 0;
-        {
-            let mut stmt = tx
-                .prepare_cached("DELETE FROM runs WHERE id = ?1")
-                .context("cannot delete runs")?;
-            for id in ids {
-                n += stmt.execute([id]).context("cannot delete runs")?;
-            }
-        }
-        tx.commit().context("cannot delete runs")?;
-        Ok(n)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1010,11 +1273,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/state.db");
         {
-            let db = StateDb::open(&path).unwrap();
+            let db = SqliteState::open(&path).unwrap();
             assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
             db.ref_set("production/p", &d("m1")).unwrap();
         }
-        let db = StateDb::open(&path).unwrap();
+        let db = SqliteState::open(&path).unwrap();
         assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
         assert_eq!(db.ref_get("production/p").unwrap(), Some(d("m1")));
 
@@ -1030,12 +1293,12 @@ mod tests {
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        drop(StateDb::open(&path).unwrap());
+        drop(SqliteState::open(&path).unwrap());
         Connection::open(&path)
             .unwrap()
             .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .unwrap();
-        let err = format!("{:#}", StateDb::open(&path).unwrap_err());
+        let err = format!("{:#}", SqliteState::open(&path).unwrap_err());
         assert!(err.contains("newer"), "{err}");
         assert!(err.contains(&path.display().to_string()), "{err}");
     }
@@ -1045,7 +1308,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         std::thread::scope(|s| {
-            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| StateDb::open(&path))).collect();
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| SqliteState::open(&path)))
+                .collect();
             for h in handles {
                 let db = h.join().unwrap().unwrap();
                 assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
@@ -1058,7 +1323,10 @@ mod tests {
         // As two processes would: separate connections to one file.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        let dbs = [StateDb::open(&path).unwrap(), StateDb::open(&path).unwrap()];
+        let dbs = [
+            SqliteState::open(&path).unwrap(),
+            SqliteState::open(&path).unwrap(),
+        ];
         std::thread::scope(|s| {
             for db in &dbs {
                 s.spawn(move || {
@@ -1075,30 +1343,55 @@ mod tests {
 
     #[test]
     fn cache_round_trips_and_replaces() {
-        let db = StateDb::open_in_memory().unwrap();
-        let key = d("task");
-        assert_eq!(db.cache_get(&key).unwrap(), None);
-        let mut entry = CacheEntry {
-            output: d("out"),
-            rows: 42,
-            columns: vec!["patient_id".into(), "npi, \"quoted\"".into()],
-            log: None,
-            duration_ms: 7,
-        };
-        db.cache_put(&key, &entry).unwrap();
-        assert_eq!(db.cache_get(&key).unwrap(), Some(entry.clone()));
-        entry.log = Some(d("log"));
-        entry.rows = 0;
-        entry.columns.clear();
-        db.cache_put(&key, &entry).unwrap();
-        assert_eq!(db.cache_get(&key).unwrap(), Some(entry));
-        assert_eq!(db.cache_get(&d("other")).unwrap(), None);
+        for db in crate::store::pg::both_backends() {
+            let db = &*db;
+            let key = d("task");
+            assert_eq!(db.cache_get(&key).unwrap(), None);
+            let mut entry = CacheEntry {
+                output: d("out"),
+                rows: 42,
+                columns: vec!["patient_id".into(), "npi, \"quoted\"".into()],
+                log: None,
+                duration_ms: 7,
+            };
+            db.cache_put(&key, &entry).unwrap();
+            assert_eq!(db.cache_get(&key).unwrap(), Some(entry.clone()));
+            entry.log = Some(d("log"));
+            entry.rows = 0;
+            entry.columns.clear();
+            db.cache_put(&key, &entry).unwrap();
+            assert_eq!(db.cache_get(&key).unwrap(), Some(entry));
+            assert_eq!(db.cache_get(&d("other")).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn cache_get_many_answers_in_order() {
+        for db in crate::store::pg::both_backends() {
+            let entry = |n: u64| CacheEntry {
+                output: d(&format!("out{n}")),
+                rows: n,
+                columns: vec!["id".into()],
+                log: None,
+                duration_ms: 0,
+            };
+            db.cache_put(&d("a"), &entry(1)).unwrap();
+            db.cache_put(&d("c"), &entry(3)).unwrap();
+            let got = db
+                .cache_get_many(&[d("c"), d("b"), d("a"), d("c")])
+                .unwrap();
+            assert_eq!(
+                got,
+                vec![Some(entry(3)), None, Some(entry(1)), Some(entry(3))]
+            );
+            assert!(db.cache_get_many(&[]).unwrap().is_empty());
+        }
     }
 
     #[test]
     fn cache_reads_share_one_snapshot_and_still_see_new_entries() {
         let tmp = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&tmp.path().join("state.db")).unwrap();
+        let db = SqliteState::open(&tmp.path().join("state.db")).unwrap();
         let entry = |out: &str| CacheEntry {
             output: d(out),
             rows: 1,
@@ -1127,7 +1420,7 @@ mod tests {
         drop(guard);
         assert!(db.cache_reads.lock().unwrap().is_none());
         assert!(
-            !StateDb::open_in_memory()
+            !SqliteState::open_in_memory()
                 .unwrap()
                 .begin_cache_reads()
                 .active
@@ -1136,32 +1429,34 @@ mod tests {
 
     #[test]
     fn refs_and_compare_and_set() {
-        let db = StateDb::open_in_memory().unwrap();
-        let r = "production/clinics";
-        assert_eq!(db.ref_get(r).unwrap(), None);
+        for db in crate::store::pg::both_backends() {
+            let db = &*db;
+            let r = "production/clinics";
+            assert_eq!(db.ref_get(r).unwrap(), None);
 
-        // Absent: only `expected = None` wins.
-        assert!(!db.ref_compare_and_set(r, Some(&d("x")), &d("m1")).unwrap());
-        assert_eq!(db.ref_get(r).unwrap(), None);
-        assert!(db.ref_compare_and_set(r, None, &d("m1")).unwrap());
-        assert_eq!(db.ref_get(r).unwrap(), Some(d("m1")));
+            // Absent: only `expected = None` wins.
+            assert!(!db.ref_compare_and_set(r, Some(&d("x")), &d("m1")).unwrap());
+            assert_eq!(db.ref_get(r).unwrap(), None);
+            assert!(db.ref_compare_and_set(r, None, &d("m1")).unwrap());
+            assert_eq!(db.ref_get(r).unwrap(), Some(d("m1")));
 
-        // Present: `None` and a stale expectation both lose.
-        assert!(!db.ref_compare_and_set(r, None, &d("m2")).unwrap());
-        assert!(!db.ref_compare_and_set(r, Some(&d("x")), &d("m2")).unwrap());
-        assert_eq!(db.ref_get(r).unwrap(), Some(d("m1")));
-        assert!(db.ref_compare_and_set(r, Some(&d("m1")), &d("m2")).unwrap());
-        assert_eq!(db.ref_get(r).unwrap(), Some(d("m2")));
+            // Present: `None` and a stale expectation both lose.
+            assert!(!db.ref_compare_and_set(r, None, &d("m2")).unwrap());
+            assert!(!db.ref_compare_and_set(r, Some(&d("x")), &d("m2")).unwrap());
+            assert_eq!(db.ref_get(r).unwrap(), Some(d("m1")));
+            assert!(db.ref_compare_and_set(r, Some(&d("m1")), &d("m2")).unwrap());
+            assert_eq!(db.ref_get(r).unwrap(), Some(d("m2")));
 
-        db.ref_set(r, &d("m3")).unwrap();
-        assert_eq!(db.ref_get(r).unwrap(), Some(d("m3")));
-        assert_eq!(db.ref_get("production/other").unwrap(), None);
+            db.ref_set(r, &d("m3")).unwrap();
+            assert_eq!(db.ref_get(r).unwrap(), Some(d("m3")));
+            assert_eq!(db.ref_get("production/other").unwrap(), None);
+        }
     }
 
     #[test]
     fn production_refs_are_mirrored_in_files() {
         let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("state.db")).unwrap();
+        let db = SqliteState::open(&dir.path().join("state.db")).unwrap();
         let refs = dir.path().join("refs");
         let r = "production/clinics/a";
         assert!(db.ref_compare_and_set(r, None, &d("m1")).unwrap());
@@ -1192,83 +1487,103 @@ mod tests {
         let path = dir.path().join("state.db");
         // A brand-new store's empty file (a crash before the header) is fine.
         std::fs::write(&path, b"").unwrap();
-        drop(StateDb::open(&path).unwrap());
-        let db = StateDb::open(&path).unwrap();
+        drop(SqliteState::open(&path).unwrap());
+        let db = SqliteState::open(&path).unwrap();
         db.ref_set("production/p", &d("m1")).unwrap();
         drop(db);
 
         std::fs::write(&path, b"").unwrap();
-        let err = format!("{:#}", StateDb::open(&path).unwrap_err());
+        let err = format!("{:#}", SqliteState::open(&path).unwrap_err());
         assert!(err.contains("is empty"), "{err}");
         assert!(err.contains("sluice fsck --repair"), "{err}");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "left as it was");
 
         std::fs::write(&path, vec![b'x'; 4096]).unwrap();
-        let err = format!("{:#}", StateDb::open(&path).unwrap_err());
+        let err = format!("{:#}", SqliteState::open(&path).unwrap_err());
         assert!(err.contains("not a SQLite database"), "{err}");
         assert!(err.contains("sluice fsck --repair"), "{err}");
     }
 
     #[test]
     fn cache_blobs_lists_and_forgets_entries() {
-        let db = StateDb::open_in_memory().unwrap();
-        let entry = CacheEntry {
-            output: d("out"),
-            rows: 1,
-            columns: vec![],
-            log: Some(d("log")),
-            duration_ms: 1,
-        };
-        db.cache_put(&d("k"), &entry).unwrap();
-        let all = db.cache_blobs().unwrap();
-        assert_eq!(
-            all,
-            vec![CacheBlobs {
-                task_key: d("k").to_string(),
-                output: Some(d("out")),
-                log: Some(Some(d("log"))),
-            }]
-        );
-        assert_eq!(db.cache_forget_task(&d("k").to_string()).unwrap(), 1);
-        assert!(db.cache_blobs().unwrap().is_empty());
+        for db in crate::store::pg::both_backends() {
+            let db = &*db;
+            let entry = CacheEntry {
+                output: d("out"),
+                rows: 1,
+                columns: vec![],
+                log: Some(d("log")),
+                duration_ms: 1,
+            };
+            db.cache_put(&d("k"), &entry).unwrap();
+            let all = db.cache_blobs().unwrap();
+            assert_eq!(
+                all,
+                vec![CacheBlobs {
+                    task_key: d("k").to_string(),
+                    output: Some(d("out")),
+                    log: Some(Some(d("log"))),
+                }]
+            );
+            assert_eq!(db.cache_forget_task(&d("k").to_string()).unwrap(), 1);
+            assert!(db.cache_blobs().unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_sound_database_passes_the_integrity_check() {
+        let db = SqliteState::open_in_memory().unwrap();
+        db.cache_put(
+            &d("k"),
+            &CacheEntry {
+                output: d("out"),
+                rows: 1,
+                columns: vec![],
+                log: None,
+                duration_ms: 1,
+            },
+        )
+        .unwrap();
         assert!(db.integrity_check().unwrap().is_empty());
     }
 
     #[test]
     fn runs_round_trip_and_last_is_newest() {
-        let db = StateDb::open_in_memory().unwrap();
-        assert_eq!(db.last_run("p").unwrap(), None);
-        let a = db
-            .record_run("p", &d("m1"), Some("abc123"), Some("main"), false)
-            .unwrap();
-        let q = db.record_run("q", &d("mq"), None, None, false).unwrap();
-        let b = db.record_run("p", &d("m2"), None, None, true).unwrap();
-        assert!(a < q && q < b);
-        let last = db.last_run("p").unwrap().unwrap();
-        assert_eq!(last.id, b);
-        assert_eq!(last.pipeline, "p");
-        assert_eq!(last.manifest, d("m2"));
-        assert_eq!(last.commit, None);
-        assert!(last.failed);
-        assert_eq!(last.created_at.len(), "2024-01-01T00:00:00Z".len());
-        let q_run = db.last_run("q").unwrap().unwrap();
-        assert_eq!(
-            (q_run.id, q_run.manifest, q_run.failed),
-            (q, d("mq"), false)
-        );
-        let all = db.runs().unwrap();
-        assert_eq!(
-            all.iter().map(|r| r.id).collect::<Vec<_>>(),
-            vec![a, q, b],
-            "runs lists every run, oldest first"
-        );
-        assert_eq!(all[0].git_ref.as_deref(), Some("main"));
-        assert_eq!(all[0].commit.as_deref(), Some("abc123"));
+        for db in crate::store::pg::both_backends() {
+            let db = &*db;
+            assert_eq!(db.last_run("p").unwrap(), None);
+            let a = db
+                .record_run("p", &d("m1"), Some("abc123"), Some("main"), false)
+                .unwrap();
+            let q = db.record_run("q", &d("mq"), None, None, false).unwrap();
+            let b = db.record_run("p", &d("m2"), None, None, true).unwrap();
+            assert!(a < q && q < b);
+            let last = db.last_run("p").unwrap().unwrap();
+            assert_eq!(last.id, b);
+            assert_eq!(last.pipeline, "p");
+            assert_eq!(last.manifest, d("m2"));
+            assert_eq!(last.commit, None);
+            assert!(last.failed);
+            assert_eq!(last.created_at.len(), "2024-01-01T00:00:00Z".len());
+            let q_run = db.last_run("q").unwrap().unwrap();
+            assert_eq!(
+                (q_run.id, q_run.manifest, q_run.failed),
+                (q, d("mq"), false)
+            );
+            let all = db.runs().unwrap();
+            assert_eq!(
+                all.iter().map(|r| r.id).collect::<Vec<_>>(),
+                vec![a, q, b],
+                "runs lists every run, oldest first"
+            );
+            assert_eq!(all[0].git_ref.as_deref(), Some("main"));
+            assert_eq!(all[0].commit.as_deref(), Some("abc123"));
+        }
     }
 
     #[test]
     fn memo_hits_only_when_size_mtime_and_inode_match() {
-        let db = StateDb::open_in_memory().unwrap();
+        let db = SqliteState::open_in_memory().unwrap();
         let stat = SourceStat {
             path: PathBuf::from("/data/clinic_a/patients.csv"),
             size: 1 << 40,
@@ -1303,7 +1618,7 @@ mod tests {
     #[test]
     fn non_utf8_paths_are_not_memoised() {
         use std::os::unix::ffi::OsStrExt;
-        let db = StateDb::open_in_memory().unwrap();
+        let db = SqliteState::open_in_memory().unwrap();
         let stat = SourceStat {
             path: PathBuf::from(std::ffi::OsStr::from_bytes(b"/data/\xff.csv")),
             size: 1,
@@ -1376,6 +1691,6 @@ mod tests {
     #[test]
     fn state_db_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
-        assert_send_sync::<StateDb>();
+        assert_send_sync::<SqliteState>();
     }
 }

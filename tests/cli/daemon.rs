@@ -119,6 +119,8 @@ impl Daemon {
             .args(["serve", "--config", config.to_str().unwrap()])
             .env("SLUICE_TEST_SECRET", SECRET)
             .env("SLUICE_TEST_TOKEN", TOKEN)
+            // For a config with `state = "postgresql://…"`.
+            .env("PGPASSWORD", crate::pg_cluster::PASSWORD)
             .env_remove("SLUICE_STATE_DIR")
             .env_remove("SLUICE_DATA_ROOT")
             .stdout(Stdio::piped())
@@ -324,9 +326,35 @@ const CONTEXTS: [&str; 2] = ["sluice/clinics/a", "sluice/clinics/b"];
 
 #[test]
 fn push_then_pull_request_statuses_and_one_comment_edited_in_place() {
+    push_then_pull_request("");
+}
+
+/// The same with the queue and the state on PostgreSQL.
+#[test]
+fn push_then_pull_request_with_the_state_on_postgresql() {
+    let db = crate::pg_cluster::cluster().fresh_db();
+    push_then_pull_request(&format!("state = \"{}\"", db.url));
+    let count = |sql: &str| -> i64 {
+        crate::pg_cluster::cluster().query(&db.name, sql)[0]
+            .parse()
+            .unwrap()
+    };
+    assert!(count("SELECT count(*) FROM sluice_daemon.jobs WHERE state = 'done'") >= 2);
+    assert!(count("SELECT count(*) FROM sluice_daemon.outbox WHERE state = 'done'") >= 4);
+    let repos = crate::pg_cluster::cluster().query(
+        &db.name,
+        "SELECT schema_name FROM information_schema.schemata \
+         WHERE schema_name LIKE 'sluice_repo_%'",
+    );
+    assert_eq!(repos.len(), 1, "{repos:?}");
+    let refs = count(&format!("SELECT count(*) FROM {}.refs", repos[0]));
+    assert_eq!(refs, 2, "main promoted both clinics");
+}
+
+fn push_then_pull_request(extra: &str) {
     let origin = Origin::new();
     let forge = FakeForgeServer::start();
-    let d = Daemon::start(&origin, &forge, "");
+    let d = Daemon::start(&origin, &forge, extra);
     let main_sha = origin.work.git(&["rev-parse", "HEAD"]);
 
     // A push to main: statuses per pipeline, pending then success, and

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use sluice::plan::digest::Digest;
 use sluice::store::blob::{BlobStore, LocalBlobStore};
 use sluice::store::queue::{JobKind, JobState, NewJob};
-use sluice::store::state::StateDb;
+use sluice::store::state::{SqliteState, State as _};
 
 use crate::util::{Repo, Run};
 
@@ -290,7 +290,7 @@ fn the_daemon_store_keeps_what_any_repository_needs() {
     let store = s.join("blobs");
     let blobs = LocalBlobStore::open(&store).unwrap();
     // Two run-page reports of one lane and one log only the newer names.
-    let daemon = StateDb::open(&s.join("daemon.db")).unwrap();
+    let daemon = SqliteState::open(&s.join("daemon.db")).unwrap();
     let log = blobs.put(b"the log of a command node\n").unwrap();
     let mut reports = Vec::new();
     for (i, with_log) in [(1, false), (2, true)] {
@@ -379,7 +379,7 @@ fn the_daemon_store_keeps_what_any_repository_needs() {
     );
     assert_eq!(v["deleted"]["blobs"], 2, "{v}");
     assert_eq!(v["dropped"]["reports"], 1, "{v}");
-    let daemon = StateDb::open(&s.join("daemon.db")).unwrap();
+    let daemon = SqliteState::open(&s.join("daemon.db")).unwrap();
     assert_eq!(daemon.job(reports[0].0).unwrap().unwrap().report, None);
     assert_eq!(
         daemon.job(reports[1].0).unwrap().unwrap().report,

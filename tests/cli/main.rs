@@ -16,6 +16,9 @@ mod gc;
 mod git_truth;
 mod hooks;
 mod moto;
+#[path = "../../src/store/pg/testing.rs"]
+mod pg_cluster;
+mod postgres;
 mod run;
 mod s3;
 mod select;

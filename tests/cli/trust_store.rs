@@ -398,7 +398,8 @@ fn a_promotion_that_loses_the_race_exits_non_zero() {
     // Another promotion wins while this run is between planning and
     // promoting.
     let theirs = sluice::plan::digest::Digest::of(b"another run's manifest");
-    let db = sluice::store::state::StateDb::open(&r.path().join(".sluice/state.db")).unwrap();
+    use sluice::store::state::State as _;
+    let db = sluice::store::state::SqliteState::open(&r.path().join(".sluice/state.db")).unwrap();
     db.ref_set("production/clinics/a", &theirs).unwrap();
     drop(db);
     std::fs::write(node_dir.join("go"), "").unwrap();
@@ -411,7 +412,7 @@ fn a_promotion_that_loses_the_race_exits_non_zero() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["runs"][0]["promoted"], false);
-    let db = sluice::store::state::StateDb::open(&r.path().join(".sluice/state.db")).unwrap();
+    let db = sluice::store::state::SqliteState::open(&r.path().join(".sluice/state.db")).unwrap();
     assert_eq!(db.ref_get("production/clinics/a").unwrap(), Some(theirs));
     assert_eq!(
         std::fs::read_to_string(r.path().join(".sluice/refs/production/clinics%2Fa"))
