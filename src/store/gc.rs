@@ -681,6 +681,32 @@ mod tests {
         Digest::of(s.as_bytes())
     }
 
+    /// A node of a manifest with one table (and maybe a log).
+    fn table_node(
+        name: &str,
+        task_key: Option<Digest>,
+        output: Digest,
+        log: Option<Digest>,
+    ) -> ManifestNode {
+        ManifestNode {
+            name: name.into(),
+            local_hash: d("l"),
+            definition_hash: d("h"),
+            task_key,
+            output: Some(output),
+            rows: Some(1),
+            columns: vec!["id".into()],
+            status: None,
+            failure: None,
+            duration_ms: None,
+            log,
+            error: None,
+            key: vec![],
+            parts: Default::default(),
+            inputs: Default::default(),
+        }
+    }
+
     fn now() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
     }
@@ -1051,21 +1077,8 @@ mod tests {
     #[test]
     fn a_manifest_names_outputs_logs_and_inputs() {
         let node = |name: &str, out: &str, log: Option<&str>, inputs: &[&str]| ManifestNode {
-            name: name.into(),
-            local_hash: d("l"),
-            definition_hash: d("h"),
-            task_key: Some(d("t")),
-            output: Some(d(out)),
-            rows: Some(1),
-            columns: vec![],
-            status: None,
-            failure: None,
-            duration_ms: None,
-            log: log.map(d),
-            error: None,
-            key: vec![],
-            parts: Default::default(),
             inputs: inputs.iter().map(|i| (i.to_string(), d(i))).collect(),
+            ..table_node(name, Some(d("t")), d(out), log.map(d))
         };
         let m = Manifest {
             format: 1,
@@ -1105,23 +1118,7 @@ mod tests {
             .unwrap();
         let mut head = prev.clone();
         head.previous = Some(prev_d);
-        head.nodes.push(ManifestNode {
-            name: "A".into(),
-            local_hash: d("l"),
-            definition_hash: d("h"),
-            task_key: None,
-            output: Some(out),
-            rows: Some(1),
-            columns: vec!["id".into()],
-            status: None,
-            failure: None,
-            duration_ms: None,
-            log: None,
-            error: None,
-            key: vec![],
-            parts: Default::default(),
-            inputs: Default::default(),
-        });
+        head.nodes.push(table_node("A", None, out, None));
         let head_d = stores
             .blobs
             .put(&serde_json::to_vec(&head).unwrap())
@@ -1258,23 +1255,7 @@ mod tests {
                 git_ref: None,
                 created_at: None,
                 previous,
-                nodes: vec![ManifestNode {
-                    name: "A".into(),
-                    local_hash: d("l"),
-                    definition_hash: d("h"),
-                    task_key: Some(d(tag)),
-                    output: Some(out),
-                    rows: Some(1),
-                    columns: vec!["id".into()],
-                    status: None,
-                    failure: None,
-                    duration_ms: None,
-                    log: Some(log),
-                    error: None,
-                    key: vec![],
-                    parts: Default::default(),
-                    inputs: Default::default(),
-                }],
+                nodes: vec![table_node("A", Some(d(tag)), out, Some(log))],
             };
             let entry = CacheEntry {
                 output: out,
@@ -1433,23 +1414,12 @@ mod tests {
         for i in 0..2_000 {
             let out = write(format!("id\n{i}\n").as_bytes());
             let log = write(format!("log {i}\n").as_bytes());
-            nodes.push(ManifestNode {
-                name: format!("N{i}"),
-                local_hash: d("l"),
-                definition_hash: d("h"),
-                task_key: Some(d(&i.to_string())),
-                output: Some(out),
-                rows: Some(1),
-                columns: vec!["id".into()],
-                status: None,
-                failure: None,
-                duration_ms: None,
-                log: Some(log),
-                error: None,
-                key: vec![],
-                parts: Default::default(),
-                inputs: Default::default(),
-            });
+            nodes.push(table_node(
+                &format!("N{i}"),
+                Some(d(&i.to_string())),
+                out,
+                Some(log),
+            ));
         }
         let m = Manifest {
             format: 1,

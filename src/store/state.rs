@@ -788,7 +788,8 @@ impl State for SqliteState {
                 conn.busy_timeout(BUSY_TIMEOUT).ok()?;
                 // A run reads every node's entry: map the file rather than
                 // read a page per lookup (SQLite's own cache is 2 MB).
-                conn.pragma_update(None, "mmap_size", CACHE_READ_MMAP).ok()?;
+                conn.pragma_update(None, "mmap_size", CACHE_READ_MMAP)
+                    .ok()?;
                 conn.execute_batch("BEGIN").ok()?;
                 snapshot(&conn).ok()?;
                 Some(CacheReads { users: 1, conn })
