@@ -93,6 +93,13 @@ pub trait BlobStore: Send + Sync {
     fn local_path(&self, _digest: &Digest) -> Option<PathBuf> {
         None
     }
+    /// When the blob was last written, where the store can tell without a
+    /// request: gc keeps a doomed blob written again after its listing.
+    /// By default the local file's modification time.
+    fn stored_at(&self, digest: &Digest) -> Option<SystemTime> {
+        let path = self.local_path(digest)?;
+        fs::metadata(path).and_then(|m| m.modified()).ok()
+    }
     /// Every stored blob with its size and when it was stored, for
     /// garbage collection. Names that are not digests are skipped.
     fn list(&self) -> Result<Vec<BlobInfo>, BlobError>;

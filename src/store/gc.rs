@@ -605,12 +605,8 @@ pub fn apply(
         progress(Step::Deleting { done: n + 1, total });
         // A table written again since the listing (a node recomputed byte
         // for byte) has a newer file: a run is using it, so it stays. A
-        // store without local files cannot tell; the checks below cover it.
-        if let Some(path) = blobs.local_path(&b.digest)
-            && std::fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t > b.stored_at)
-        {
+        // store that cannot tell (S3) is covered by the checks below.
+        if blobs.stored_at(&b.digest).is_some_and(|t| t > b.stored_at) {
             applied.stored_again += 1;
             continue;
         }

@@ -580,6 +580,13 @@ impl BlobStore for S3BlobStore {
         self.inner.cache.get(digest)
     }
 
+    /// Unknown: the local copy is the read cache, whose modification time
+    /// is its last use, not a store; and a put of a blob already in the
+    /// bucket writes nothing. gc's checks after deleting cover a re-put.
+    fn stored_at(&self, _digest: &Digest) -> Option<SystemTime> {
+        None
+    }
+
     fn list(&self) -> Result<Vec<BlobInfo>, BlobError> {
         let inner = &self.inner;
         bump(&inner.counters.lists);

@@ -115,7 +115,14 @@ impl Daemon {
     }
 
     pub(crate) fn spawn(dir: tempfile::TempDir, state: PathBuf, config: PathBuf) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        // For a config with `blobs = "s3://…"`: moto's endpoint and keys.
+        if std::fs::read_to_string(&config).is_ok_and(|c| c.contains("\"s3://")) {
+            for (k, v) in crate::moto::moto().env() {
+                cmd.env(k, v);
+            }
+        }
+        let mut child = cmd
             .args(["serve", "--config", config.to_str().unwrap()])
             .env("SLUICE_TEST_SECRET", SECRET)
             .env("SLUICE_TEST_TOKEN", TOKEN)
@@ -329,26 +336,109 @@ fn push_then_pull_request_statuses_and_one_comment_edited_in_place() {
     push_then_pull_request("");
 }
 
-/// The same with the queue and the state on PostgreSQL.
+/// The same with the queue and the state on PostgreSQL, the blobs on S3.
 #[test]
-fn push_then_pull_request_with_the_state_on_postgresql() {
-    let db = crate::pg_cluster::cluster().fresh_db();
-    push_then_pull_request(&format!("state = \"{}\"", db.url));
-    let count = |sql: &str| -> i64 {
-        crate::pg_cluster::cluster().query(&db.name, sql)[0]
-            .parse()
-            .unwrap()
-    };
+fn push_then_pull_request_on_postgresql_and_s3() {
+    let stores = Stores::shared("pushpr");
+    push_then_pull_request(&stores.config);
+    let count = |sql: &str| stores.count(sql);
     assert!(count("SELECT count(*) FROM sluice_daemon.jobs WHERE state = 'done'") >= 2);
     assert!(count("SELECT count(*) FROM sluice_daemon.outbox WHERE state = 'done'") >= 4);
-    let repos = crate::pg_cluster::cluster().query(
-        &db.name,
-        "SELECT schema_name FROM information_schema.schemata \
-         WHERE schema_name LIKE 'sluice_repo_%'",
-    );
+    let repos = stores.repo_schemas();
     assert_eq!(repos.len(), 1, "{repos:?}");
     let refs = count(&format!("SELECT count(*) FROM {}.refs", repos[0]));
     assert_eq!(refs, 2, "main promoted both clinics");
+}
+
+/// Where a daemon keeps its state and blobs: the embedded stores under its
+/// `state_dir`, or a fresh PostgreSQL database (`state = "postgresql://…"`)
+/// and a fresh bucket on moto's S3 server (`blobs = "s3://…"`).
+pub(crate) struct Stores {
+    /// Lines for `sluice-server.toml`.
+    pub(crate) config: String,
+    shared: Option<(crate::pg_cluster::TestDb, String)>,
+}
+
+impl Stores {
+    pub(crate) fn embedded() -> Stores {
+        Stores {
+            config: String::new(),
+            shared: None,
+        }
+    }
+
+    pub(crate) fn shared(hint: &str) -> Stores {
+        let db = crate::pg_cluster::cluster().fresh_db();
+        let bucket = crate::moto::moto().bucket(hint);
+        Stores {
+            config: format!("state = \"{}\"\nblobs = \"s3://{bucket}/d\"\n", db.url),
+            shared: Some((db, bucket)),
+        }
+    }
+
+    fn db(&self) -> &crate::pg_cluster::TestDb {
+        &self.shared.as_ref().expect("shared stores").0
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+        crate::pg_cluster::cluster().query(&self.db().name, sql)[0]
+            .parse()
+            .unwrap()
+    }
+
+    /// The `sluice_repo_<id>` schemas the daemon made.
+    fn repo_schemas(&self) -> Vec<String> {
+        crate::pg_cluster::cluster().query(
+            &self.db().name,
+            "SELECT schema_name FROM information_schema.schemata \
+             WHERE schema_name LIKE 'sluice_repo_%'",
+        )
+    }
+
+    /// With the shared stores: the daemon used them (its jobs in
+    /// PostgreSQL, its tables in the bucket, no blob under its state dir),
+    /// with the embedded ones, nothing to check.
+    fn check(&self, d: &Daemon) {
+        let Some((_, bucket)) = &self.shared else {
+            return;
+        };
+        assert!(self.count("SELECT count(*) FROM sluice_daemon.jobs") >= 1);
+        let keys = crate::moto::moto().keys(bucket, "d/sha256/");
+        assert!(!keys.is_empty(), "no blob in the bucket");
+        fn files(dir: &Path) -> usize {
+            std::fs::read_dir(dir).map_or(0, |entries| {
+                entries
+                    .flatten()
+                    .map(|e| {
+                        let p = e.path();
+                        if p.is_dir() { files(&p) } else { 1 }
+                    })
+                    .sum()
+            })
+        }
+        let local = d.state.join("blobs");
+        assert_eq!(files(&local), 0, "blobs under {}", local.display());
+    }
+
+    /// With the shared stores: no row of any sluice schema of the
+    /// database holds `secret` in its text form.
+    fn lacks(&self, secret: &str) {
+        let Some((db, _)) = &self.shared else {
+            return;
+        };
+        let tables = crate::pg_cluster::cluster().query(
+            &db.name,
+            "SELECT quote_ident(table_schema) || '.' || quote_ident(table_name) \
+             FROM information_schema.tables WHERE table_schema LIKE 'sluice%'",
+        );
+        assert!(tables.len() >= 5, "{tables:?}");
+        for t in tables {
+            let hits = self.count(&format!(
+                "SELECT count(*) FROM {t} AS x WHERE x::text LIKE '%{secret}%'"
+            ));
+            assert_eq!(hits, 0, "{secret} in {t}");
+        }
+    }
 }
 
 fn push_then_pull_request(extra: &str) {
@@ -599,9 +689,18 @@ const SLOW: &str = "# @depend ./Patients\n# @timeout 60s\nsleep 4\ncp \"$SLUICE_
 
 #[test]
 fn a_newer_push_supersedes_the_running_job() {
+    a_newer_push_supersedes_the_running_job_on(&Stores::embedded());
+}
+
+#[test]
+fn a_newer_push_supersedes_the_running_job_on_postgresql_and_s3() {
+    a_newer_push_supersedes_the_running_job_on(&Stores::shared("a_newer_push"));
+}
+
+fn a_newer_push_supersedes_the_running_job_on(stores: &Stores) {
     let origin = Origin::new();
     let forge = FakeForgeServer::start();
-    let d = Daemon::start(&origin, &forge, "");
+    let d = Daemon::start(&origin, &forge, &stores.config);
     origin.work.git(&["checkout", "-q", "-b", "feat"]);
     origin.work.file("clinics/a/Slow.sh", SLOW);
     let first = origin.push("feat", "slow");
@@ -653,13 +752,23 @@ fn a_newer_push_supersedes_the_running_job() {
         "{:?}",
         started.elapsed()
     );
+    stores.check(&d);
 }
 
 #[test]
 fn a_job_killed_with_sigkill_finishes_after_restart() {
+    a_job_killed_with_sigkill_finishes_after_restart_on(&Stores::embedded());
+}
+
+#[test]
+fn a_job_killed_with_sigkill_finishes_after_restart_on_postgresql_and_s3() {
+    a_job_killed_with_sigkill_finishes_after_restart_on(&Stores::shared("a_job_killed"));
+}
+
+fn a_job_killed_with_sigkill_finishes_after_restart_on(stores: &Stores) {
     let origin = Origin::new();
     let forge = FakeForgeServer::start();
-    let d = Daemon::start(&origin, &forge, "");
+    let d = Daemon::start(&origin, &forge, &stores.config);
     origin.work.file("clinics/a/Slow.sh", SLOW);
     let sha = origin.push("main", "slow node");
     assert_eq!(d.github("push", &push_payload("main", &sha), "k-1").0, 202);
@@ -687,13 +796,25 @@ fn a_job_killed_with_sigkill_finishes_after_restart() {
         );
     }
     assert!(d.log().contains("resuming jobs"), "{}", d.log());
+    stores.check(&d);
 }
 
 #[test]
 fn sigterm_stops_the_running_job_and_the_next_start_finishes_it() {
+    sigterm_stops_the_running_job_and_the_next_start_finishes_it_on(&Stores::embedded());
+}
+
+#[test]
+fn sigterm_stops_the_running_job_and_the_next_start_finishes_it_on_postgresql_and_s3() {
+    sigterm_stops_the_running_job_and_the_next_start_finishes_it_on(&Stores::shared(
+        "sigterm_stop",
+    ));
+}
+
+fn sigterm_stops_the_running_job_and_the_next_start_finishes_it_on(stores: &Stores) {
     let origin = Origin::new();
     let forge = FakeForgeServer::start();
-    let d = Daemon::start(&origin, &forge, "");
+    let d = Daemon::start(&origin, &forge, &stores.config);
     origin.work.file("clinics/a/Slow.sh", SLOW);
     let sha = origin.push("main", "slow node");
     assert_eq!(d.github("push", &push_payload("main", &sha), "t-1").0, 202);
@@ -719,16 +840,26 @@ fn sigterm_stops_the_running_job_and_the_next_start_finishes_it() {
             "{c}"
         );
     }
+    stores.check(&d);
 }
 
 #[test]
 fn statuses_survive_a_forge_outage_in_order() {
+    statuses_survive_a_forge_outage_in_order_on(&Stores::embedded());
+}
+
+#[test]
+fn statuses_survive_a_forge_outage_in_order_on_postgresql_and_s3() {
+    statuses_survive_a_forge_outage_in_order_on(&Stores::shared("statuses_sur"));
+}
+
+fn statuses_survive_a_forge_outage_in_order_on(stores: &Stores) {
     let origin = Origin::new();
     let forge = FakeForgeServer::start();
     // Two 500s, then two 429s asking for a second's patience.
     forge.fail_next(2, 500, &[]);
     forge.fail_next(2, 429, &[("Retry-After", "1")]);
-    let d = Daemon::start(&origin, &forge, "");
+    let d = Daemon::start(&origin, &forge, &stores.config);
     let sha = origin.work.git(&["rev-parse", "HEAD"]);
     assert_eq!(d.github("push", &push_payload("main", &sha), "o-1").0, 202);
     assert!(
@@ -753,10 +884,20 @@ fn statuses_survive_a_forge_outage_in_order() {
         metrics.contains("sluice_forge_calls_total{result=\"dropped\"} 0"),
         "{metrics}"
     );
+    stores.check(&d);
 }
 
 #[test]
 fn no_cell_value_reaches_the_forge_the_metrics_or_the_log() {
+    no_cell_value_reaches_the_forge_the_metrics_or_the_log_on(&Stores::embedded());
+}
+
+#[test]
+fn no_cell_value_reaches_the_forge_the_metrics_or_the_log_on_postgresql_and_s3() {
+    no_cell_value_reaches_the_forge_the_metrics_or_the_log_on(&Stores::shared("no_cell_valu"));
+}
+
+fn no_cell_value_reaches_the_forge_the_metrics_or_the_log_on(stores: &Stores) {
     const PHI: &str = "ZZPHI4711Q";
     let origin = Origin::new();
     std::fs::write(
@@ -780,7 +921,7 @@ fn no_cell_value_reaches_the_forge_the_metrics_or_the_log() {
         );
     let sha = origin.push("main", "failing nodes");
     let forge = FakeForgeServer::start();
-    let d = Daemon::start(&origin, &forge, "");
+    let d = Daemon::start(&origin, &forge, &stores.config);
     forge.set_pr_head(5, &sha);
     assert_eq!(
         d.github("push", &push_payload("main", &sha), "phi-1").0,
@@ -830,13 +971,24 @@ fn no_cell_value_reaches_the_forge_the_metrics_or_the_log() {
     let (_, json) = d.get(&format!("{page}.json"));
     assert!(!json.contains(PHI), "{json}");
     assert!(!d.log().contains(PHI), "{}", d.log());
+    stores.check(&d);
+    stores.lacks(PHI);
 }
 
 #[test]
 fn gitlab_merge_request_gets_statuses_and_one_note() {
+    gitlab_merge_request_gets_statuses_and_one_note_on(&Stores::embedded());
+}
+
+#[test]
+fn gitlab_merge_request_gets_statuses_and_one_note_on_postgresql_and_s3() {
+    gitlab_merge_request_gets_statuses_and_one_note_on(&Stores::shared("gitlab_merge"));
+}
+
+fn gitlab_merge_request_gets_statuses_and_one_note_on(stores: &Stores) {
     let origin = Origin::new();
     let forge = FakeForgeServer::start();
-    let d = Daemon::start_as(&origin, &forge, "", "gitlab");
+    let d = Daemon::start_as(&origin, &forge, &stores.config, "gitlab");
     // A push to main through GitLab's push hook promotes production.
     let main_sha = origin.work.git(&["rev-parse", "HEAD"]);
     let mut push = fixture("gitlab/push.1.json");
@@ -918,6 +1070,7 @@ fn gitlab_merge_request_gets_statuses_and_one_note() {
     assert_eq!(reqs[0].header("private-token"), Some(TOKEN));
     let note = &forge.comments()[0].1;
     assert!(note.contains("1 → 4"), "{note}");
+    stores.check(&d);
 }
 
 /// The run page in a real browser (Debian's `chromium`, headless): every

@@ -22,6 +22,7 @@ mod postgres;
 mod run;
 mod s3;
 mod select;
+mod team;
 mod trust_exec;
 mod trust_pipeline;
 mod trust_store;
