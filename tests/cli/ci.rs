@@ -87,7 +87,7 @@ impl Project {
 
     /// `sluice ci` in the repository with only `vars` of the CI variables.
     fn ci(&self, vars: &[(&str, &str)], args: &[&str]) -> Run {
-        finish(self.ci_command(vars, args).output().expect("sluice runs"))
+        Run::from(self.ci_command(vars, args).output().expect("sluice runs"))
     }
 
     fn ci_command(&self, vars: &[(&str, &str)], args: &[&str]) -> Command {
@@ -107,7 +107,7 @@ impl Project {
     /// A GitHub Actions job on event `event` (file `payload`).
     fn github(&self, forge: &FakeForgeServer, event: &str, payload: &Value, sha: &str) -> Run {
         let mut cmd = self.github_command(forge, event, payload, sha);
-        finish(cmd.output().expect("sluice runs"))
+        Run::from(cmd.output().expect("sluice runs"))
     }
 
     fn github_command(
@@ -161,14 +161,6 @@ fn ci_command(cwd: &Path, vars: &[(String, String)], args: &[&str]) -> Command {
         cmd.env(k, v);
     }
     cmd
-}
-
-fn finish(out: std::process::Output) -> Run {
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 /// GitHub's push example, re-targeted at a push of `sha` to `branch`.
@@ -683,7 +675,7 @@ fn ctrl_c_stops_the_run_and_finishes_its_statuses() {
     let started = std::time::Instant::now();
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
-    let run = finish(child.wait_with_output().unwrap());
+    let run = Run::from(child.wait_with_output().unwrap());
     assert_eq!(run.code, 130, "{}\n{}", run.stdout, run.stderr);
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
     run.stderr_has("interrupted");

@@ -2,12 +2,11 @@
 //! `--blobs s3://…` against moto's server on loopback, two state dirs,
 //! `cat` after the local cache is gone, and bad settings.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
 use crate::moto::moto;
-use crate::util::{Repo, Run};
+use crate::util::{Repo, Run, outputs};
 
 /// Runs sluice on `r` with the AWS environment of the moto server.
 fn sluice_s3(r: &Repo, args: &[&str]) -> Run {
@@ -22,24 +21,7 @@ fn sluice_s3(r: &Repo, args: &[&str]) -> Run {
     for (k, v) in moto().env() {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("sluice runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// `node` -> output digest (`sha256:…`) of the one pipeline in a `run --json`.
-fn outputs(run: &Run) -> BTreeMap<String, String> {
-    let v = run.json();
-    let mut out = BTreeMap::new();
-    for n in v["runs"][0]["nodes"].as_array().expect("nodes") {
-        if let Some(o) = n["output"].as_str() {
-            out.insert(n["name"].as_str().unwrap().to_string(), o.to_string());
-        }
-    }
-    out
+    Run::from(cmd.output().expect("sluice runs"))
 }
 
 fn files_under(dir: &Path) -> Vec<String> {
@@ -117,12 +99,7 @@ fn tables_land_in_the_bucket_and_cat_reads_them_back_after_the_cache_is_gone() {
         for (k, v) in moto().env() {
             cmd.env(k, v);
         }
-        let out = cmd.output().unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Run::from(cmd.output().unwrap())
     };
     second.success();
     assert_eq!(outputs(&second), outs);

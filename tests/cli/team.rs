@@ -51,12 +51,7 @@ impl Shared {
         for (k, v) in moto().env() {
             cmd.env(k, v);
         }
-        let out = cmd.output().expect("sluice runs");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Run::from(cmd.output().expect("sluice runs"))
     }
 
     /// The blob keys in the bucket, without the prefix (`sha256/<hex>`).

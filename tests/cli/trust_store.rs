@@ -8,19 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Repo, Run};
-
-/// `node` -> output digest (`sha256:…`) of the one pipeline in a `run --json`.
-fn outputs(run: &Run) -> BTreeMap<String, String> {
-    let v = run.json();
-    let mut out = BTreeMap::new();
-    for n in v["runs"][0]["nodes"].as_array().expect("nodes") {
-        if let Some(o) = n["output"].as_str() {
-            out.insert(n["name"].as_str().unwrap().to_string(), o.to_string());
-        }
-    }
-    out
-}
+use crate::util::{Repo, Run, outputs};
 
 /// `node` -> status of the one pipeline in a `run --json`.
 fn statuses(run: &Run) -> BTreeMap<String, String> {

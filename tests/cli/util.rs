@@ -16,6 +16,16 @@ pub struct Run {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for Run {
+    fn from(out: std::process::Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 impl Run {
     #[track_caller]
     pub fn success(&self) -> &Self {
@@ -149,11 +159,19 @@ pub fn sluice_in(cwd: &Path, args: &[&str]) -> Run {
         .env_remove("SLUICE_DATA_ROOT")
         .output()
         .expect("sluice runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    Run::from(out)
+}
+
+/// `node` -> output digest of the one pipeline in a `run --json`.
+pub fn outputs(run: &Run) -> std::collections::BTreeMap<String, String> {
+    let v = run.json();
+    let mut out = std::collections::BTreeMap::new();
+    for n in v["runs"][0]["nodes"].as_array().expect("nodes") {
+        if let Some(o) = n["output"].as_str() {
+            out.insert(n["name"].as_str().expect("name").to_string(), o.to_string());
+        }
     }
+    out
 }
 
 pub fn example_dir() -> PathBuf {
