@@ -9,6 +9,7 @@ pub mod gc;
 pub mod pg;
 pub mod queue;
 pub mod s3;
+mod s3_http;
 pub mod source;
 pub mod state;
 

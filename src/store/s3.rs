@@ -236,9 +236,6 @@ impl S3BlobStore {
         location: S3Location,
         options: &S3Options,
     ) -> Result<S3BlobStore, BlobError> {
-        // reqwest is built without a TLS provider of its own; ring is
-        // the one ureq already brings. Installing twice is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let secrets: Vec<String> = [
             AmazonS3ConfigKey::AccessKeyId,
             AmazonS3ConfigKey::SecretAccessKey,
@@ -259,6 +256,7 @@ impl S3BlobStore {
             })?;
         let handle = runtime.handle().clone();
         let builder = builder
+            .with_http_connector(super::s3_http::UreqConnector)
             .with_bucket_name(&location.bucket)
             .with_retry(RetryConfig {
                 max_retries: 4,
@@ -715,6 +713,7 @@ mod tests {
     fn builder() -> AmazonS3Builder {
         let m = moto::moto();
         AmazonS3Builder::new()
+            .with_http_connector(crate::store::s3_http::UreqConnector)
             .with_endpoint(&m.endpoint)
             .with_allow_http(true)
             .with_region("us-east-1")
@@ -892,6 +891,24 @@ mod tests {
         std::io::copy(&mut reader_store.reader(&d).unwrap(), &mut again).unwrap();
         assert_eq!(again.finish().unwrap(), d);
         assert_eq!(store.requests().parts, 4);
+    }
+
+    #[test]
+    fn plain_http_is_refused_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = moto::moto().bucket("https-only");
+        let location = S3Location {
+            bucket,
+            prefix: String::new(),
+        };
+        let strict = builder().with_allow_http(false);
+        let store = S3BlobStore::open_with(strict, location, &options(dir.path())).unwrap();
+        let err = store.put(b"patient_id\n1\n").unwrap_err().to_string();
+        assert!(err.contains("https") || err.contains("HTTPS"), "{err}");
+        assert_eq!(
+            moto::moto().keys(&store.location().bucket, ""),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
