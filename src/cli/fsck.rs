@@ -1,8 +1,10 @@
 //! `sluice fsck [--repair]`: verify the state directory (every blob
 //! against its name, leftover temp files, the database's integrity, cache
 //! entries and refs naming missing or damaged blobs, the ref files, file
-//! modes) and, with `--repair`, repair what can be repaired. Prints
-//! counts, digests, paths and ref names: never a cell value.
+//! modes) and, with `--repair`, repair what can be repaired. With blobs in
+//! a bucket or state in PostgreSQL, it checks those shared stores instead
+//! (`store::fsck::fsck_stores`). Prints counts, digests, paths and ref
+//! names: never a cell value.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -10,7 +12,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::GlobalArgs;
-use crate::store::fsck::{FsckReport, fsck};
+use crate::store::fsck::{FsckReport, fsck, fsck_stores};
 
 #[derive(Debug, Args)]
 pub struct FsckArgs {
@@ -18,7 +20,10 @@ pub struct FsckArgs {
     /// orphan temp files, move a damaged database aside and recreate it,
     /// drop cache entries naming missing or damaged blobs, rebuild refs
     /// from the ref files and the manifest chain, tighten file modes.
-    /// Run it while no other sluice uses the state directory.
+    /// Run it while no other sluice uses the state directory. On a shared
+    /// store (--blobs s3://…, --state postgresql://…): delete damaged
+    /// blobs from the bucket and drop cache entries naming missing or
+    /// damaged ones; a bad ref is reported, not repaired.
     #[arg(long)]
     pub repair: bool,
     /// Print the report as JSON.
@@ -28,21 +33,28 @@ pub struct FsckArgs {
 
 pub fn run(global: &GlobalArgs, args: &FsckArgs) -> anyhow::Result<ExitCode> {
     let ws = super::workspace::load(global)?;
-    // Its checks (and repairs) read the local blob directory: with blobs
-    // in a bucket every cache entry would look missing.
-    if global
+    let shared_blobs = global
         .blobs
         .as_deref()
-        .is_some_and(|u| !u.trim().is_empty())
-    {
-        anyhow::bail!(
-            "sluice fsck checks a local state directory, and --blobs / SLUICE_BLOBS puts the blobs \
-             in a bucket (where every read is verified anyway); run it without --blobs on a \
-             state directory that keeps its blobs locally"
-        );
-    }
-    let dir = ws.checked_state_dir()?;
-    let report = fsck(&dir, args.repair)?;
+        .is_some_and(|u| !u.trim().is_empty());
+    let report = if shared_blobs || ws.shared_state().is_some() {
+        // Blobs in a bucket or state in PostgreSQL: the stores' checks,
+        // through the same interfaces every run uses.
+        let stores = ws.open_stores()?;
+        let mut report = fsck_stores(&stores, &ws.checked_state_dir()?, args.repair)?;
+        let blobs = match global.blobs.as_deref().map(str::trim) {
+            Some(url) if shared_blobs => url.to_string(),
+            _ => "the state directory".into(),
+        };
+        let state = match ws.shared_state() {
+            Some(_) => "PostgreSQL",
+            None => "the state directory",
+        };
+        report.shared = Some(format!("blobs in {blobs}, state in {state}"));
+        report
+    } else {
+        fsck(&ws.checked_state_dir()?, args.repair)?
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer(&mut out, &report)?;
@@ -58,7 +70,10 @@ pub fn run(global: &GlobalArgs, args: &FsckArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn write_report(out: &mut impl Write, r: &FsckReport) -> std::io::Result<()> {
-    writeln!(out, "state directory {}", r.state_dir.display())?;
+    match &r.shared {
+        Some(shared) => writeln!(out, "shared stores: {shared}")?,
+        None => writeln!(out, "state directory {}", r.state_dir.display())?,
+    }
     writeln!(out, "  {} blobs checked", r.blobs_checked)?;
     for (kind, c) in r.kinds() {
         if r.repair && c.found > 0 {

@@ -168,7 +168,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Verify the state directory: every blob against its name, the state
     /// database's integrity, cache entries and refs; `--repair` fixes what
-    /// can be fixed.
+    /// can be fixed. With --blobs s3://… or --state postgresql://… it
+    /// checks that shared store: every blob in the bucket read and hashed.
     Fsck(fsck::FsckArgs),
     /// Delete the blobs nothing needs any more, and print what was freed.
     ///

@@ -85,6 +85,22 @@ pub trait BlobStore: Send + Sync {
     fn reader(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, BlobError> {
         Ok(Box::new(io::Cursor::new(self.get(digest)?)))
     }
+    /// Reads the whole blob and checks it against its name, in constant
+    /// memory (`fsck` of a shared store).
+    fn verify(&self, digest: &Digest) -> Result<(), BlobError> {
+        let mut reader = self.reader(digest)?;
+        match io::copy(&mut reader, &mut io::sink()) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(BlobError::Corrupt {
+                digest: *digest,
+                path: self.local_path(digest).unwrap_or_default(),
+            }),
+            Err(e) => Err(BlobError::Io {
+                what: format!("cannot read blob {digest}"),
+                source: e,
+            }),
+        }
+    }
     /// Whether the blob is present (not verified: a read will check it).
     fn contains(&self, digest: &Digest) -> bool;
     /// The blob's local file, unverified, when the store has one: the

@@ -44,6 +44,10 @@ impl Count {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct FsckReport {
     pub state_dir: PathBuf,
+    /// The shared stores checked instead of the state directory's own
+    /// (`fsck_stores`): where the blobs and the state are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<String>,
     pub repair: bool,
     /// Blobs whose bytes were hashed.
     pub blobs_checked: usize,
@@ -146,6 +150,107 @@ pub fn fsck(dir: &Path, repair: bool) -> anyhow::Result<FsckReport> {
         check_cache(db, &blobs, repair, &mut report)?;
     }
     check_refs(dir, &db, &blobs, repair, &mut report)?;
+    Ok(report)
+}
+
+/// Checks (and with `repair`, repairs) stores shared with other machines:
+/// blobs in a bucket, state in PostgreSQL, or either. Every blob is read
+/// whole and hashed (from the bucket, not this machine's read cache); a
+/// damaged one is deleted by a repair (the next run that needs it
+/// recomputes it). Cache entries naming a missing or damaged blob are
+/// dropped by a repair. A ref naming a missing or damaged manifest is
+/// reported, not repaired: production is shared, and only a new
+/// `run --promote` should move it. The local state directory's own
+/// checks (temp files, modes, the SQLite file) are `fsck`'s.
+///
+/// Other machines may be writing meanwhile: a blob is put before the
+/// cache entry or ref naming it, so an entry whose blob is absent from
+/// the listing is looked up again before it counts as damage.
+pub fn fsck_stores(
+    stores: &super::Stores,
+    state_dir: &Path,
+    repair: bool,
+) -> anyhow::Result<FsckReport> {
+    use super::blob::BlobError;
+    let mut report = FsckReport {
+        state_dir: state_dir.to_path_buf(),
+        repair,
+        ..FsckReport::default()
+    };
+    let listed = stores.blobs.list().context("cannot list the blobs")?;
+    let mut intact: HashSet<Digest> = HashSet::with_capacity(listed.len());
+    let mut damaged: HashSet<Digest> = HashSet::new();
+    for blob in listed {
+        report.blobs_checked += 1;
+        match stores.blobs.verify(&blob.digest) {
+            Ok(()) => {
+                intact.insert(blob.digest);
+            }
+            // Deleted since the listing (by gc): not damage.
+            Err(BlobError::Missing(_)) => {}
+            Err(BlobError::Corrupt { .. }) => {
+                report.damaged_blobs.found();
+                damaged.insert(blob.digest);
+                let mut line = format!("blob {} does not hash to its name", blob.digest);
+                if repair {
+                    stores
+                        .blobs
+                        .delete(&blob.digest)
+                        .with_context(|| format!("cannot delete damaged blob {}", blob.digest))?;
+                    report.damaged_blobs.repaired();
+                    line.push_str(" (deleted)");
+                }
+                report.problem(line);
+            }
+            Err(e) => return Err(e).context("cannot read the blobs"),
+        }
+    }
+    // Intact now, listed or not (written since the listing).
+    let sound =
+        |d: &Digest| !damaged.contains(d) && (intact.contains(d) || stores.blobs.contains(d));
+    let what = |d: &Digest| {
+        if damaged.contains(d) {
+            "damaged"
+        } else {
+            "missing"
+        }
+    };
+    for entry in stores
+        .state
+        .cache_blobs()
+        .context("cannot read the cache")?
+    {
+        let bad = match (&entry.output, &entry.log) {
+            (None, _) | (_, Some(None)) => Some("an unreadable digest".to_string()),
+            (Some(out), _) if !sound(out) => Some(format!("{} blob {out}", what(out))),
+            (_, Some(Some(log))) if !sound(log) => Some(format!("{} log {log}", what(log))),
+            _ => None,
+        };
+        let Some(bad) = bad else { continue };
+        report.cache_entries.found();
+        let mut line = format!("cache entry {} names {bad}", entry.task_key);
+        if repair {
+            stores
+                .state
+                .cache_forget_task(&entry.task_key)
+                .context("cannot drop a cache entry")?;
+            report.cache_entries.repaired();
+            line.push_str(" (dropped)");
+        }
+        report.problem(line);
+    }
+    for (name, digest) in stores.state.ref_list().context("cannot read the refs")? {
+        let bad = match digest {
+            None => "an unreadable digest".to_string(),
+            Some(d) if !sound(&d) => format!("a {} manifest {d}", what(&d)),
+            Some(_) => continue,
+        };
+        report.refs.found();
+        report.problem(format!(
+            "ref {name} names {bad}; it is shared, so it is not repaired: promote a run again \
+             (sluice run --promote at the production branch)"
+        ));
+    }
     Ok(report)
 }
 

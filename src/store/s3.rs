@@ -464,10 +464,33 @@ impl Inner {
     /// Streams the object into the cache, hashing it on the way; serves
     /// it only if it hashes to its name.
     fn download(&self, digest: &Digest) -> Result<PathBuf, BlobError> {
+        let mut writer = self.cache.store().writer()?;
+        self.stream(digest, |chunk| {
+            writer.write_all(chunk).map_err(|e| BlobError::Io {
+                what: format!("cannot cache blob {digest}"),
+                source: e,
+            })
+        })?;
+        let actual = writer.finish()?;
+        if actual != *digest {
+            // Stored under its own name, which is not the one asked for.
+            self.cache.remove(&actual);
+            return Err(self.corrupt(digest));
+        }
+        self.cache.admit(digest);
+        Ok(self.cache.store().blob_path(digest))
+    }
+
+    /// Hands the object's bytes to `each` as they arrive (one GET).
+    fn stream(
+        &self,
+        digest: &Digest,
+        mut each: impl FnMut(&[u8]) -> Result<(), BlobError>,
+    ) -> Result<(), BlobError> {
         bump(&self.counters.gets);
         let s3 = Arc::clone(&self.s3);
         let key = self.location.key(digest);
-        // A few chunks in flight between the network and the disk.
+        // A few chunks in flight between the network and the consumer.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<object_store::Result<_>>(8);
         self.handle.spawn(async move {
             match s3.get(&key).await {
@@ -485,26 +508,18 @@ impl Inner {
                 }
             }
         });
-        let mut writer = self.cache.store().writer()?;
         // Not tokio's blocking_recv, which panics inside a runtime.
         while let Some(chunk) = futures::executor::block_on(rx.recv()) {
-            let chunk = chunk.map_err(|e| self.error("GET", digest, e))?;
-            writer.write_all(&chunk).map_err(|e| BlobError::Io {
-                what: format!("cannot cache blob {digest}"),
-                source: e,
-            })?;
+            each(&chunk.map_err(|e| self.error("GET", digest, e))?)?;
         }
-        let actual = writer.finish()?;
-        if actual != *digest {
-            // Stored under its own name, which is not the one asked for.
-            self.cache.remove(&actual);
-            return Err(BlobError::Corrupt {
-                digest: *digest,
-                path: PathBuf::from(self.location.url_of(digest)),
-            });
+        Ok(())
+    }
+
+    fn corrupt(&self, digest: &Digest) -> BlobError {
+        BlobError::Corrupt {
+            digest: *digest,
+            path: PathBuf::from(self.location.url_of(digest)),
         }
-        self.cache.admit(digest);
-        Ok(self.cache.store().blob_path(digest))
     }
 
     /// The cached file of `digest`, fetched from the bucket if needed;
@@ -572,6 +587,20 @@ impl BlobStore for S3BlobStore {
 
     fn contains(&self, digest: &Digest) -> bool {
         self.inner.cache.get(digest).is_some() || self.inner.exists(digest).unwrap_or(false)
+    }
+
+    /// The object itself, hashed as it streams past, never cached: a
+    /// check of the bucket, not of this machine's copy.
+    fn verify(&self, digest: &Digest) -> Result<(), BlobError> {
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+        self.inner.stream(digest, |chunk| {
+            sha2::Digest::update(&mut hasher, chunk);
+            Ok(())
+        })?;
+        if Digest(sha2::Digest::finalize(hasher).into()) != *digest {
+            return Err(self.inner.corrupt(digest));
+        }
+        Ok(())
     }
 
     fn local_path(&self, digest: &Digest) -> Option<PathBuf> {

@@ -128,6 +128,26 @@ impl Moto {
         ]
     }
 
+    /// Overwrites an object through the signed S3 API (boto3, which
+    /// moto's server brings), as someone with write access to the bucket
+    /// could.
+    pub fn overwrite(&self, bucket: &str, key: &str, bytes: &str) {
+        let script = "import boto3, sys\n\
+                      s3 = boto3.client('s3', endpoint_url=sys.argv[1])\n\
+                      s3.put_object(Bucket=sys.argv[2], Key=sys.argv[3], Body=sys.argv[4].encode())\n";
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", script, &self.endpoint, bucket, key, bytes]);
+        for (k, v) in self.env() {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "cannot overwrite {bucket}/{key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The keys under `prefix` in the bucket (first 1000).
     pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let url = format!("{}/{bucket}?list-type=2&prefix={prefix}", self.endpoint);

@@ -147,8 +147,15 @@ fn a_bad_blob_store_url_names_the_setting() {
         &r,
         &["--blobs", "s3://good-bucket", "--state-dir", s, "fsck"],
     );
+    // A bucket that is not there: an error naming it, not "clean".
     assert_eq!(fsck.code, 2, "{}", fsck.stderr);
-    fsck.stderr_has("sluice fsck checks a local state directory");
+    fsck.stderr_has("cannot list the blobs")
+        .stderr_has("good-bucket");
+    assert!(
+        !fsck.stderr.contains("testing-secret-key"),
+        "{}",
+        fsck.stderr
+    );
     let run = sluice_s3(&r, &["--blobs", "s3://Bad_Bucket", "--state-dir", s, "run"]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     run.stderr_has("not a bucket name");

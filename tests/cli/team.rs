@@ -367,3 +367,69 @@ fn gc_on_the_shared_store_keeps_production_and_deletes_a_superseded_table() {
     let v = shared.sluice(a.path(), &sa, &["cat", "clinics/a/V"]);
     assert_eq!(v.stdout, "n\n3\n");
 }
+
+#[test]
+fn fsck_on_the_shared_store_finds_and_repairs_a_tampered_table() {
+    let shared = Shared::new("teamfsck");
+    let a = team_repo();
+    let states = tempfile::tempdir().unwrap();
+    let (sa, sb) = (states.path().join("a"), states.path().join("b"));
+    let first = nodes(&shared.sluice(a.path(), &sa, &["run", "--json", "--promote"]));
+    let w = first["clinics/b/W"].1.clone();
+    let w_bytes = shared.sluice(a.path(), &sa, &["cat", "clinics/b/W"]).stdout;
+
+    let clean = shared.sluice(a.path(), &sa, &["fsck"]);
+    clean.success();
+    assert!(
+        clean.stdout.contains(&format!(
+            "shared stores: blobs in {}, state in PostgreSQL",
+            shared.blobs
+        )),
+        "{}",
+        clean.stdout
+    );
+    let objects = shared.keys().len();
+    assert!(
+        clean.stdout.contains(&format!("{objects} blobs checked")),
+        "{}",
+        clean.stdout
+    );
+    assert!(clean.stdout.contains("clean"), "{}", clean.stdout);
+
+    // Someone with write access to the bucket overwrites W's table.
+    moto().overwrite(
+        &shared.bucket,
+        &format!("team/sha256/{w}"),
+        "id,label\n1,tampered-canary\n",
+    );
+
+    let found = shared.sluice(a.path(), &sa, &["fsck", "--json"]);
+    assert_eq!(found.code, 1, "{}", found.stdout);
+    let report = found.json();
+    assert_eq!(report["damaged_blobs"]["found"], 1, "{report}");
+    assert_eq!(report["cache_entries"]["found"], 1, "{report}");
+    assert_eq!(report["refs"]["found"], 0, "{report}");
+    let problems = report["problems"].to_string();
+    assert!(
+        problems.contains(&format!("blob sha256:{w}")) || problems.contains(&w),
+        "{problems}"
+    );
+    // Digests and names only: never the bytes.
+    assert!(!found.stdout.contains("canary"), "{}", found.stdout);
+
+    let repaired = shared.sluice(a.path(), &sa, &["fsck", "--repair"]);
+    repaired.success();
+    assert!(repaired.stdout.contains("(deleted)"), "{}", repaired.stdout);
+    assert!(!shared.keys().contains(&format!("sha256/{w}")));
+    shared.sluice(a.path(), &sa, &["fsck"]).success();
+
+    // The next run on another machine recomputes W to the same bytes.
+    let (_b_dir, b) = clone(&a);
+    let again = nodes(&shared.sluice(&b, &sb, &["run", "--json"]));
+    assert_eq!(again["clinics/b/W"], ("computed".to_string(), w.clone()));
+    assert_eq!(again["clinics/a/U"].0, "cached");
+    assert_eq!(
+        shared.sluice(&b, &sb, &["cat", "clinics/b/W"]).stdout,
+        w_bytes
+    );
+}
