@@ -673,6 +673,19 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
+    /// gather's plan, which must come without a warning.
+    fn plan_of(
+        blobs: &dyn BlobStore,
+        states: &[(String, &dyn State)],
+        policy: &Policy,
+        now: SystemTime,
+    ) -> Plan {
+        let mut warnings = Vec::new();
+        let (_, plan) = gather(blobs, states, policy, now, &mut |_| {}, &mut warnings).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        plan
+    }
+
     fn d(s: &str) -> Digest {
         Digest::of(s.as_bytes())
     }
@@ -1137,19 +1150,9 @@ mod tests {
             keep_runs: 1,
             grace: Duration::ZERO,
         };
-        let mut warnings = Vec::new();
         // The in-memory store stamps blobs with the real clock.
         let later = SystemTime::now() + HOUR;
-        let (_, plan) = gather(
-            &*stores.blobs,
-            &states,
-            &policy,
-            later,
-            &mut |_| {},
-            &mut warnings,
-        )
-        .unwrap();
-        assert!(warnings.is_empty(), "{warnings:?}");
+        let plan = plan_of(&*stores.blobs, &states, &policy, later);
         assert_eq!(deleted(&plan), BTreeSet::from([stale]));
         assert_eq!(
             plan.kept.reachable.blobs, 3,
@@ -1181,7 +1184,7 @@ mod tests {
             &policy,
             later,
             &mut |_| {},
-            &mut warnings,
+            &mut Vec::new(),
         )
         .unwrap_err();
         let msg = format!("{err:#}");
@@ -1323,15 +1326,7 @@ mod tests {
         let whole = {
             let (blobs, db) = populated(usize::MAX);
             let states = [("mem".to_string(), &db as &dyn State)];
-            let (_, plan) = gather(
-                &blobs,
-                &states,
-                &policy,
-                later,
-                &mut |_| {},
-                &mut Vec::new(),
-            )
-            .unwrap();
+            let plan = plan_of(&blobs, &states, &policy, later);
             // Two branch runs' manifest, table and log, and a report.
             assert_eq!(plan.delete.len(), 7, "{plan:?}");
             apply(&plan, &blobs, &states, &mut |_| {}, &mut Vec::new()).unwrap();
@@ -1348,30 +1343,14 @@ mod tests {
         for killed_after in 0..7 {
             let (blobs, db) = populated(killed_after);
             let states = [("mem".to_string(), &db as &dyn State)];
-            let (_, plan) = gather(
-                &blobs,
-                &states,
-                &policy,
-                later,
-                &mut |_| {},
-                &mut Vec::new(),
-            )
-            .unwrap();
+            let plan = plan_of(&blobs, &states, &policy, later);
             assert!(apply(&plan, &blobs, &states, &mut |_| {}, &mut Vec::new()).is_err());
             nothing_dangles(&blobs, &db);
             // The next gc collects the orphans the killed one left.
             blobs
                 .budget
                 .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
-            let (_, plan) = gather(
-                &blobs,
-                &states,
-                &policy,
-                later,
-                &mut |_| {},
-                &mut Vec::new(),
-            )
-            .unwrap();
+            let plan = plan_of(&blobs, &states, &policy, later);
             apply(&plan, &blobs, &states, &mut |_| {}, &mut Vec::new()).unwrap();
             nothing_dangles(&blobs, &db);
             let mut left: Vec<Digest> = blobs
@@ -1449,15 +1428,7 @@ mod tests {
         };
         let later = SystemTime::now() + HOUR;
         let t = std::time::Instant::now();
-        let (_, plan) = gather(
-            &blobs,
-            &states,
-            &policy,
-            later,
-            &mut |_| {},
-            &mut Vec::new(),
-        )
-        .unwrap();
+        let plan = plan_of(&blobs, &states, &policy, later);
         let decided = t.elapsed();
         assert_eq!(plan.examined.blobs, 100_001);
         assert_eq!(plan.delete.len(), 96_000);
@@ -1480,15 +1451,7 @@ mod tests {
             grace: Duration::ZERO,
         };
         let later = SystemTime::now() + HOUR;
-        let (_, plan) = gather(
-            &blobs,
-            &states,
-            &policy,
-            later,
-            &mut |_| {},
-            &mut Vec::new(),
-        )
-        .unwrap();
+        let plan = plan_of(&blobs, &states, &policy, later);
         // Meanwhile a run recomputes an old branch table byte for byte
         // (its put finds it stored) and promotes a manifest naming it.
         let doomed = blobs.put(b"id\nbranch0\n").unwrap();
@@ -1514,15 +1477,7 @@ mod tests {
         // Unmoved refs say nothing.
         let (blobs, db) = populated(usize::MAX);
         let states = [("mem".to_string(), &db as &dyn State)];
-        let (_, plan) = gather(
-            &blobs,
-            &states,
-            &policy,
-            later,
-            &mut |_| {},
-            &mut Vec::new(),
-        )
-        .unwrap();
+        let plan = plan_of(&blobs, &states, &policy, later);
         let mut warnings = Vec::new();
         apply(&plan, &blobs, &states, &mut |_| {}, &mut warnings).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
@@ -1544,15 +1499,7 @@ mod tests {
                 .unwrap();
         }
         let states = [("state.db".to_string(), &db as &dyn State)];
-        let (_, plan) = gather(
-            &blobs,
-            &states,
-            &Policy::default(),
-            SystemTime::now(),
-            &mut |_| {},
-            &mut Vec::new(),
-        )
-        .unwrap();
+        let plan = plan_of(&blobs, &states, &Policy::default(), SystemTime::now());
         assert_eq!(plan.delete.len(), 2);
         // A run computes the same table again while gc works.
         let mut w = blobs.writer().unwrap();
