@@ -33,6 +33,10 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<ExitCode> {
     let mut ws = super::workspace::load(global)?;
     let stores = ws.existing_stores()?;
     let selected = ws.select_pipelines(&args.pipelines)?;
+    // `plan clinics/north` needs only north to be valid, as `run` does.
+    if !args.pipelines.is_empty() {
+        ws.narrow(&selected);
+    }
     let mut plans = super::select::plans(&mut ws, stores.as_ref(), &selected)?;
     if super::workspace::report_diagnostics(&ws) {
         return Ok(ExitCode::FAILURE);

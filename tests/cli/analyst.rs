@@ -203,6 +203,12 @@ fn running_one_pipeline_needs_only_its_own_inputs() {
     r.sluice(&["plan"])
         .failure()
         .stderr_has("clinics/south/Extra.sql:1: @source data://south/missing.csv");
+    r.sluice(&["plan", "clinics/north"])
+        .success()
+        .stdout_has("new        Visit");
+    r.sluice(&["plan", "clinics/south"])
+        .failure()
+        .stderr_has("undefined parameter `{{clinic}}`");
     r.sluice(&["run", "clinics/north"])
         .success()
         .stdout_has("computed          1 row   Visit");
