@@ -1146,6 +1146,45 @@ mod tests {
     }
 
     #[test]
+    fn jobs_are_held_by_leases() {
+        use crate::store::queue::{JobKind, NewJob};
+        let connect = test_connect();
+        let one = PgState::open(&connect, DAEMON_SCHEMA).unwrap();
+        let two = PgState::open(&connect, DAEMON_SCHEMA).unwrap();
+        one.set_job_lease(Duration::from_millis(400));
+        let job = |sha: &str, lane: &str| NewJob {
+            repo: "git:p".into(),
+            kind: JobKind::Push,
+            lane: lane.into(),
+            git_ref: lane.into(),
+            branch: None,
+            sha: sha.into(),
+            pr_number: None,
+            run_id: format!("r_{sha}"),
+        };
+        one.enqueue(&job("a", "refs/heads/x"), None).unwrap();
+        let held = one.claim_job().unwrap().unwrap();
+        // A live lease: another daemon starting up leaves it alone.
+        assert_eq!(two.requeue_running(None).unwrap(), 0);
+        assert_eq!(two.claim_job().unwrap(), None);
+        assert!(one.renew_job_lease(held.id).unwrap());
+        std::thread::sleep(Duration::from_millis(500));
+        // Expired (its daemon died): the other takes it over, and the
+        // first can neither renew it nor write its end.
+        let taken = two.claim_job().unwrap().unwrap();
+        assert_eq!(taken.id, held.id);
+        assert!(!one.renew_job_lease(held.id).unwrap());
+        assert!(
+            one.finish_job(held.id, JobState::Done, Some("success"), None)
+                .is_err()
+        );
+        assert_eq!(one.requeue_running(Some(held.id)).unwrap(), 0);
+        two.finish_job(taken.id, JobState::Done, Some("success"), None)
+            .unwrap();
+        assert_eq!(two.job(held.id).unwrap().unwrap().state, JobState::Done);
+    }
+
+    #[test]
     fn concurrent_first_opens_migrate_once() {
         let connect = test_connect();
         std::thread::scope(|s| {
