@@ -62,6 +62,10 @@ pub struct ServerConfig {
     /// with its worker without a heartbeat (state on PostgreSQL only); a
     /// worker that dies costs at most this much before another takes over.
     pub task_lease: std::time::Duration,
+    /// `task_threads = N`: threads computing node tasks from the shared
+    /// queue (state on PostgreSQL only); default `workers`, 0 for a daemon
+    /// that only dispatches.
+    pub task_threads: usize,
     pub repos: Vec<RepoConfig>,
 }
 
@@ -207,6 +211,7 @@ struct RawServer {
     blobs: Option<Spanned<String>>,
     blob_cache_size: Option<Spanned<String>>,
     task_lease: Option<Spanned<String>>,
+    task_threads: Option<Spanned<i64>>,
     repos: Option<Vec<Spanned<RawRepo>>>,
 }
 
@@ -325,6 +330,20 @@ pub fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
         None => crate::store::pg::DEFAULT_LEASE,
     };
 
+    let task_threads = match &raw.task_threads {
+        Some(n) => match usize::try_from(*n.get_ref()) {
+            Ok(n) if n <= MAX_WORKERS => n,
+            _ => {
+                return Err(err(
+                    at(n.span()),
+                    "task_threads",
+                    format!("must be between 0 and {MAX_WORKERS}"),
+                ));
+            }
+        },
+        None => workers_value,
+    };
+
     let raw_repos = raw.repos.unwrap_or_default();
     if raw_repos.is_empty() {
         return Err(missing(
@@ -365,6 +384,7 @@ pub fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
             cache_size: blob_cache_size,
         },
         task_lease,
+        task_threads,
         repos,
     })
 }
@@ -894,6 +914,10 @@ mod tests {
         assert_eq!(c.task_lease, std::time::Duration::from_secs(2));
         let e = error_of(&with("task_lease = \"0s\""));
         assert_eq!((e.line, e.key.as_str()), (6, "task_lease"));
+        assert_eq!(parse(EXAMPLE).unwrap().task_threads, 2);
+        assert_eq!(parse(&with("task_threads = 0")).unwrap().task_threads, 0);
+        let e = error_of(&with("task_threads = 65"));
+        assert_eq!(e.key, "task_threads");
         let e = error_of(&with("task_lease = \"soon\""));
         assert!(e.message.contains("not a duration"), "{e}");
     }

@@ -442,9 +442,9 @@ pub fn serve(app: App) -> anyhow::Result<()> {
         );
     }
     // On PostgreSQL a full daemon also computes node tasks, its own runs'
-    // and any other daemon's, with as many threads as job workers.
+    // and any other daemon's (`task_threads`, by default one per worker).
     if app.has_task_queue() {
-        for i in 0..app.cfg.workers {
+        for i in 0..app.cfg.task_threads {
             let a = Arc::clone(&app);
             threads.push(
                 std::thread::Builder::new()
