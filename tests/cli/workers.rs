@@ -307,6 +307,15 @@ fn a_worker_killed_mid_node_is_replaced_and_the_tables_match_one_machine() {
         }
     }
     assert!(checked >= 9, "{checked}");
+
+    // SIGTERM: the idle worker exits cleanly, at once.
+    let mut survivor = workers.remove(0);
+    let pid = rustix::process::Pid::from_raw(survivor.pid() as i32).unwrap();
+    let start = Instant::now();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = survivor.child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", survivor.log());
+    assert!(start.elapsed() < Duration::from_secs(5), "slow shutdown");
     drop(dead);
 }
 
