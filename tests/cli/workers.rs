@@ -136,7 +136,7 @@ fn origin() -> (Repo, tempfile::TempDir, tempfile::TempDir) {
 fn server_config(state: &str, data: &Path, bare: &Path, forge: &str, extra: &str) -> String {
     format!(
         "listen = \"127.0.0.1:0\"\npublic_url = \"http://sluice.test\"\nstate_dir = \"{state}\"\n\
-         data_root = \"{}\"\nworkers = 1\ntask_lease = \"2s\"\n{extra}\n\
+         data_root = \"{}\"\nworkers = 1\n{extra}\n\
          [[repos]]\nforge = \"github\"\nname = \"{REPO}\"\nclone_url = \"{}\"\napi_url = \"{forge}\"\n\
          production_branch = \"main\"\nsecret_env = \"SLUICE_TEST_SECRET\"\n\
          token_env = \"SLUICE_TEST_TOKEN\"\n",
