@@ -120,6 +120,10 @@ pub struct TaskResult {
     pub failure: Option<FailureKind>,
     /// The table a node whose data tests failed left, with its counts.
     pub failed_checks: Option<(Digest, u64, Vec<String>)>,
+    /// The error does not name the node's file yet (a failure around the
+    /// node): the scheduler puts it in front.
+    #[serde(default)]
+    pub unlocated: bool,
 }
 
 fn origin_of(o: &Origin) -> TaskOrigin {
@@ -316,6 +320,13 @@ pub struct WorkerEnv {
     pub temp_root: Option<PathBuf>,
 }
 
+impl TaskResult {
+    /// A failure that happened around the node, not in it.
+    pub fn failure(kind: FailureKind, error: String) -> TaskResult {
+        failed(kind, error)
+    }
+}
+
 fn failed(kind: FailureKind, error: String) -> TaskResult {
     TaskResult {
         format: TASK_FORMAT,
@@ -328,6 +339,7 @@ fn failed(kind: FailureKind, error: String) -> TaskResult {
         error: Some(error),
         failure: Some(kind),
         failed_checks: None,
+        unlocated: true,
     }
 }
 
@@ -387,16 +399,16 @@ pub fn work(
                     return Some(failed(
                         FailureKind::Infra,
                         format!(
-                            "{}: data://{} on this worker is not the file the run planned with; \
+                            "data://{} on this worker is not the file the run planned with; \
                              every worker must see the same data_root",
-                            node.file, s.path
+                            s.path
                         ),
                     ));
                 }
                 Err(e) => {
                     return Some(failed(
                         FailureKind::Infra,
-                        format!("{}: data://{}: {e}", node.file, s.path),
+                        format!("data://{}: {e}", s.path),
                     ));
                 }
             }
@@ -441,6 +453,7 @@ pub fn work(
         error: r.error,
         failure: r.failure,
         failed_checks: failed_checks.map(|(d, s)| (d, s.rows, s.columns)),
+        unlocated: false,
     })
 }
 
@@ -605,7 +618,10 @@ pub(crate) fn execute_queued(
                         columns: r.columns.clone(),
                         log: r.log,
                         duration: since.elapsed(),
-                        error: r.error.clone(),
+                        error: match &r.error {
+                            Some(e) if r.unlocated => Some(format!("{file}: {e}")),
+                            e => e.clone(),
+                        },
                         failure: r.failure,
                         inputs,
                     },
@@ -744,6 +760,58 @@ mod tests {
                 (&node.body, &node.file, &node.asserts)
             );
         }
+    }
+
+    #[test]
+    fn a_worker_whose_source_differs_fails_the_task_as_infra() {
+        let mut vfs = MemVfs::new();
+        vfs.insert(
+            "sluice.toml",
+            "[project]\nproduction_branch = \"main\"\npipelines = [\"clinics/*\"]\n",
+        );
+        vfs.insert(
+            "clinics/a/P.sql",
+            "-- @source data://p.csv\nSELECT id FROM p;\n",
+        );
+        let ws = Workspace::from_vfs(
+            std::path::Path::new("/nonexistent"),
+            Box::new(vfs),
+            None,
+            Settings::default(),
+        )
+        .unwrap();
+        let data = tempfile::tempdir().unwrap();
+        std::fs::write(data.path().join("p.csv"), "id\n1\n").unwrap();
+        let stores = Stores::in_memory().unwrap();
+        let planned =
+            crate::store::source::source_digest(&stores.memo, &data.path().join("p.csv")).unwrap();
+        let p = ws.graph.nodes.iter().position(|n| n.name == "P").unwrap();
+        let node = &ws.graph.nodes[p];
+        let env = WorkerEnv {
+            data_root: Some(data.path().to_path_buf()),
+            path_env: "/usr/bin:/bin".into(),
+            temp_root: None,
+        };
+        let spec_with = |digest: Digest| {
+            let mut o = opts();
+            o.source_digests
+                .insert(node.sources[0].path.clone(), digest);
+            let h = NodeHashes {
+                local: Digest::of(b"local"),
+                definition: Digest::of(b"definition"),
+            };
+            let spec = spec_for(node, &h, &[], &o, &ExecSettings::default());
+            serde_json::to_string(&spec).unwrap()
+        };
+        let ok = work(&spec_with(planned), &stores, &env, &CancelToken::new()).unwrap();
+        assert!(ok.ok, "{ok:?}");
+        assert_eq!(ok.rows, Some(1));
+        let other = Digest::of(b"the planner's copy");
+        let bad = work(&spec_with(other), &stores, &env, &CancelToken::new()).unwrap();
+        assert!(!bad.ok);
+        assert_eq!(bad.failure, Some(FailureKind::Infra));
+        assert!(bad.unlocated);
+        assert!(bad.error.unwrap().contains("same data_root"));
     }
 
     #[test]

@@ -719,6 +719,19 @@ impl App {
                 }
             };
             let Some(task) = claimed else {
+                let died = crate::exec::task::TaskResult::failure(
+                    crate::exec::FailureKind::Infra,
+                    format!(
+                        "the workers computing this node died {} times (each lost its lease); \
+                         see their logs",
+                        crate::store::pg::tasks::MAX_ATTEMPTS
+                    ),
+                );
+                if let Ok(json) = serde_json::to_string(&died)
+                    && let Err(e) = queue.fail_abandoned(&json)
+                {
+                    tracing::warn!("cannot fail abandoned tasks: {e:#}");
+                }
                 if listener.is_none() {
                     listener = queue
                         .listener()
@@ -788,18 +801,10 @@ impl App {
                 }
                 return;
             }
-            Err(_) => crate::exec::task::TaskResult {
-                format: crate::exec::task::TASK_FORMAT,
-                ok: false,
-                output: None,
-                rows: None,
-                columns: Vec::new(),
-                log: None,
-                duration_ms: 0,
-                error: Some("internal error while running this node (a bug in sluice)".into()),
-                failure: Some(crate::exec::FailureKind::Infra),
-                failed_checks: None,
-            },
+            Err(_) => crate::exec::task::TaskResult::failure(
+                crate::exec::FailureKind::Infra,
+                "internal error while running this node (a bug in sluice)".into(),
+            ),
         };
         let json = match serde_json::to_string(&result) {
             Ok(j) => j,

@@ -20,6 +20,10 @@ use crate::plan::digest::Digest;
 /// The channel workers listen on for new tasks.
 const CHANNEL: &str = "sluice_tasks";
 
+/// Claims a task may have: one whose workers died this often (a node that
+/// kills its machine) fails instead of taking down worker after worker.
+pub const MAX_ATTEMPTS: i32 = 3;
+
 /// The shared queue of node tasks.
 pub struct PgTasks {
     db: Arc<PgState>,
@@ -97,11 +101,12 @@ impl PgTasks {
                 "UPDATE tasks SET state = 'running', attempt = attempt + 1, claimed_by = $1,
                      lease_until = now() + $2::bigint * interval '1 millisecond'
                  WHERE id = (SELECT id FROM tasks
-                             WHERE state = 'queued' OR (state = 'running' AND lease_until < now())
+                             WHERE state = 'queued'
+                                OR (state = 'running' AND lease_until < now() AND attempt < $3)
                              ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
                  RETURNING id, attempt, task_key, spec",
             )?;
-            c.client.query_opt(&st, &[&owner, &lease])
+            c.client.query_opt(&st, &[&owner, &lease, &MAX_ATTEMPTS])
         })?;
         row.map(|r| {
             Ok(Claimed {
@@ -112,6 +117,21 @@ impl PgTasks {
             })
         })
         .transpose()
+    }
+
+    /// Fails the tasks whose lease expired after their last allowed
+    /// attempt (`result`: the failure, as the scheduler reads it); returns
+    /// how many. Workers call it when they find nothing to claim.
+    pub fn fail_abandoned(&self, result: &str) -> anyhow::Result<u64> {
+        let result = result.to_string();
+        self.db.with("cannot fail abandoned tasks", |c| {
+            c.client.execute(
+                "UPDATE tasks SET state = 'done', ok = false, result = $2, done_at = now(),
+                     lease_until = NULL
+                 WHERE state = 'running' AND lease_until < now() AND attempt >= $1",
+                &[&MAX_ATTEMPTS, &result],
+            )
+        })
     }
 
     /// Renews the lease of a held task; false when it was lost (expired
@@ -319,6 +339,27 @@ mod tests {
             vec![(key(7), "fresh".to_string())]
         );
         assert_eq!(count(&other, "SELECT SUM(completions) FROM tasks"), 1);
+    }
+
+    #[test]
+    fn a_task_whose_workers_keep_dying_fails_after_the_last_attempt() {
+        let connect = test_connect();
+        let q = queue(&connect, Duration::from_millis(100));
+        q.submit(&[(key(9), "s".into())]).unwrap();
+        for attempt in 1..=MAX_ATTEMPTS {
+            let t = q.claim().unwrap().unwrap();
+            assert_eq!(t.attempt, attempt);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        assert_eq!(q.claim().unwrap(), None);
+        assert_eq!(q.fail_abandoned("{\"died\":1}").unwrap(), 1);
+        assert_eq!(
+            q.done(&[key(9)]).unwrap(),
+            vec![(key(9), "{\"died\":1}".to_string())]
+        );
+        // A later run queues it again, as any failed task.
+        q.submit(&[(key(9), "s".into())]).unwrap();
+        assert!(q.claim().unwrap().is_some());
     }
 
     #[test]
