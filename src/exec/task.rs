@@ -475,6 +475,7 @@ pub(crate) fn execute_queued(
     // Task key -> the nodes waiting on it (two nodes of a run may share one).
     let mut outstanding: HashMap<Digest, Vec<Waiting>> = HashMap::new();
     let mut pause = Duration::from_millis(1);
+    let mut requeued: HashMap<Digest, u32> = HashMap::new();
     loop {
         let wave = sched.take_wave(&opts.cancel);
         let mut prefetched = super::prefetch(batch_lookups, &wave, hashes, stores);
@@ -590,15 +591,21 @@ pub(crate) fn execute_queued(
         }
         pause = Duration::from_millis(1);
         for (key, json) in done {
-            let parsed: Result<TaskResult, _> = serde_json::from_str(&json);
-            if let Ok(r) = &parsed
+            let mut parsed: Result<TaskResult, _> = serde_json::from_str(&json);
+            if let Ok(r) = &mut parsed
                 && r.ok
                 && !r.output.is_some_and(|d| stores.blobs.contains(&d))
             {
-                // Done long ago, and its table is gone (gc): again.
-                if queue.requeue(&key).is_ok() {
+                // Done long ago, and its table is gone (gc): again, once.
+                let n = requeued.entry(key).or_insert(0u32);
+                *n += 1;
+                if *n <= 1 && queue.requeue(&key).is_ok() {
                     continue;
                 }
+                *r = TaskResult::failure(
+                    FailureKind::Infra,
+                    "the table the worker stored is not in the blob store".into(),
+                );
             }
             let Some(waiting) = outstanding.remove(&key) else {
                 continue;
