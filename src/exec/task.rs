@@ -586,7 +586,9 @@ pub(crate) fn execute_queued(
         };
         if done.is_empty() {
             std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(20));
+            // Workers have the queue's backlog meanwhile: a longer pause
+            // only delays dependents, and saves the cores they compute on.
+            pause = (pause * 2).min(Duration::from_millis(50));
             continue;
         }
         pause = Duration::from_millis(1);
