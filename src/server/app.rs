@@ -709,6 +709,7 @@ impl App {
             temp_root: Some(self.cfg.state_dir.join("tmp")),
         };
         let mut listener = None;
+        let mut pruned = std::time::Instant::now();
         while !self.shutdown.is_cancelled() {
             let claimed = match queue.claim() {
                 Ok(c) => c,
@@ -731,6 +732,14 @@ impl App {
                     && let Err(e) = queue.fail_abandoned(&json)
                 {
                     tracing::warn!("cannot fail abandoned tasks: {e:#}");
+                }
+                // Done tasks are kept a day (a restarted daemon's job finds
+                // them), then deleted by whichever idle worker comes first.
+                if pruned.elapsed() > Duration::from_secs(600) {
+                    pruned = std::time::Instant::now();
+                    if let Err(e) = queue.prune_done(Duration::from_secs(24 * 3600)) {
+                        tracing::warn!("cannot prune done tasks: {e:#}");
+                    }
                 }
                 if listener.is_none() {
                     listener = queue

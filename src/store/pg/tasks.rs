@@ -134,6 +134,19 @@ impl PgTasks {
         })
     }
 
+    /// Deletes the tasks done more than `age` ago (their results are in
+    /// the waiting runs' caches by then); returns how many.
+    pub fn prune_done(&self, age: Duration) -> anyhow::Result<u64> {
+        let ms = millis(age);
+        self.db.with("cannot prune done tasks", |c| {
+            c.client.execute(
+                "DELETE FROM tasks
+                 WHERE state = 'done' AND done_at < now() - $1::bigint * interval '1 millisecond'",
+                &[&ms],
+            )
+        })
+    }
+
     /// Renews the lease of a held task; false when it was lost (expired
     /// and claimed by another worker, or done).
     pub fn heartbeat(&self, t: &Claimed) -> anyhow::Result<bool> {
@@ -359,7 +372,12 @@ mod tests {
         );
         // A later run queues it again, as any failed task.
         q.submit(&[(key(9), "s".into())]).unwrap();
-        assert!(q.claim().unwrap().is_some());
+        let t = q.claim().unwrap().unwrap();
+        assert!(q.complete(&t, true, "{}").unwrap());
+        assert_eq!(q.prune_done(Duration::from_secs(3600)).unwrap(), 0);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(q.prune_done(Duration::from_millis(10)).unwrap(), 1);
+        assert!(q.done(&[key(9)]).unwrap().is_empty());
     }
 
     #[test]
