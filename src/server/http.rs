@@ -443,6 +443,12 @@ pub fn serve(app: App) -> anyhow::Result<()> {
     }
     // On PostgreSQL a full daemon also computes node tasks, its own runs'
     // and any other daemon's (`task_threads`, by default one per worker).
+    if app.has_task_queue() && app.cfg.task_threads == 0 {
+        tracing::info!(
+            "task_threads = 0: this daemon only dispatches; its jobs' nodes wait for other \
+             daemons or `sluice serve --worker-only` processes on the same queue"
+        );
+    }
     if app.has_task_queue() {
         for i in 0..app.cfg.task_threads {
             let a = Arc::clone(&app);
