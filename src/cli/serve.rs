@@ -17,6 +17,11 @@ pub struct ServeArgs {
     /// The server configuration (see the README's "Running the daemon").
     #[arg(long, value_name = "FILE", default_value = config::FILE_NAME)]
     pub config: PathBuf,
+    /// Only compute node tasks from the shared queue: no HTTP listener,
+    /// no jobs. Needs `state = "postgresql://…"`; `workers` sets the task
+    /// threads. Run any number of these beside the full daemons.
+    #[arg(long)]
+    pub worker_only: bool,
 }
 
 pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
@@ -33,6 +38,13 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
+    if args.worker_only && shared.is_none() {
+        anyhow::bail!(
+            "{}: --worker-only computes node tasks from the shared queue on PostgreSQL: set \
+             state = \"postgresql://…\" (with SQLite state, run the full daemon)",
+            args.config.display()
+        );
+    }
     init_logging();
     let app = crate::server::App::open(
         cfg,
@@ -42,7 +54,11 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         shared.as_ref(),
     )
     .context("cannot start the daemon")?;
-    crate::server::serve(app)?;
+    if args.worker_only {
+        crate::server::serve_workers(app)?;
+    } else {
+        crate::server::serve(app)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

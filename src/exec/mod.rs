@@ -9,6 +9,7 @@ pub mod lint;
 pub mod sandbox;
 pub mod sqlite;
 pub mod table;
+pub mod task;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -224,6 +225,11 @@ pub fn execute_with(
     let settings = &settings;
     let wanted = closure(graph, wanted);
     let mut sched = Schedule::new(graph, &wanted, observer);
+    if let Some(queue) = &stores.tasks {
+        // Cache misses go to the shared queue; other processes compute.
+        task::execute_queued(&mut sched, hashes, stores, opts, settings, queue.as_ref());
+        return sched.results;
+    }
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     // A backend across the network answers a wave of ready nodes' cache
     // lookups in one query instead of one round trip each.
@@ -272,37 +278,7 @@ pub fn execute_with(
 
         let mut in_flight = 0usize;
         loop {
-            let mut wave: Vec<(NodeId, Vec<(String, Digest)>)> = Vec::new();
-            while let Some(id) = sched.ready.pop() {
-                if opts.cancel.is_cancelled() {
-                    sched.finish(id, NodeResult::skipped(CANCELLED.into()));
-                    continue;
-                }
-                let node = &graph.nodes[id];
-                // A node below a failure is skipped without running.
-                let bad = node
-                    .deps
-                    .iter()
-                    .filter_map(|d| d.node)
-                    .find(|d| sched.results.get(d).is_none_or(|r| !r.status.ok()));
-                if let Some(b) = bad {
-                    let r = NodeResult::skipped(format!(
-                        "upstream {} did not succeed",
-                        graph.nodes[b].name
-                    ));
-                    sched.finish(id, r);
-                    continue;
-                }
-                let inputs: Vec<(String, Digest)> = node
-                    .deps
-                    .iter()
-                    .filter_map(|d| {
-                        let out = sched.results.get(&d.node?)?.output?;
-                        Some((d.table.clone(), out))
-                    })
-                    .collect();
-                wave.push((id, inputs));
-            }
+            let wave = sched.take_wave(&opts.cancel);
             let mut prefetched = prefetch(batch_lookups, &wave, hashes, stores);
             for (id, inputs) in wave {
                 let found = prefetched.remove(&id);
@@ -331,7 +307,7 @@ pub fn execute_with(
 
 /// The scheduler's book-keeping: which nodes wait on how many inputs,
 /// which are ready, and what finished.
-struct Schedule<'a> {
+pub(crate) struct Schedule<'a> {
     graph: &'a Graph,
     observer: &'a dyn Observer,
     pending: HashMap<NodeId, usize>,
@@ -370,6 +346,43 @@ impl<'a> Schedule<'a> {
         }
     }
 
+    /// Takes the ready nodes: each with its inputs' tables and outputs,
+    /// or finished at once as skipped (below a failure, or cancelled).
+    fn take_wave(&mut self, cancel: &CancelToken) -> Vec<(NodeId, Vec<(String, Digest)>)> {
+        let mut wave: Vec<(NodeId, Vec<(String, Digest)>)> = Vec::new();
+        while let Some(id) = self.ready.pop() {
+            if cancel.is_cancelled() {
+                self.finish(id, NodeResult::skipped(CANCELLED.into()));
+                continue;
+            }
+            let node = &self.graph.nodes[id];
+            // A node below a failure is skipped without running.
+            let bad = node
+                .deps
+                .iter()
+                .filter_map(|d| d.node)
+                .find(|d| self.results.get(d).is_none_or(|r| !r.status.ok()));
+            if let Some(b) = bad {
+                let r = NodeResult::skipped(format!(
+                    "upstream {} did not succeed",
+                    self.graph.nodes[b].name
+                ));
+                self.finish(id, r);
+                continue;
+            }
+            let inputs: Vec<(String, Digest)> = node
+                .deps
+                .iter()
+                .filter_map(|d| {
+                    let out = self.results.get(&d.node?)?.output?;
+                    Some((d.table.clone(), out))
+                })
+                .collect();
+            wave.push((id, inputs));
+        }
+        wave
+    }
+
     /// Records a result and readies the dependents it was the last input of.
     fn finish(&mut self, id: NodeId, result: NodeResult) {
         self.observer.finished(
@@ -395,7 +408,7 @@ impl<'a> Schedule<'a> {
 type Job = (NodeId, Vec<(String, Digest)>, Option<Option<CacheEntry>>);
 
 /// The task key of a node with these inputs.
-fn task_key(hashes: &NodeHashes, inputs: &[(String, Digest)]) -> Digest {
+pub(crate) fn task_key(hashes: &NodeHashes, inputs: &[(String, Digest)]) -> Digest {
     let mut keyed: Vec<(&str, Digest)> = inputs.iter().map(|(t, d)| (t.as_str(), *d)).collect();
     hash::combine("task", &hashes.local, &mut keyed)
 }
@@ -474,17 +487,67 @@ fn run_node(
             return result;
         }
     }
+    let (mut result, failed_checks) = compute_node(node, result, start, stores, opts, settings);
+    record(stores, &node.file, &mut result, failed_checks);
+    result
+}
+
+/// The table a node whose data tests failed left, with its counts.
+pub(crate) type FailedChecks = Option<(Digest, sqlite::TableStats)>;
+
+/// Computes a node (`result` carries its task key and inputs) into the
+/// blob store, without writing the cache: the status, output, counts, log
+/// and error of `result` are filled in, and the table of failed data
+/// tests returned beside it.
+pub(crate) fn compute_node(
+    node: &Node,
+    mut result: NodeResult,
+    start: Instant,
+    stores: &Stores,
+    opts: &RunOptions,
+    settings: &ExecSettings,
+) -> (NodeResult, FailedChecks) {
     let computed = compute(node, &result.inputs, stores, opts, settings);
     result.duration = start.elapsed();
     if opts.cancel.is_cancelled() && computed.table.is_err() {
         // Killed by the cancellation, not by its own fault.
         result.status = Status::Skipped;
         result.error = Some(CANCELLED.into());
-        return result;
+        return (result, None);
     }
     result.log = computed.log;
-    if let Some((output, stats)) = computed.failed_checks {
-        // Best effort: only `cat` and `test` read it.
+    match computed.table {
+        Ok((output, stats)) => {
+            result.status = Status::Computed;
+            result.output = Some(output);
+            result.rows = Some(stats.rows);
+            result.columns = stats.columns;
+        }
+        Err((kind, e)) => {
+            // A located error (`path:line:column: ...`) names its own file.
+            result.error = Some(match e.strip_prefix(LOCATED) {
+                Some(located) => located.to_string(),
+                None => format!("{}: {e}", node.file),
+            });
+            result.failure = Some(kind);
+        }
+    }
+    (result, computed.failed_checks)
+}
+
+/// Writes the cache entries of a computed node: its table under its task
+/// key, or the table its failed data tests left (best effort: only `cat`
+/// and `test` read it). A cache that cannot be written fails the node.
+pub(crate) fn record(
+    stores: &Stores,
+    file: &crate::pipeline::RepoPath,
+    result: &mut NodeResult,
+    failed_checks: FailedChecks,
+) {
+    let Some(task_key) = result.task_key else {
+        return;
+    };
+    if let Some((output, stats)) = failed_checks {
         let _ = stores.state.cache_put(
             &failed_checks_key(&task_key),
             &CacheEntry {
@@ -496,35 +559,24 @@ fn run_node(
             },
         );
     }
-    match computed.table {
-        Ok((output, stats)) => {
-            result.status = Status::Computed;
-            result.output = Some(output);
-            result.rows = Some(stats.rows);
-            result.columns = stats.columns.clone();
-            let entry = CacheEntry {
-                output,
-                rows: stats.rows,
-                columns: stats.columns,
-                log: result.log,
-                duration_ms: result.duration.as_millis() as u64,
-            };
-            if let Err(e) = stores.state.cache_put(&task_key, &entry) {
-                result.status = Status::Failed;
-                result.error = Some(format!("{}: cannot write the cache: {e:#}", node.file));
-                result.failure = Some(FailureKind::Infra);
-            }
-        }
-        Err((kind, e)) => {
-            // A located error (`path:line:column: ...`) names its own file.
-            result.error = Some(match e.strip_prefix(LOCATED) {
-                Some(located) => located.to_string(),
-                None => format!("{}: {e}", node.file),
-            });
-            result.failure = Some(kind);
-        }
+    if result.status != Status::Computed {
+        return;
     }
-    result
+    let Some(output) = result.output else {
+        return;
+    };
+    let entry = CacheEntry {
+        output,
+        rows: result.rows.unwrap_or(0),
+        columns: result.columns.clone(),
+        log: result.log,
+        duration_ms: result.duration.as_millis() as u64,
+    };
+    if let Err(e) = stores.state.cache_put(&task_key, &entry) {
+        result.status = Status::Failed;
+        result.error = Some(format!("{file}: cannot write the cache: {e:#}"));
+        result.failure = Some(FailureKind::Infra);
+    }
 }
 
 /// Marks an error message that starts with its own `path:line:column`.

@@ -19,10 +19,12 @@ use super::mirror::Mirrors;
 use crate::engine::run::{RunError, RunRequest};
 use crate::engine::{Outcome, RunReport, Settings, Source, Workspace};
 use crate::exec::CancelToken;
+use crate::exec::task::{TaskQueue, WorkerEnv};
 use crate::forge::{CommitStatus, Forge, StatusState};
 use crate::plan::digest::Digest;
 use crate::store::Stores;
 use crate::store::blob::BlobStore;
+use crate::store::pg::tasks::{Claimed, PgTasks};
 use crate::store::pg::{PgConnect, PgState};
 use crate::store::queue::{Enqueued, Job, JobKind, JobState, NewJob, OutboxItem, now_ms};
 use crate::store::state::{SqliteState, State};
@@ -107,6 +109,16 @@ pub struct App {
     /// The group-commit thread that stores deliveries' jobs (started at
     /// the first delivery).
     enqueuer: OnceLock<std::sync::mpsc::Sender<EnqueueRequest>>,
+    /// The queue and its jobs on PostgreSQL: jobs' leases are renewed
+    /// through it.
+    pg_db: Option<Arc<PgState>>,
+    /// The shared node-task queue (state on PostgreSQL): runs send their
+    /// cache misses there, and task threads compute them.
+    pg_tasks: Option<Arc<PgTasks>>,
+    /// The same queue as the scheduler sees it.
+    tasks: Option<Arc<dyn TaskQueue>>,
+    /// The task threads' own source memo (`state_dir/worker/state.db`).
+    worker_memo: OnceLock<Arc<SqliteState>>,
 }
 
 /// One delivery's job for the group-commit thread, and where its answer
@@ -165,10 +177,24 @@ impl App {
             .with_context(|| format!("cannot create {}", dir.display()))?;
         // On PostgreSQL, the queue has its schema and each repository
         // its own, as each has its own file here.
-        let db: Arc<dyn State> = match shared {
-            Some(connect) => Arc::new(PgState::open(connect, crate::store::pg::DAEMON_SCHEMA)?),
+        let pg_db = match shared {
+            Some(connect) => {
+                let pg = Arc::new(PgState::open(connect, crate::store::pg::DAEMON_SCHEMA)?);
+                pg.set_job_lease(cfg.task_lease);
+                Some(pg)
+            }
+            None => None,
+        };
+        let db: Arc<dyn State> = match &pg_db {
+            Some(pg) => Arc::clone(pg) as Arc<dyn State>,
             None => Arc::new(SqliteState::open(&dir.join("daemon.db"))?),
         };
+        let pg_tasks = pg_db
+            .as_ref()
+            .map(|pg| Arc::new(PgTasks::new(Arc::clone(pg), cfg.task_lease)));
+        let tasks = pg_tasks
+            .as_ref()
+            .map(|t| Arc::clone(t) as Arc<dyn TaskQueue>);
         let blobs = crate::store::open_blobs(&dir, &cfg.blobs)?;
         let mut repos = Vec::new();
         for (config, secrets) in cfg.repos.iter().cloned().zip(secrets) {
@@ -203,6 +229,10 @@ impl App {
             path_env,
             running: Mutex::new(HashMap::new()),
             enqueuer: OnceLock::new(),
+            pg_db,
+            pg_tasks,
+            tasks,
+            worker_memo: OnceLock::new(),
             shutdown: CancelToken::new(),
             jobs_bell: Bell::default(),
             outbox_bell: Bell::default(),
@@ -360,7 +390,39 @@ impl App {
             token.cancel();
         }
         tracing::info!(job = job.id, run = %job.run_id, repo = %job.repo, sha = %job.sha, "job started");
-        let outcome = self.execute(&job, &token);
+        let outcome = match &self.pg_db {
+            // On a shared queue the job is held by a lease: renewed while
+            // it runs, so that another daemon takes it only if this one dies.
+            Some(pg) => {
+                let (stop, stopped) = std::sync::mpsc::channel::<()>();
+                let (token, job) = (&token, &job);
+                std::thread::scope(|s| {
+                    s.spawn(move || {
+                        let every = self.cfg.task_lease / 3;
+                        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                            stopped.recv_timeout(every)
+                        {
+                            match pg.renew_job_lease(job.id) {
+                                Ok(true) => {}
+                                Ok(false) => {
+                                    tracing::warn!(
+                                        job = job.id,
+                                        "the job's lease was lost (another daemon took it over); stopping"
+                                    );
+                                    token.cancel();
+                                    return;
+                                }
+                                Err(e) => tracing::warn!(job = job.id, "cannot renew the job's lease: {e:#}"),
+                            }
+                        }
+                    });
+                    let outcome = self.execute(job, token);
+                    drop(stop);
+                    outcome
+                })
+            }
+            None => self.execute(&job, &token),
+        };
         self.running
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -436,6 +498,7 @@ impl App {
             state: Arc::clone(&repo.state),
             memo: Arc::clone(&repo.memo),
             manifests: Arc::clone(&repo.manifests),
+            tasks: self.tasks.clone(),
         };
         let pipelines: Vec<String> = ws.graph.pipelines.iter().map(|p| p.to_string()).collect();
         if ws.diagnostics.is_empty() {
@@ -599,6 +662,174 @@ impl App {
     pub fn log(&self, digest: &Digest) -> Option<String> {
         let bytes = self.blobs.get(digest).ok()?;
         Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    // -- node tasks -----------------------------------------------------------
+
+    /// Whether this daemon has a shared node-task queue (state on
+    /// PostgreSQL).
+    pub fn has_task_queue(&self) -> bool {
+        self.pg_tasks.is_some()
+    }
+
+    /// A task thread: claims node tasks from the shared queue and computes
+    /// them until shutdown. Returns at once without a shared queue.
+    pub fn task_loop(self: &Arc<Self>) {
+        let Some(queue) = self.pg_tasks.clone() else {
+            return;
+        };
+        if let Err(e) = rustix::process::setpriority_process(None, WORKER_NICE) {
+            tracing::debug!("cannot lower the task thread's priority: {e}");
+        }
+        let memo = match self.worker_memo.get() {
+            Some(m) => Arc::clone(m),
+            None => {
+                let path = self.cfg.state_dir.join("worker").join("state.db");
+                match SqliteState::open(&path) {
+                    Ok(m) => Arc::clone(self.worker_memo.get_or_init(|| Arc::new(m))),
+                    Err(e) => {
+                        tracing::error!("cannot open {}: {e:#}", path.display());
+                        return;
+                    }
+                }
+            }
+        };
+        let stores = Stores {
+            blobs: Arc::clone(&self.blobs),
+            // Only to forget a damaged input's cache entries (none here):
+            // the scheduler writes the cache of its own repository.
+            state: Arc::clone(&self.db),
+            memo,
+            manifests: Arc::default(),
+            tasks: None,
+        };
+        let env = WorkerEnv {
+            data_root: Some(self.cfg.data_root.clone()),
+            path_env: self.path_env.clone(),
+            temp_root: Some(self.cfg.state_dir.join("tmp")),
+        };
+        let mut listener = None;
+        let mut pruned = std::time::Instant::now();
+        while !self.shutdown.is_cancelled() {
+            let claimed = match queue.claim() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("cannot read the task queue: {e:#}");
+                    self.jobs_bell.wait(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let Some(task) = claimed else {
+                let died = crate::exec::task::TaskResult::failure(
+                    crate::exec::FailureKind::Infra,
+                    format!(
+                        "the workers computing this node died {} times (each lost its lease); \
+                         see their logs",
+                        crate::store::pg::tasks::MAX_ATTEMPTS
+                    ),
+                );
+                if let Ok(json) = serde_json::to_string(&died)
+                    && let Err(e) = queue.fail_abandoned(&json)
+                {
+                    tracing::warn!("cannot fail abandoned tasks: {e:#}");
+                }
+                // Done tasks are kept a day (a restarted daemon's job finds
+                // them), then deleted by whichever idle worker comes first.
+                if pruned.elapsed() > Duration::from_secs(600) {
+                    pruned = std::time::Instant::now();
+                    if let Err(e) = queue.prune_done(Duration::from_secs(24 * 3600)) {
+                        tracing::warn!("cannot prune done tasks: {e:#}");
+                    }
+                }
+                if listener.is_none() {
+                    listener = queue
+                        .listener()
+                        .map_err(|e| tracing::warn!("cannot listen for tasks: {e:#}"))
+                        .ok();
+                }
+                match &mut listener {
+                    Some(l) => l.wait(Duration::from_millis(500)),
+                    None => self.jobs_bell.wait(Duration::from_millis(200)),
+                }
+                continue;
+            };
+            self.work_task(&queue, &task, &stores, &env);
+        }
+    }
+
+    /// Computes one claimed task while a heartbeat renews its lease, and
+    /// completes it (fenced by its attempt), or releases it at shutdown.
+    fn work_task(&self, queue: &PgTasks, task: &Claimed, stores: &Stores, env: &WorkerEnv) {
+        tracing::debug!(task = task.id, attempt = task.attempt, "task claimed");
+        let cancel = &CancelToken::new();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let outcome = std::thread::scope(|s| {
+            s.spawn(move || {
+                let every = queue.lease() / 3;
+                let mut last = std::time::Instant::now();
+                loop {
+                    match stopped.recv_timeout(Duration::from_millis(100).min(every)) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    if self.shutdown.is_cancelled() {
+                        cancel.cancel();
+                    }
+                    if last.elapsed() < every {
+                        continue;
+                    }
+                    last = std::time::Instant::now();
+                    match queue.heartbeat(task) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(
+                                task = task.id,
+                                "the task's lease was lost; stopping it"
+                            );
+                            cancel.cancel();
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(task = task.id, "cannot renew the task's lease: {e:#}")
+                        }
+                    }
+                }
+            });
+            let worked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::exec::task::work(&task.spec, stores, env, cancel)
+            }));
+            drop(stop);
+            worked
+        });
+        let result = match outcome {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                match queue.release(task) {
+                    Ok(_) => tracing::info!(task = task.id, "task released"),
+                    Err(e) => tracing::warn!(task = task.id, "cannot release the task: {e:#}"),
+                }
+                return;
+            }
+            Err(_) => crate::exec::task::TaskResult::failure(
+                crate::exec::FailureKind::Infra,
+                "internal error while running this node (a bug in sluice)".into(),
+            ),
+        };
+        let json = match serde_json::to_string(&result) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(task = task.id, "cannot encode a task's result: {e}");
+                return;
+            }
+        };
+        match queue.complete(task, result.ok, &json) {
+            Ok(true) => tracing::debug!(task = task.id, ok = result.ok, "task done"),
+            Ok(false) => tracing::warn!(
+                task = task.id,
+                "the task was taken over after its lease expired; this result is dropped"
+            ),
+            Err(e) => tracing::error!(task = task.id, "cannot complete the task: {e:#}"),
+        }
     }
 
     // -- schedules ------------------------------------------------------------

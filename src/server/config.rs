@@ -58,6 +58,14 @@ pub struct ServerConfig {
     /// Where blobs live: `state_dir/blobs`, or a bucket (`blobs =
     /// "s3://…"`) with a local cache of `blob_cache_size`.
     pub blobs: crate::store::BlobOptions,
+    /// `task_lease = "30s"`: how long a claimed node task or job stays
+    /// with its worker without a heartbeat (state on PostgreSQL only); a
+    /// worker that dies costs at most this much before another takes over.
+    pub task_lease: std::time::Duration,
+    /// `task_threads = N`: threads computing node tasks from the shared
+    /// queue (state on PostgreSQL only); default `workers`, 0 for a daemon
+    /// that only dispatches.
+    pub task_threads: usize,
     pub repos: Vec<RepoConfig>,
 }
 
@@ -202,6 +210,8 @@ struct RawServer {
     run_page_logs: Option<bool>,
     blobs: Option<Spanned<String>>,
     blob_cache_size: Option<Spanned<String>>,
+    task_lease: Option<Spanned<String>>,
+    task_threads: Option<Spanned<i64>>,
     repos: Option<Vec<Spanned<RawRepo>>>,
 }
 
@@ -305,6 +315,35 @@ pub fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
         None => crate::store::blob_cache::DEFAULT_CACHE_SIZE,
     };
 
+    let task_lease = match &raw.task_lease {
+        Some(text) => match crate::store::gc::parse_duration(text.get_ref()) {
+            Ok(d) if d >= std::time::Duration::from_secs(1) => d,
+            Ok(_) => {
+                return Err(err(
+                    at(text.span()),
+                    "task_lease",
+                    "must be at least 1s, e.g. \"30s\"".into(),
+                ));
+            }
+            Err(why) => return Err(err(at(text.span()), "task_lease", why)),
+        },
+        None => crate::store::pg::DEFAULT_LEASE,
+    };
+
+    let task_threads = match &raw.task_threads {
+        Some(n) => match usize::try_from(*n.get_ref()) {
+            Ok(n) if n <= MAX_WORKERS => n,
+            _ => {
+                return Err(err(
+                    at(n.span()),
+                    "task_threads",
+                    format!("must be between 0 and {MAX_WORKERS}"),
+                ));
+            }
+        },
+        None => workers_value,
+    };
+
     let raw_repos = raw.repos.unwrap_or_default();
     if raw_repos.is_empty() {
         return Err(missing(
@@ -344,6 +383,8 @@ pub fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
             location: blobs,
             cache_size: blob_cache_size,
         },
+        task_lease,
+        task_threads,
         repos,
     })
 }
@@ -860,6 +901,25 @@ mod tests {
         assert!(!e.to_string().contains("hunter2"), "{e}");
         let e = error_of(&with("state = \"postgresql://sluice@db.example.org/s\""));
         assert!(e.message.contains("sslmode=require"), "{e}");
+    }
+
+    #[test]
+    fn task_lease_defaults_to_30s_and_is_checked() {
+        let with = |line: &str| example_with("workers = 2", &format!("workers = 2\n{line}"));
+        assert_eq!(
+            parse(EXAMPLE).unwrap().task_lease,
+            std::time::Duration::from_secs(30)
+        );
+        let c = parse(&with("task_lease = \"2s\"")).unwrap();
+        assert_eq!(c.task_lease, std::time::Duration::from_secs(2));
+        let e = error_of(&with("task_lease = \"0s\""));
+        assert_eq!((e.line, e.key.as_str()), (6, "task_lease"));
+        assert_eq!(parse(EXAMPLE).unwrap().task_threads, 2);
+        assert_eq!(parse(&with("task_threads = 0")).unwrap().task_threads, 0);
+        let e = error_of(&with("task_threads = 65"));
+        assert_eq!(e.key, "task_threads");
+        let e = error_of(&with("task_lease = \"soon\""));
+        assert!(e.message.contains("not a duration"), "{e}");
     }
 
     #[test]

@@ -441,6 +441,24 @@ pub fn serve(app: App) -> anyhow::Result<()> {
                 .spawn(move || a.worker_loop())?,
         );
     }
+    // On PostgreSQL a full daemon also computes node tasks, its own runs'
+    // and any other daemon's (`task_threads`, by default one per worker).
+    if app.has_task_queue() && app.cfg.task_threads == 0 {
+        tracing::info!(
+            "task_threads = 0: this daemon only dispatches; its jobs' nodes wait for other \
+             daemons or `sluice serve --worker-only` processes on the same queue"
+        );
+    }
+    if app.has_task_queue() {
+        for i in 0..app.cfg.task_threads {
+            let a = Arc::clone(&app);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("sluice-task-{i}"))
+                    .spawn(move || a.task_loop())?,
+            );
+        }
+    }
     {
         let a = Arc::clone(&app);
         threads.push(
@@ -477,6 +495,46 @@ pub fn serve(app: App) -> anyhow::Result<()> {
         let _ = t.join();
     }
     served
+}
+
+/// `sluice serve --worker-only`: `workers` task threads computing node
+/// tasks from the shared queue, no HTTP listener, no jobs; until SIGTERM
+/// or Ctrl-C, when running tasks are stopped and given back to the queue.
+pub fn serve_workers(app: App) -> anyhow::Result<()> {
+    if !app.has_task_queue() {
+        anyhow::bail!(
+            "--worker-only computes node tasks from the shared queue, which lives on \
+             PostgreSQL: set state = \"postgresql://…\" in the server config"
+        );
+    }
+    let app = Arc::new(app);
+    let mut threads = Vec::new();
+    for i in 0..app.cfg.workers {
+        let a = Arc::clone(&app);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("sluice-task-{i}"))
+                .spawn(move || a.task_loop())?,
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "sluice serve: worker-only, {} task thread(s)",
+        app.cfg.workers
+    );
+    tracing::info!(
+        threads = app.cfg.workers,
+        "worker-only: computing node tasks"
+    );
+    rt.block_on(shutdown_signal());
+    tracing::info!("shutting down: running tasks are stopped and given back to the queue");
+    app.begin_shutdown();
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

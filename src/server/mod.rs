@@ -11,4 +11,4 @@ pub mod mirror;
 pub mod webhook;
 
 pub use app::App;
-pub use http::{router, serve};
+pub use http::{router, serve, serve_workers};

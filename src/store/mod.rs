@@ -166,6 +166,9 @@ pub struct Stores {
     /// run reads every pipeline's production manifest, and the daemon
     /// reads the same ones push after push.
     pub manifests: Arc<ManifestCache>,
+    /// The shared work queue (a daemon on PostgreSQL): cache misses become
+    /// tasks that any worker computes; `None` runs them on this machine.
+    pub tasks: Option<Arc<dyn crate::exec::task::TaskQueue>>,
 }
 
 /// Parsed manifests, by the digest of their bytes. Bounded: when full it
@@ -244,6 +247,7 @@ impl Stores {
             state,
             memo,
             manifests: Arc::default(),
+            tasks: None,
         })
     }
 
@@ -255,6 +259,7 @@ impl Stores {
             state: Arc::clone(&memo) as Arc<dyn State>,
             memo,
             manifests: Arc::default(),
+            tasks: None,
         })
     }
 }

@@ -27,3 +27,4 @@ mod trust_exec;
 mod trust_pipeline;
 mod trust_store;
 mod util;
+mod workers;

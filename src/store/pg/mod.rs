@@ -14,6 +14,7 @@
 //! (which may quote a row).
 
 mod queue;
+pub mod tasks;
 #[cfg(test)]
 pub mod testing;
 
@@ -45,10 +46,16 @@ pub fn repo_schema(id: &str) -> String {
 }
 
 /// Migrations in order, recorded in `schema_migrations`. Append only.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init",
-    include_str!("../../../migrations/pg/0001_init.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init",
+        include_str!("../../../migrations/pg/0001_init.sql"),
+    ),
+    (
+        "0002_tasks",
+        include_str!("../../../migrations/pg/0002_tasks.sql"),
+    ),
+];
 
 /// The schema version this binary creates and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -345,6 +352,11 @@ pub struct PgState {
     idle: Mutex<Vec<Conn>>,
     /// Queries of the action cache sent (one per lookup, one per batch).
     cache_queries: std::sync::atomic::AtomicU64,
+    /// Who this process is in `claimed_by` (host, pid and a random part).
+    owner: String,
+    /// The lease a claimed job gets, in milliseconds (renewed by its
+    /// daemon's heartbeat).
+    job_lease_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PgState {
@@ -369,6 +381,22 @@ fn outside_runtime<T: Send>(f: impl FnOnce() -> anyhow::Result<T> + Send) -> any
             .join()
             .unwrap_or_else(|_| Err(anyhow!("a PostgreSQL call panicked")))
     })
+}
+
+/// The lease of a claimed job or task unless the server config sets
+/// `task_lease`.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// This process's name in `claimed_by` and `completed_by`: the host, the
+/// process id and a random part (a pid is reused after a restart).
+pub fn owner_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let mut bytes = [0u8; 4];
+    let _ = getrandom::fill(&mut bytes);
+    let tag: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{host}:{}:{tag}", std::process::id())
 }
 
 /// A stable advisory-lock key for `what`.
@@ -415,11 +443,38 @@ impl PgState {
             schema: schema.to_string(),
             idle: Mutex::new(Vec::new()),
             cache_queries: std::sync::atomic::AtomicU64::new(0),
+            owner: owner_id(),
+            job_lease_ms: std::sync::atomic::AtomicU64::new(DEFAULT_LEASE.as_millis() as u64),
         };
         state
             .migrate()
             .with_context(|| format!("state database {} (schema {schema})", connect.shown))?;
         Ok(state)
+    }
+
+    /// This process's name in the `claimed_by` of jobs and tasks.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Sets the lease of the jobs this state claims from now on.
+    pub fn set_job_lease(&self, lease: Duration) {
+        self.job_lease_ms.store(
+            lease.as_millis().max(1) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn job_lease_ms(&self) -> i64 {
+        self.job_lease_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .min(i64::MAX as u64) as i64
+    }
+
+    /// Renews the lease of job `id`, claimed by this process; false when
+    /// it lost it (another daemon took the job after it expired).
+    pub fn renew_job_lease(&self, id: i64) -> anyhow::Result<bool> {
+        queue::renew_job_lease(self, id)
     }
 
     /// How many queries of the action cache this state has sent.
@@ -1088,6 +1143,45 @@ mod tests {
         let claimed = dbs[0].claim_job().unwrap().unwrap();
         assert_eq!(dbs[1].claim_job().unwrap(), None, "one job per lane runs");
         assert_eq!(claimed.state, JobState::Running);
+    }
+
+    #[test]
+    fn jobs_are_held_by_leases() {
+        use crate::store::queue::{JobKind, NewJob};
+        let connect = test_connect();
+        let one = PgState::open(&connect, DAEMON_SCHEMA).unwrap();
+        let two = PgState::open(&connect, DAEMON_SCHEMA).unwrap();
+        one.set_job_lease(Duration::from_millis(400));
+        let job = |sha: &str, lane: &str| NewJob {
+            repo: "git:p".into(),
+            kind: JobKind::Push,
+            lane: lane.into(),
+            git_ref: lane.into(),
+            branch: None,
+            sha: sha.into(),
+            pr_number: None,
+            run_id: format!("r_{sha}"),
+        };
+        one.enqueue(&job("a", "refs/heads/x"), None).unwrap();
+        let held = one.claim_job().unwrap().unwrap();
+        // A live lease: another daemon starting up leaves it alone.
+        assert_eq!(two.requeue_running(None).unwrap(), 0);
+        assert_eq!(two.claim_job().unwrap(), None);
+        assert!(one.renew_job_lease(held.id).unwrap());
+        std::thread::sleep(Duration::from_millis(500));
+        // Expired (its daemon died): the other takes it over, and the
+        // first can neither renew it nor write its end.
+        let taken = two.claim_job().unwrap().unwrap();
+        assert_eq!(taken.id, held.id);
+        assert!(!one.renew_job_lease(held.id).unwrap());
+        assert!(
+            one.finish_job(held.id, JobState::Done, Some("success"), None)
+                .is_err()
+        );
+        assert_eq!(one.requeue_running(Some(held.id)).unwrap(), 0);
+        two.finish_job(taken.id, JobState::Done, Some("success"), None)
+            .unwrap();
+        assert_eq!(two.job(held.id).unwrap().unwrap().state, JobState::Done);
     }
 
     #[test]

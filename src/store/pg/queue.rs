@@ -147,15 +147,21 @@ pub(super) fn enqueue_many(
 
 pub(super) fn claim_job(db: &PgState) -> anyhow::Result<Option<Job>> {
     let schema = db.schema.clone();
+    let owner = db.owner.clone();
+    let lease_ms = db.job_lease_ms();
     db.with_anyhow(|c| {
         let mut tx = c.client.transaction().pg("cannot open a transaction")?;
         lock_queue(&mut tx, &schema).pg("cannot lock the queue")?;
+        // A running job whose lease expired lost its daemon: it is
+        // claimable again, and no longer holds its lane.
         let row = tx
             .query_opt(
                 &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs j WHERE state = 'queued'
+                    "SELECT {JOB_COLUMNS} FROM jobs j
+                 WHERE (state = 'queued' OR (state = 'running' AND lease_until < now()))
                  AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.state = 'running'
-                                 AND r.repo = j.repo AND r.lane = j.lane)
+                                 AND r.repo = j.repo AND r.lane = j.lane AND r.id <> j.id
+                                 AND (r.lease_until IS NULL OR r.lease_until >= now()))
                  ORDER BY id LIMIT 1"
                 ),
                 &[],
@@ -166,14 +172,29 @@ pub(super) fn claim_job(db: &PgState) -> anyhow::Result<Option<Job>> {
         };
         let mut job = job_from_row(&row)?;
         tx.execute(
-            "UPDATE jobs SET state = 'running', started_at = $2 WHERE id = $1",
-            &[&job.id, &now_rfc3339()],
+            "UPDATE jobs SET state = 'running', started_at = $2, claimed_by = $3,
+                 lease_until = now() + $4::bigint * interval '1 millisecond'
+             WHERE id = $1",
+            &[&job.id, &now_rfc3339(), &owner, &lease_ms],
         )
         .pg("cannot claim a job")?;
         tx.commit().pg("cannot claim a job")?;
         job.state = JobState::Running;
         Ok(Some(job))
     })
+}
+
+pub(super) fn renew_job_lease(db: &PgState, id: i64) -> anyhow::Result<bool> {
+    let owner = db.owner.clone();
+    let lease_ms = db.job_lease_ms();
+    let n = db.with("cannot renew a job's lease", |c| {
+        c.client.execute(
+            "UPDATE jobs SET lease_until = now() + $3::bigint * interval '1 millisecond'
+             WHERE id = $1 AND state = 'running' AND claimed_by = $2",
+            &[&id, &owner, &lease_ms],
+        )
+    })?;
+    Ok(n == 1)
 }
 
 pub(super) fn finish_job(
@@ -185,23 +206,39 @@ pub(super) fn finish_job(
 ) -> anyhow::Result<()> {
     let report = report.map(|d| d.to_string());
     let now = now_rfc3339();
-    db.with("cannot record the end of a job", |c| {
+    let owner = db.owner.clone();
+    // Fenced: a daemon that lost the job's lease (another took it over)
+    // does not write its report; the one holding it does.
+    let n = db.with("cannot record the end of a job", |c| {
         c.client.execute(
-            "UPDATE jobs SET state = $2, outcome = $3, report = $4, finished_at = $5 WHERE id = $1",
-            &[&id, &state.as_str(), &outcome, &report, &now],
+            "UPDATE jobs SET state = $2, outcome = $3, report = $4, finished_at = $5,
+                 lease_until = NULL
+             WHERE id = $1 AND (claimed_by IS NULL OR claimed_by = $6)",
+            &[&id, &state.as_str(), &outcome, &report, &now, &owner],
         )
     })?;
+    if n == 0 {
+        anyhow::bail!("job {id} was taken over by another daemon after its lease expired");
+    }
     Ok(())
 }
 
+/// Queues job `id` again (this daemon's, at shutdown), or at start every
+/// running job whose lease expired: on a shared queue the others belong
+/// to live daemons.
 pub(super) fn requeue_running(db: &PgState, id: Option<i64>) -> anyhow::Result<usize> {
+    let owner = db.owner.clone();
     let n = db.with("cannot requeue jobs", |c| match id {
         Some(id) => c.client.execute(
-            "UPDATE jobs SET state = 'queued', started_at = NULL WHERE id = $1 AND state = 'running'",
-            &[&id],
+            "UPDATE jobs SET state = 'queued', started_at = NULL, claimed_by = NULL,
+                 lease_until = NULL
+             WHERE id = $1 AND state = 'running' AND (claimed_by IS NULL OR claimed_by = $2)",
+            &[&id, &owner],
         ),
         None => c.client.execute(
-            "UPDATE jobs SET state = 'queued', started_at = NULL WHERE state = 'running'",
+            "UPDATE jobs SET state = 'queued', started_at = NULL, claimed_by = NULL,
+                 lease_until = NULL
+             WHERE state = 'running' AND (lease_until IS NULL OR lease_until < now())",
             &[],
         ),
     })?;
