@@ -85,6 +85,9 @@ pub enum Planned {
         changed: usize,
         resolved: usize,
         reused: usize,
+        /// The previous graph patched in place (no unit moved, no node
+        /// renamed, added or removed).
+        in_place: bool,
     },
     /// From scratch, and why.
     Cold(String),
@@ -97,6 +100,7 @@ impl std::fmt::Display for Planned {
                 changed,
                 resolved,
                 reused,
+                ..
             } => write!(
                 f,
                 "incremental: {changed} changed entries, {resolved} units resolved, {reused} reused"
@@ -159,6 +163,7 @@ impl PlanMemo {
                             changed: c.len(),
                             resolved: inc.resolved_units,
                             reused: inc.reused_units,
+                            in_place: inc.in_place,
                         };
                     }
                     let previous = old_hashes.map(|(hashes, ctx)| PreviousHashes {
@@ -373,10 +378,15 @@ mod tests {
                 let Some(f) = rng.pick(&nodes).cloned() else {
                     return "nothing".into();
                 };
-                let dep = if rng.below(4) == 0 {
-                    format!("/shared/lib/y{}", rng.below(2))
-                } else {
-                    format!("./n{}", rng.below(7))
+                // Mostly on a node before it (a cycle now and then).
+                let k: usize = f
+                    .rsplit_once("/n")
+                    .and_then(|(_, n)| n.trim_end_matches(".sql").parse().ok())
+                    .unwrap_or(7);
+                let dep = match rng.below(10) {
+                    0 | 1 => format!("/shared/lib/y{}", rng.below(2)),
+                    2 => format!("./n{}", rng.below(9)),
+                    _ => format!("./n{}", rng.below(k)),
                 };
                 let text = format!("-- @depend {dep}\n{}", t[&f]);
                 t.insert(f.clone(), text);
@@ -569,12 +579,25 @@ mod tests {
         let mut tree = Tree::new();
         let mut next;
         let mut undo: Option<Vec<(String, Option<String>)>> = None;
+        let mut repair: Option<String> = None;
         let (mut incremental, mut reused, mut cold) = (0, 0, BTreeMap::<String, usize>::new());
+        let mut in_place = 0;
         for i in 0..=200 {
             next = tree.clone();
             let what = if i == 0 {
                 next = initial();
                 "initial".to_string()
+            } else if let Some(file) = repair.take() {
+                // A dependency cycle is broken again by the next step.
+                if let Some(text) = next.get(&file) {
+                    let kept: String = text
+                        .lines()
+                        .filter(|l| !l.starts_with("-- @depend ./"))
+                        .map(|l| format!("{l}\n"))
+                        .collect();
+                    next.insert(file.clone(), kept);
+                }
+                format!("uncycle {file}")
             } else if let Some(undo) = undo.take() {
                 // A rare change lasts one step.
                 for (path, text) in undo {
@@ -618,16 +641,30 @@ mod tests {
                     "step {i} ({what}, {how}): the incremental plan differs from the cold one:\n--- cold\n{want}\n--- incremental\n{got}"
                 );
             }
+            let g = &expected.graph;
+            let ordered: std::collections::HashSet<_> = g.order.iter().collect();
+            repair = g
+                .nodes
+                .iter()
+                .find(|n| !ordered.contains(&n.id))
+                .map(|n| n.file.to_string());
             match how {
-                Planned::Incremental { reused: r, .. } => {
+                Planned::Incremental {
+                    reused: r,
+                    in_place: p,
+                    ..
+                } => {
                     incremental += 1;
                     reused += r;
+                    in_place += usize::from(p);
                 }
                 Planned::Cold(why) => *cold.entry(why).or_default() += 1,
             }
             memo.keep(ws);
         }
-        eprintln!("{incremental} incremental plans reusing {reused} units; cold: {cold:?}");
+        eprintln!(
+            "{incremental} incremental plans ({in_place} in place) reusing {reused} units; cold: {cold:?}"
+        );
         // Most steps were planned incrementally, reusing units; the rest
         // fell back for the reasons the memo cannot follow.
         assert!(
@@ -639,5 +676,10 @@ mod tests {
             "{reused} units reused in {incremental} plans"
         );
         assert!(cold.len() >= 2, "{cold:?}");
+        // Both ways: the graph patched in place, and moved and relinked.
+        assert!(
+            in_place >= 30 && incremental - in_place >= 30,
+            "{in_place} in place"
+        );
     }
 }

@@ -1186,6 +1186,14 @@ impl<'a> Compiler<'a> {
     /// Links dependencies to nodes, then orders the graph and names cycles.
     fn link(&mut self) {
         for i in 0..self.graph.nodes.len() {
+            self.link_node(i);
+        }
+        self.order();
+    }
+
+    /// Links node `i`'s dependencies; a missing one is a diagnostic.
+    fn link_node(&mut self, i: NodeId) {
+        {
             for j in 0..self.graph.nodes[i].deps.len() {
                 let dep = &self.graph.nodes[i].deps[j];
                 let key = (dep.dir.clone(), dep.name.clone());
@@ -1223,6 +1231,10 @@ impl<'a> Compiler<'a> {
                 self.diags.push(&dep.origin.file, dep.origin.line, msg);
             }
         }
+    }
+
+    /// Orders the linked graph and names its cycles.
+    fn order(&mut self) {
         let (order, left) = self.graph.topo_sort();
         for cycle in self.graph.find_cycles(&left) {
             let first = &self.graph.nodes[cycle[0]];

@@ -107,6 +107,8 @@ struct Unit {
     namespace: Option<Arc<Namespace>>,
     /// How many nodes it holds (consecutive in the graph).
     len: usize,
+    /// Its nodes' missing dependencies, found when linking.
+    link_diags: Vec<Diagnostic>,
 }
 
 impl Unit {
@@ -152,14 +154,17 @@ pub struct Incremental {
     /// Units resolved afresh and reused.
     pub resolved_units: usize,
     pub reused_units: usize,
+    /// True when the previous graph was kept and patched in place (every
+    /// unit where it was, with the same node names).
+    pub in_place: bool,
 }
 
-/// Where a unit of the new graph comes from.
-enum From {
-    /// Reused: its first node's id in the previous graph.
+/// How the walk met a unit of the new graph.
+enum Step {
+    /// Reused: the previous unit of that index.
     Kept(usize),
-    /// Resolved again: the previous ids of its nodes by name.
-    Resolved(HashMap<String, NodeId>),
+    /// Resolved again, with the previous unit of the same directory.
+    Resolved(Box<Unit>, Vec<Node>, Option<usize>),
 }
 
 /// Resolves `pipelines` as [`compile`](super::compile) does, unit by unit
@@ -173,72 +178,54 @@ pub fn compile_units(
     pipelines: &[RepoPath],
     previous: Option<(Units, Graph, &Changes)>,
 ) -> Option<Incremental> {
-    struct Old {
-        unit: Unit,
-        nodes: Vec<Node>,
-        first: usize,
-        dirty: bool,
-    }
-    let mut old: HashMap<RepoPath, Old> = HashMap::new();
-    if let Some((units, mut graph, changes)) = previous
-        && units.nodes() == graph.nodes.len()
-    {
-        let mut nodes = std::mem::take(&mut graph.nodes).into_iter();
-        let index = std::mem::take(&mut graph.index);
-        drop_aside(index, DROP_ASIDE_NODES);
-        let mut first = 0;
-        for unit in units.units {
-            let mine: Vec<Node> = nodes.by_ref().take(unit.len).collect();
-            let dirty = unit.dirty(changes);
-            let len = unit.len;
-            old.insert(
-                unit.dir.clone(),
-                Old {
-                    unit,
-                    nodes: mine,
-                    first,
-                    dirty,
-                },
-            );
-            first += len;
+    let (old_units, old_graph, changes) = match previous {
+        Some((units, graph, changes)) if units.nodes() == graph.nodes.len() => {
+            (units.units, Some(graph), Some(changes))
         }
+        _ => (Vec::new(), None, None),
+    };
+    let mut firsts = Vec::with_capacity(old_units.len());
+    let mut first = 0;
+    for u in &old_units {
+        firsts.push(first);
+        first += u.len;
     }
+    let dirty: Vec<bool> = old_units
+        .iter()
+        .map(|u| changes.is_some_and(|c| u.dirty(c)))
+        .collect();
+    let by_dir: HashMap<&RepoPath, usize> = old_units
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (&u.dir, i))
+        .collect();
 
+    // The units in the order `compile` visits them, reused or resolved.
     let mut c = Compiler::new(vfs);
     c.diags.frames = Some(RefCell::new(Vec::new()));
     let mut queue: VecDeque<RepoPath> = pipelines.iter().cloned().collect();
     let mut visited: HashSet<RepoPath> = HashSet::new();
-    let mut done: Vec<(Unit, Vec<Node>, From)> = Vec::new();
-    let mut trash: Vec<Vec<Node>> = Vec::new();
+    let mut steps: Vec<Step> = Vec::new();
     let (mut resolved_units, mut reused_units) = (0, 0);
     while let Some(dir) = queue.pop_front() {
         if !visited.insert(dir.clone()) {
             continue;
         }
-        match old.remove(&dir) {
-            Some(o) if !o.dirty => {
+        match by_dir.get(&dir) {
+            Some(&k) if !dirty[k] => {
                 reused_units += 1;
-                queue.extend(o.unit.pushes.iter().cloned());
-                done.push((o.unit, o.nodes, From::Kept(o.first)));
+                queue.extend(old_units[k].pushes.iter().cloned());
+                steps.push(Step::Kept(k));
             }
-            o => {
+            old => {
                 resolved_units += 1;
                 let (unit, nodes) = resolve_unit(&mut c, &dir);
                 queue.extend(unit.pushes.iter().cloned());
-                let mut names = HashMap::new();
-                if let Some(o) = o {
-                    for (i, n) in o.nodes.iter().enumerate() {
-                        names.insert(n.name.clone(), o.first + i);
-                    }
-                    trash.push(o.nodes);
-                }
-                done.push((unit, nodes, From::Resolved(names)));
+                steps.push(Step::Resolved(Box::new(unit), nodes, old.copied()));
             }
         }
     }
-    trash.extend(old.into_values().map(|o| o.nodes));
-    let trashed = trash.iter().map(Vec::len).sum();
-    drop_aside(trash, trashed);
+    drop(by_dir);
     if c.diags.context_sensitive {
         return None;
     }
@@ -247,35 +234,174 @@ pub fn compile_units(
         DROP_ASIDE_NODES,
     );
 
-    // The graph in visiting order, linked and ordered again.
-    let total = done.iter().map(|(_, n, _)| n.len()).sum();
-    let mut graph = Graph::default();
-    graph.nodes.reserve(total);
-    graph.index.reserve(total);
-    let mut previous = Vec::with_capacity(total);
-    let mut reused = Vec::with_capacity(total);
+    // Every unit where it was, holding nodes of the same names (an edit
+    // inside files): the node ids stay, so the previous graph is kept and
+    // only the resolved units' nodes are replaced and linked.
+    let same_shape = old_graph.as_ref().is_some_and(|g| {
+        g.order.len() == g.nodes.len()
+            && steps.len() == old_units.len()
+            && steps.iter().enumerate().all(|(i, step)| match step {
+                Step::Kept(k) => *k == i,
+                Step::Resolved(unit, nodes, Some(k)) => {
+                    *k == i
+                        && unit.namespace.is_some() == old_units[i].namespace.is_some()
+                        && nodes.len() == old_units[i].len
+                        && nodes
+                            .iter()
+                            .zip(&g.nodes[firsts[i]..])
+                            .all(|(a, b)| a.name == b.name)
+                }
+                Step::Resolved(_, _, None) => false,
+            })
+    });
+    let mut old_units: Vec<Option<Unit>> = old_units.into_iter().map(Some).collect();
     let mut l = Compiler::new(vfs);
-    let mut units = Vec::with_capacity(done.len());
-    for (unit, nodes, from) in done {
-        for (i, mut node) in nodes.into_iter().enumerate() {
-            node.id = graph.nodes.len();
-            for d in &mut node.deps {
-                d.node = None;
-            }
-            match &from {
-                From::Kept(first) => {
-                    previous.push(Some(first + i));
-                    reused.push(true);
+    l.diags.frames = Some(RefCell::new(Vec::new()));
+    let mut units: Vec<Unit> = Vec::with_capacity(steps.len());
+    let mut fresh: Vec<bool> = Vec::with_capacity(steps.len());
+    let mut previous;
+    let mut reused;
+    let mut trash: Vec<Node> = Vec::new();
+    // The replaced nodes' previous links, to tell whether the order holds.
+    let mut old_links: Vec<(NodeId, Vec<Option<NodeId>>)> = Vec::new();
+    match (same_shape, old_graph) {
+        (true, Some(mut graph)) => {
+            let n = graph.nodes.len();
+            previous = (0..n).map(Some).collect::<Vec<_>>();
+            reused = vec![true; n];
+            for (i, step) in steps.into_iter().enumerate() {
+                match step {
+                    Step::Kept(k) => {
+                        units.extend(old_units[k].take());
+                        fresh.push(false);
+                    }
+                    Step::Resolved(unit, nodes, _) => {
+                        for (j, mut node) in nodes.into_iter().enumerate() {
+                            let id = firsts[i] + j;
+                            node.id = id;
+                            for d in &mut node.deps {
+                                d.node = None;
+                            }
+                            reused[id] = false;
+                            let old = std::mem::replace(&mut graph.nodes[id], node);
+                            old_links.push((id, old.deps.iter().map(|d| d.node).collect()));
+                            trash.push(old);
+                        }
+                        units.push(*unit);
+                        fresh.push(true);
+                    }
                 }
-                From::Resolved(names) => {
-                    previous.push(names.get(&node.name).copied());
-                    reused.push(false);
-                }
             }
-            graph
-                .index
-                .insert((node.dir.clone(), node.name.clone()), node.id);
-            graph.nodes.push(node);
+            graph.forget_members();
+            l.graph = graph;
+        }
+        (_, old_graph) => {
+            // Nodes moved in visiting order, numbered again, linked from
+            // scratch.
+            let mut names: HashMap<usize, HashMap<String, NodeId>> = HashMap::new();
+            let mut old_nodes: Vec<Option<Vec<Node>>> = Vec::new();
+            if let Some(mut g) = old_graph {
+                for step in &steps {
+                    if let Step::Resolved(_, _, Some(k)) = step {
+                        let range =
+                            firsts[*k]..firsts[*k] + old_units[*k].as_ref().map_or(0, |u| u.len);
+                        names.insert(
+                            *k,
+                            g.nodes[range.clone()]
+                                .iter()
+                                .zip(range)
+                                .map(|(n, id)| (n.name.clone(), id))
+                                .collect(),
+                        );
+                    }
+                }
+                let mut all = std::mem::take(&mut g.nodes).into_iter();
+                for u in &old_units {
+                    let len = u.as_ref().map_or(0, |u| u.len);
+                    old_nodes.push(Some(all.by_ref().take(len).collect()));
+                }
+                drop_aside(std::mem::take(&mut g.index), DROP_ASIDE_NODES);
+            }
+            let total = steps
+                .iter()
+                .map(|s| match s {
+                    Step::Kept(k) => old_units[*k].as_ref().map_or(0, |u| u.len),
+                    Step::Resolved(_, nodes, _) => nodes.len(),
+                })
+                .sum();
+            let mut graph = Graph::default();
+            graph.nodes.reserve(total);
+            graph.index.reserve(total);
+            previous = Vec::with_capacity(total);
+            reused = Vec::with_capacity(total);
+            for step in steps {
+                let (unit, nodes, from) = match step {
+                    Step::Kept(k) => {
+                        let Some(unit) = old_units[k].take() else {
+                            continue;
+                        };
+                        let nodes = old_nodes[k].take().unwrap_or_default();
+                        (unit, nodes, Ok(firsts[k]))
+                    }
+                    Step::Resolved(unit, nodes, k) => {
+                        let names = k.and_then(|k| names.remove(&k)).unwrap_or_default();
+                        (*unit, nodes, Err(names))
+                    }
+                };
+                fresh.push(from.is_err());
+                for (i, mut node) in nodes.into_iter().enumerate() {
+                    node.id = graph.nodes.len();
+                    for d in &mut node.deps {
+                        d.node = None;
+                    }
+                    match &from {
+                        Ok(first) => {
+                            previous.push(Some(first + i));
+                            reused.push(true);
+                        }
+                        Err(names) => {
+                            previous.push(names.get(&node.name).copied());
+                            reused.push(false);
+                        }
+                    }
+                    graph
+                        .index
+                        .insert((node.dir.clone(), node.name.clone()), node.id);
+                    graph.nodes.push(node);
+                }
+                units.push(unit);
+            }
+            trash.extend(old_nodes.into_iter().flatten().flatten());
+            l.graph = graph;
+        }
+    }
+    let trashed = trash.len();
+    drop_aside(trash, trashed);
+
+    // Linked: the resolved units' nodes (all of them when the shape
+    // changed), each unit's missing dependencies kept with it.
+    for unit in &units {
+        l.namespaces
+            .insert(unit.dir.clone(), unit.namespace.clone());
+    }
+    let relink_all = !same_shape;
+    let mut first = 0;
+    for (unit, fresh) in units.iter_mut().zip(&fresh) {
+        let range = first..first + unit.len;
+        first += unit.len;
+        if *fresh || relink_all {
+            l.diags.open();
+            for id in range {
+                l.link_node(id);
+            }
+            let mut said = l.diags.close().map(|t| t.diags).unwrap_or_default();
+            said.sort();
+            said.dedup();
+            unit.link_diags = said;
+        } else {
+            for d in &unit.link_diags {
+                l.diags.set.insert(d.clone());
+            }
         }
         for d in &unit.trace.diags {
             l.diags.set.insert(d.clone());
@@ -283,12 +409,18 @@ pub fn compile_units(
         l.settings_made.extend(unit.trace.settings.iter().cloned());
         l.used_settings.extend(unit.trace.used.iter().cloned());
         l.wanted_names.extend(unit.trace.wanted.iter().cloned());
-        l.namespaces
-            .insert(unit.dir.clone(), unit.namespace.clone());
-        units.push(unit);
     }
-    l.graph = graph;
-    l.link();
+    let moved = old_links.iter().any(|(id, old)| {
+        !l.graph.nodes[*id]
+            .deps
+            .iter()
+            .map(|d| d.node)
+            .eq(old.iter().copied())
+    });
+    l.diags.frames = None;
+    if relink_all || moved {
+        l.order();
+    }
     l.unused_settings();
     let mut pipelines = pipelines.to_vec();
     pipelines.sort();
@@ -303,6 +435,7 @@ pub fn compile_units(
         reused,
         resolved_units,
         reused_units,
+        in_place: same_shape,
     })
 }
 
@@ -334,6 +467,7 @@ fn resolve_unit(c: &mut Compiler, dir: &RepoPath) -> (Unit, Vec<Node>) {
         pushes: queue.into(),
         namespace,
         len: nodes.len(),
+        link_diags: Vec::new(),
     };
     (unit, nodes)
 }
