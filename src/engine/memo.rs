@@ -25,7 +25,7 @@ use super::workspace::{Settings, Workspace};
 use crate::git::GitVfs;
 use crate::pipeline::resolve::incremental::{self, Changes, Units};
 use crate::pipeline::{self, Graph, NodeId, RepoPath};
-use crate::plan::hash::{HashContext, NodeHashes, Previous};
+use crate::plan::hash::{HashContext, Links, NodeHashes, Previous};
 
 /// One repository's last plan, held by the daemon between jobs.
 #[derive(Default)]
@@ -45,6 +45,8 @@ struct Kept {
     graph: Graph,
     units: Units,
     hashes: Option<(Vec<Option<NodeHashes>>, HashContext)>,
+    /// The graph's links, packed for the next plan's hashes.
+    links: Option<Links>,
 }
 
 /// What a workspace opened by [`PlanMemo::open`] carries until
@@ -62,6 +64,8 @@ struct PreviousHashes {
     ctx: HashContext,
     ids: Vec<Option<NodeId>>,
     reused: Vec<bool>,
+    /// The previous graph's links, when this one patched it in place.
+    links: Option<Links>,
 }
 
 impl Carried {
@@ -72,6 +76,7 @@ impl Carried {
             ctx: &p.ctx,
             ids: &p.ids,
             reused: &p.reused,
+            links: p.links.as_ref(),
         })
     }
 }
@@ -144,17 +149,18 @@ impl PlanMemo {
         }
         let mut carried = None;
         let mut compile = |vfs: &dyn pipeline::Vfs, pipelines: &[RepoPath]| {
-            let (previous, old_hashes) = match (kept.take(), &changes) {
+            let (previous, old_hashes, old_links) = match (kept.take(), &changes) {
                 (Some(k), Some(c)) => {
                     let Kept {
                         graph,
                         units,
                         hashes,
+                        links,
                         ..
                     } = *k;
-                    (Some((units, graph, c)), hashes)
+                    (Some((units, graph, c)), hashes, links)
                 }
-                _ => (None, None),
+                _ => (None, None, None),
             };
             match incremental::compile_units(vfs, pipelines, previous) {
                 Some(inc) => {
@@ -171,6 +177,7 @@ impl PlanMemo {
                         ctx,
                         ids: inc.previous,
                         reused: inc.reused,
+                        links: if inc.in_place { old_links } else { None },
                     });
                     carried = Some(Carried {
                         tree,
@@ -204,11 +211,15 @@ impl PlanMemo {
         let Some(c) = ws.carried.take() else {
             return;
         };
+        let graph = std::mem::take(&mut ws.graph);
+        // Packed here, after the run, not in the next job's plan.
+        let links = Links::of(&graph);
         let kept = Kept {
             tree: c.tree,
-            graph: std::mem::take(&mut ws.graph),
+            graph,
             units: c.units,
             hashes: ws.hashed.take(),
+            links,
         };
         *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(Box::new(kept));
     }
