@@ -435,6 +435,7 @@ impl App {
                 return Ok(None);
             }
         };
+        let opened_in = planning.elapsed();
         let stores = Stores {
             blobs: Arc::clone(&self.blobs),
             state: Arc::clone(&repo.state),
@@ -459,7 +460,7 @@ impl App {
         }
         // The plan (the graph and its hashes), timed apart from queueing
         // the statuses; the run below reuses the hashes.
-        let mut plan_time = planning.elapsed();
+        let mut plan_time = opened_in;
         if ws.diagnostics.is_empty() {
             let hashing = std::time::Instant::now();
             let _ = ws.hashes(Some(&stores.memo));
