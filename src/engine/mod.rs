@@ -6,6 +6,7 @@
 
 pub mod diff;
 pub mod manifests;
+pub mod memo;
 pub mod outcome;
 pub mod run;
 pub mod why;

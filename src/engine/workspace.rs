@@ -49,6 +49,9 @@ impl Default for Settings {
 /// The `PATH` command actions get when the caller has none.
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// Resolves the pipeline directories of a checkout view into a graph.
+pub(crate) type Resolver<'a> = dyn FnMut(&dyn Vfs, &[RepoPath]) -> (Graph, Vec<Diagnostic>) + 'a;
+
 /// Which view of the repository to read.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -81,6 +84,12 @@ pub struct Workspace {
     repo_data_root: Option<PathBuf>,
     /// True when `[data] root` was refused: no second diagnostic per source.
     data_root_refused: bool,
+    /// The hashes, once computed: a second [`Workspace::hashes`] gives them
+    /// again (the daemon times its plan before the run).
+    pub(crate) hashed: Option<(Vec<Option<NodeHashes>>, HashContext)>,
+    /// The daemon's incremental plan: what this workspace carries from the
+    /// last plan to the next (see [`super::memo::PlanMemo`]).
+    pub(crate) carried: Option<Box<super::memo::Carried>>,
 }
 
 impl std::fmt::Debug for Workspace {
@@ -134,6 +143,21 @@ impl Workspace {
         commit: Option<String>,
         settings: Settings,
     ) -> anyhow::Result<Workspace> {
+        Workspace::from_vfs_with(root, vfs, commit, settings, &mut |vfs, pipelines| {
+            pipeline::compile(vfs, pipelines)
+        })
+    }
+
+    /// [`Workspace::from_vfs`] with the pipelines resolved by `compile`
+    /// (the daemon's incremental plan), given the checkout view and the
+    /// pipeline directories.
+    pub(crate) fn from_vfs_with(
+        root: &Path,
+        vfs: Box<dyn Vfs>,
+        commit: Option<String>,
+        settings: Settings,
+        compile: &mut Resolver<'_>,
+    ) -> anyhow::Result<Workspace> {
         let settings = Settings {
             data_root: settings
                 .data_root
@@ -161,6 +185,8 @@ impl Workspace {
             settings,
             repo_data_root: None,
             data_root_refused: false,
+            hashed: None,
+            carried: None,
         };
         let cfg_path = RepoPath::parse(config::FILE_NAME).expect("constant path is valid");
         let text = match ws.vfs.read_file(&cfg_path) {
@@ -206,7 +232,7 @@ impl Workspace {
         for p in problems {
             ws.diag(&cfg_path, 1, p);
         }
-        let (graph, diags) = pipeline::compile(ws.vfs.as_ref(), &pipelines);
+        let (graph, diags) = compile(ws.vfs.as_ref(), &pipelines);
         ws.graph = graph;
         ws.diagnostics.extend(diags);
         ws.config = Some(cfg);
@@ -274,6 +300,29 @@ impl Workspace {
     /// the memo when a state database is given), and a missing source
     /// becomes a diagnostic at its `@source` line.
     pub fn hashes(&mut self, memo: Option<&SqliteState>) -> (Vec<Option<NodeHashes>>, HashContext) {
+        if let Some(done) = &self.hashed {
+            return done.clone();
+        }
+        let (ctx, problems) = self.hash_context(memo);
+        for (o, m) in problems {
+            self.diag(&o.file, o.line, m);
+        }
+        self.diagnostics.sort();
+        self.diagnostics.dedup();
+        let hashes = match self.carried.as_deref().and_then(|c| c.previous()) {
+            Some(prev) => hash::definition_hashes_since(&self.graph, &ctx, &prev),
+            None => hash::definition_hashes(&self.graph, &ctx),
+        };
+        self.hashed = Some((hashes.clone(), ctx.clone()));
+        (hashes, ctx)
+    }
+
+    /// The engine versions, program identities and source digests, and the
+    /// problems found reading sources (at their `@source` lines).
+    fn hash_context(
+        &self,
+        memo: Option<&SqliteState>,
+    ) -> (HashContext, Vec<(crate::pipeline::graph::Origin, String)>) {
         let mut ctx = HashContext::default();
         ctx.engine_versions.insert(
             "sqlite".into(),
@@ -335,12 +384,7 @@ impl Workspace {
                 }
             }
         }
-        for (o, m) in problems {
-            self.diag(&o.file, o.line, m);
-        }
-        self.diagnostics.sort();
-        self.diagnostics.dedup();
-        (hash::definition_hashes(&self.graph, &ctx), ctx)
+        (ctx, problems)
     }
 
     /// What identifies the program of a command action in its nodes'
@@ -416,6 +460,8 @@ impl Workspace {
         let cfg_path = RepoPath::parse(config::FILE_NAME).expect("constant path is valid");
         self.diagnostics.retain(|d| d.path == cfg_path);
         let (graph, diags) = pipeline::compile(self.vfs.as_ref(), pipelines);
+        self.hashed = None;
+        self.carried = None;
         self.graph = graph;
         self.diagnostics.extend(diags);
     }

@@ -1,7 +1,7 @@
 //! One commit of a git repository, read straight from the object database
 //! (no checkout) and served as a read-only [`Vfs`].
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
@@ -13,6 +13,7 @@ use gix::ObjectId;
 use gix::objs::tree::EntryKind as GitKind;
 
 use crate::pipeline::path::RepoPath;
+use crate::pipeline::resolve::incremental::{EntryType, TreeChange};
 use crate::pipeline::vfs::{
     DirEntry, EntryKind, SUBMODULE_REASON, Vfs, VfsError, escape_on_way_reason,
     impossible_entry_reason, is_impossible_name, loop_reason, trailing_slash_reason,
@@ -42,6 +43,9 @@ pub struct GitVfs {
     trees: RefCell<HashMap<ObjectId, Rc<Listing>>>,
     /// Git's warning when the revision's name matched several refs.
     ambiguity: Option<String>,
+    /// How many symlinks were followed (the incremental plan cannot trace
+    /// reads through them).
+    links_followed: Rc<Cell<u64>>,
 }
 
 /// One decoded tree, keyed by entry name so that lookups are logarithmic and
@@ -229,6 +233,7 @@ impl GitVfs {
             prefix: RepoPath::root(),
             trees: RefCell::new(HashMap::new()),
             ambiguity: None,
+            links_followed: Rc::default(),
         }
     }
 
@@ -280,6 +285,64 @@ impl GitVfs {
     /// does not print: the front end shows the warning.
     pub fn ambiguity(&self) -> Option<String> {
         self.ambiguity.clone()
+    }
+
+    /// The tree served as the root.
+    pub fn root_tree(&self) -> ObjectId {
+        self.root_tree
+    }
+
+    /// Counts the symlinks this view follows from now on (it is shared, so
+    /// it can be read after the view is boxed).
+    pub fn link_counter(&self) -> Rc<Cell<u64>> {
+        Rc::clone(&self.links_followed)
+    }
+
+    /// The entries that differ between the tree `old` (another commit's
+    /// root tree, in the same repository) and the served root, found by
+    /// walking both and skipping identical subtrees by id. A directory
+    /// whose entries differ is not listed itself; an added or deleted
+    /// directory is listed, not what it holds.
+    pub fn changes_since(&self, old: ObjectId) -> Result<Vec<TreeChange>, VfsError> {
+        let mut out = Vec::new();
+        if old != self.root_tree {
+            self.diff_trees(old, self.root_tree, &RepoPath::root(), &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn diff_trees(
+        &self,
+        old: ObjectId,
+        new: ObjectId,
+        dir: &RepoPath,
+        out: &mut Vec<TreeChange>,
+    ) -> Result<(), VfsError> {
+        let (a, b) = (self.listing(old)?, self.listing(new)?);
+        let kind = |e: &TreeEntry| match e.mode {
+            Mode::Tree => EntryType::Dir,
+            Mode::Blob => EntryType::File,
+            Mode::Link => EntryType::Link,
+            Mode::Submodule | Mode::BadName | Mode::Impossible => EntryType::Other,
+        };
+        let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            let (x, y) = (a.get(name), b.get(name));
+            match (x, y) {
+                (Some(x), Some(y)) if x.mode == y.mode && x.id == y.id => {}
+                (Some(x), Some(y)) if x.mode == Mode::Tree && y.mode == Mode::Tree => {
+                    self.diff_trees(x.id, y.id, &dir.child(name), out)?;
+                }
+                _ => out.push(TreeChange {
+                    path: dir.child(name),
+                    old: x.map(kind),
+                    new: y.map(kind),
+                }),
+            }
+        }
+        Ok(())
     }
 
     /// Where the served view sits inside the commit's tree.
@@ -495,6 +558,7 @@ impl GitVfs {
         depth: &mut u32,
     ) -> Result<Node, VfsError> {
         let link = dir.child(name);
+        self.links_followed.set(self.links_followed.get() + 1);
         *depth += 1;
         if *depth > MAX_SYMLINK_DEPTH {
             return Ok(Node::Unusable(format!(

@@ -62,6 +62,11 @@ impl Diagnostics {
         self.seen.insert(Diagnostic::new(path, line, message));
     }
 
+    /// Adds a diagnostic made elsewhere (kept once).
+    pub fn insert(&mut self, d: Diagnostic) {
+        self.seen.insert(d);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
     }

@@ -210,6 +210,14 @@ impl Drop for Graph {
 }
 
 impl Graph {
+    /// Forgets [`Graph::pipeline_nodes`]' memo, after links changed.
+    pub(crate) fn forget_members(&mut self) {
+        *self
+            .members
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
     pub fn lookup(&self, dir: &RepoPath, name: &str) -> Option<&Node> {
         self.index
             .get(&(dir.clone(), name.to_string()))

@@ -7,6 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::diag::{Diagnostic, Diagnostics};
+use std::cell::RefCell;
+
+pub mod incremental;
 use super::directive::{self, Assert, DependRef, DirectiveKind, ParsedFile};
 use super::graph::{
     Action, Dep, Graph, Node, NodeId, Origin, ParamValue, ResolvedAction, SourceRef,
@@ -54,7 +57,7 @@ pub fn compile(vfs: &dyn Vfs, pipelines: &[RepoPath]) -> (Graph, Vec<Diagnostic>
         ..
     } = c;
     drop_aside((parsed, templates, namespaces), graph.nodes.len());
-    (graph, diags.into_vec())
+    (graph, diags.set.into_vec())
 }
 
 /// Past this many nodes, big structures are freed on another thread.
@@ -244,13 +247,87 @@ struct Namespace {
     entries: BTreeMap<String, NsEntry>,
 }
 
+/// What resolving something read and said: the paths whose entry (kind
+/// or bytes) it read, the directories it listed, its diagnostics, and the
+/// parameter settings it made, used and wanted. The incremental plan
+/// ([`incremental`]) reuses a unit whose reads did not change.
+#[derive(Debug, Default, Clone)]
+struct Trace {
+    entries: Vec<RepoPath>,
+    listings: Vec<RepoPath>,
+    diags: Vec<Diagnostic>,
+    settings: Vec<(String, ParamValue, RepoPath)>,
+    used: Vec<Origin>,
+    wanted: Vec<String>,
+}
+
+impl Trace {
+    fn absorb(&mut self, other: &Trace) {
+        self.entries.extend(other.entries.iter().cloned());
+        self.listings.extend(other.listings.iter().cloned());
+        self.diags.extend(other.diags.iter().cloned());
+        self.settings.extend(other.settings.iter().cloned());
+        self.used.extend(other.used.iter().cloned());
+        self.wanted.extend(other.wanted.iter().cloned());
+    }
+}
+
+/// The diagnostics, and (when tracking) a stack of traces being recorded.
+#[derive(Debug, Default)]
+struct Tracked {
+    set: Diagnostics,
+    frames: Option<RefCell<Vec<Trace>>>,
+    /// A cycle or a chain too deep was reported: what a memoised template
+    /// or namespace holds then depends on where it was first reached.
+    context_sensitive: bool,
+}
+
+impl Tracked {
+    fn tracking(&self) -> bool {
+        self.frames.is_some()
+    }
+
+    fn push(&mut self, path: &RepoPath, line: u32, message: impl Into<String>) {
+        let d = Diagnostic::new(path, line, message);
+        self.note(|t| t.diags.push(d.clone()));
+        self.set.insert(d);
+    }
+
+    /// Records into the innermost trace, when tracking.
+    fn note(&self, f: impl FnOnce(&mut Trace)) {
+        if let Some(frames) = &self.frames
+            && let Some(top) = frames.borrow_mut().last_mut()
+        {
+            f(top);
+        }
+    }
+
+    fn absorb(&self, trace: &Trace) {
+        self.note(|t| t.absorb(trace));
+    }
+
+    fn open(&self) {
+        if let Some(frames) = &self.frames {
+            frames.borrow_mut().push(Trace::default());
+        }
+    }
+
+    fn close(&self) -> Option<Trace> {
+        self.frames.as_ref().and_then(|f| f.borrow_mut().pop())
+    }
+}
+
 struct Compiler<'a> {
     vfs: Layered<'a>,
-    diags: Diagnostics,
+    diags: Tracked,
     parsed: HashMap<RepoPath, Arc<ParsedFile>>,
     templates: HashMap<RepoPath, Arc<Template>>,
     template_stack: Vec<RepoPath>,
     namespaces: HashMap<RepoPath, Option<Arc<Namespace>>>,
+    /// What computing each template and namespace read and said (when
+    /// tracking), given again to every unit that uses the memoised value.
+    template_traces: HashMap<RepoPath, Arc<Trace>>,
+    namespace_traces: HashMap<RepoPath, Arc<Trace>>,
     ns_stack: Vec<RepoPath>,
     graph: Graph,
     /// Every `@param` of a mount file, with the directory it applies to.
@@ -265,11 +342,13 @@ impl<'a> Compiler<'a> {
     fn new(vfs: &'a dyn Vfs) -> Self {
         Compiler {
             vfs: Layered::new(vfs),
-            diags: Diagnostics::default(),
+            diags: Tracked::default(),
             parsed: HashMap::new(),
             templates: HashMap::new(),
             template_stack: Vec::new(),
             namespaces: HashMap::new(),
+            template_traces: HashMap::new(),
+            namespace_traces: HashMap::new(),
             ns_stack: Vec::new(),
             graph: Graph::default(),
             settings_made: Vec::new(),
@@ -280,8 +359,16 @@ impl<'a> Compiler<'a> {
 
     /// Reads and parses a file once; its syntax errors are reported once.
     fn parse_file(&mut self, path: &RepoPath) -> Arc<ParsedFile> {
+        self.diags.note(|t| t.entries.push(path.clone()));
         if let Some(p) = self.parsed.get(path) {
-            return p.clone();
+            let p = p.clone();
+            // Said again in the unit that reads it (the set keeps one).
+            if self.diags.tracking() {
+                for e in &p.errors {
+                    self.diags.push(path, e.line, e.message.clone());
+                }
+            }
+            return p;
         }
         let parsed = match self.vfs.read_file(path) {
             Ok(bytes) => directive::parse(&bytes),
@@ -329,7 +416,7 @@ impl<'a> Compiler<'a> {
                 let Some(target) = self.include_path(file, d.line, raw) else {
                     continue;
                 };
-                if self.vfs.kind(&target) == Ok(EntryKind::Dir) {
+                if self.kind(&target) == Ok(EntryKind::Dir) {
                     targets.push((
                         target,
                         Origin {
@@ -389,8 +476,23 @@ impl<'a> Compiler<'a> {
     /// at the `@include` that closes them.
     fn template(&mut self, file: &RepoPath) -> Arc<Template> {
         if let Some(t) = self.templates.get(file) {
-            return t.clone();
+            let t = t.clone();
+            if let Some(trace) = self.template_traces.get(file) {
+                self.diags.absorb(trace);
+            }
+            return t;
         }
+        self.diags.open();
+        let t = self.build_template(file);
+        if let Some(trace) = self.diags.close() {
+            let trace = Arc::new(trace);
+            self.diags.absorb(&trace);
+            self.template_traces.insert(file.clone(), trace);
+        }
+        t
+    }
+
+    fn build_template(&mut self, file: &RepoPath) -> Arc<Template> {
         self.template_stack.push(file.clone());
         let parsed = self.parse_file(file);
         let mut t = Template::default();
@@ -401,7 +503,7 @@ impl<'a> Compiler<'a> {
             let Some(target) = self.include_path(file, d.line, raw) else {
                 continue;
             };
-            match self.vfs.kind(&target) {
+            match self.kind(&target) {
                 Ok(EntryKind::File) => {
                     if let Some(i) = self.template_stack.iter().position(|p| p == &target) {
                         let mut chain: Vec<String> = self.template_stack[i..]
@@ -409,6 +511,7 @@ impl<'a> Compiler<'a> {
                             .map(|p| p.to_string())
                             .collect();
                         chain.push(target.to_string());
+                        self.diags.context_sensitive = true;
                         self.diags.push(
                             file,
                             d.line,
@@ -417,6 +520,7 @@ impl<'a> Compiler<'a> {
                         continue;
                     }
                     if self.template_stack.len() > MAX_INCLUDE_DEPTH {
+                        self.diags.context_sensitive = true;
                         self.diags.push(
                             file,
                             d.line,
@@ -532,6 +636,7 @@ impl<'a> Compiler<'a> {
     /// A near-miss for a missing include target among its would-be siblings.
     fn sibling_suggestion(&self, target: &RepoPath) -> Option<String> {
         let parent = target.parent();
+        self.diags.note(|t| t.listings.push(parent.clone()));
         let entries = self.vfs.read_dir(&parent).ok()?;
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         directive::nearest(target.file_name(), names.into_iter())
@@ -541,14 +646,31 @@ impl<'a> Compiler<'a> {
     /// The names visible in `dir`: its own nodes, then mounted ones.
     fn namespace(&mut self, dir: &RepoPath) -> Option<Arc<Namespace>> {
         if let Some(ns) = self.namespaces.get(dir) {
-            return ns.clone();
+            let ns = ns.clone();
+            if let Some(trace) = self.namespace_traces.get(dir) {
+                self.diags.absorb(trace);
+            }
+            return ns;
         }
+        self.diags.open();
         let ns = self.build_namespace(dir).map(Arc::new);
+        if let Some(trace) = self.diags.close() {
+            let trace = Arc::new(trace);
+            self.diags.absorb(&trace);
+            self.namespace_traces.insert(dir.clone(), trace);
+        }
         self.namespaces.insert(dir.clone(), ns.clone());
         ns
     }
 
+    /// The kind of `path`, noted as read.
+    fn kind(&self, path: &RepoPath) -> Result<EntryKind, VfsError> {
+        self.diags.note(|t| t.entries.push(path.clone()));
+        self.vfs.kind(path)
+    }
+
     fn build_namespace(&mut self, dir: &RepoPath) -> Option<Namespace> {
+        self.diags.note(|t| t.listings.push(dir.clone()));
         let listing = match self.vfs.read_dir(dir) {
             Ok(l) => l,
             Err(_) => return None,
@@ -627,6 +749,8 @@ impl<'a> Compiler<'a> {
                             }
                             continue;
                         }
+                        self.diags
+                            .note(|t| t.settings.push((key.clone(), value.clone(), dir.clone())));
                         self.settings_made
                             .push((key.clone(), value.clone(), dir.clone()));
                         settings.insert(key, value);
@@ -643,6 +767,7 @@ impl<'a> Compiler<'a> {
         for (mount_file, targets) in mounts {
             for (target, origin) in targets {
                 if self.ns_stack.len() > MAX_INCLUDE_DEPTH {
+                    self.diags.context_sensitive = true;
                     self.diags.push(
                         &origin.file,
                         origin.line,
@@ -657,6 +782,7 @@ impl<'a> Compiler<'a> {
                     let mut chain: Vec<String> =
                         self.ns_stack[i..].iter().map(|p| p.to_string()).collect();
                     chain.push(target.to_string());
+                    self.diags.context_sensitive = true;
                     self.diags.push(
                         &origin.file,
                         origin.line,
@@ -775,6 +901,7 @@ impl<'a> Compiler<'a> {
         };
 
         if entry.file.extension() == Some("csv") {
+            self.diags.note(|t| t.entries.push(entry.file.clone()));
             match self.vfs.read_file(&entry.file) {
                 Ok(bytes) => match String::from_utf8(bytes.to_vec()) {
                     Ok(text) => node.body = text,
@@ -815,6 +942,7 @@ impl<'a> Compiler<'a> {
             for k in replaced {
                 for layer in &layers {
                     if let Some(v) = layer.get(&k) {
+                        self.diags.note(|t| t.used.push(v.origin.clone()));
                         self.used_settings.insert(v.origin.clone());
                     }
                 }
@@ -829,9 +957,11 @@ impl<'a> Compiler<'a> {
             // only the one that wins.
             for layer in &layers {
                 if let Some(v) = layer.get(&k) {
+                    self.diags.note(|t| t.used.push(v.origin.clone()));
                     self.used_settings.insert(v.origin.clone());
                 }
             }
+            self.diags.note(|t| t.wanted.push(k.clone()));
             self.wanted_names.insert(k);
         }
         let values: BTreeMap<String, String> = params
@@ -1056,6 +1186,14 @@ impl<'a> Compiler<'a> {
     /// Links dependencies to nodes, then orders the graph and names cycles.
     fn link(&mut self) {
         for i in 0..self.graph.nodes.len() {
+            self.link_node(i);
+        }
+        self.order();
+    }
+
+    /// Links node `i`'s dependencies; a missing one is a diagnostic.
+    fn link_node(&mut self, i: NodeId) {
+        {
             for j in 0..self.graph.nodes[i].deps.len() {
                 let dep = &self.graph.nodes[i].deps[j];
                 let key = (dep.dir.clone(), dep.name.clone());
@@ -1093,6 +1231,10 @@ impl<'a> Compiler<'a> {
                 self.diags.push(&dep.origin.file, dep.origin.line, msg);
             }
         }
+    }
+
+    /// Orders the linked graph and names its cycles.
+    fn order(&mut self) {
         let (order, left) = self.graph.topo_sort();
         for cycle in self.graph.find_cycles(&left) {
             let first = &self.graph.nodes[cycle[0]];

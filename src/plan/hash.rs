@@ -221,6 +221,162 @@ pub fn definition_hashes(graph: &Graph, ctx: &HashContext) -> Vec<Option<NodeHas
     out
 }
 
+/// What the previous plan's hashes lend this one (the daemon's
+/// incremental plan).
+#[derive(Debug, Clone, Copy)]
+pub struct Previous<'a> {
+    /// The previous graph's hashes, by its node ids.
+    pub hashes: &'a [Option<NodeHashes>],
+    pub ctx: &'a HashContext,
+    /// For each node of this graph, the id of the node of the same
+    /// directory and name in the previous one.
+    pub ids: &'a [Option<NodeId>],
+    /// For each node of this graph, true when it is the previous node
+    /// unchanged (same action, body, parameters, inputs, sources).
+    pub reused: &'a [bool],
+    /// The previous graph's links, when this graph is the previous one
+    /// patched in place (the same ids, and every reused node linked as
+    /// before).
+    pub links: Option<&'a Links>,
+}
+
+/// Each node's linked dependencies, packed: what the hashes of a graph
+/// patched in place walk instead of the nodes themselves.
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    start: Vec<u32>,
+    to: Vec<u32>,
+}
+
+impl Links {
+    pub fn of(graph: &Graph) -> Option<Links> {
+        let mut start = Vec::with_capacity(graph.nodes.len() + 1);
+        let mut to = Vec::new();
+        for n in &graph.nodes {
+            start.push(u32::try_from(to.len()).ok()?);
+            for d in n.deps.iter().filter_map(|d| d.node) {
+                to.push(u32::try_from(d).ok()?);
+            }
+        }
+        start.push(u32::try_from(to.len()).ok()?);
+        Some(Links { start, to })
+    }
+
+    fn of_node(&self, id: NodeId) -> &[u32] {
+        match (self.start.get(id), self.start.get(id + 1)) {
+            (Some(&a), Some(&b)) => self.to.get(a as usize..b as usize).unwrap_or(&[]),
+            _ => &[],
+        }
+    }
+}
+
+/// [`definition_hashes`], reusing the previous plan's hashes of the nodes
+/// that did not change: a reused node over the same source digests and
+/// engine versions keeps its local hash, and its definition hash too when
+/// every input's definition hash is what it was. Equal to
+/// [`definition_hashes`] (the tests compare them).
+pub fn definition_hashes_since(
+    graph: &Graph,
+    ctx: &HashContext,
+    prev: &Previous,
+) -> Vec<Option<NodeHashes>> {
+    let n = graph.nodes.len();
+    if prev.ids.len() != n || prev.reused.len() != n {
+        return definition_hashes(graph, ctx);
+    }
+    let versions_same = ctx.engine_versions == prev.ctx.engine_versions;
+    if let Some(links) = prev.links
+        && versions_same
+        && ctx.sources == prev.ctx.sources
+        && links.start.len() == n + 1
+        && prev.hashes.len() == n
+        && graph.order.len() == n
+        && prev.ids.iter().enumerate().all(|(i, o)| *o == Some(i))
+    {
+        return patched_in_place(graph, ctx, prev, links);
+    }
+    let mut out: Vec<Option<NodeHashes>> = vec![None; n];
+    // The definition hash is the previous one of the same node.
+    let mut same: Vec<bool> = vec![false; n];
+    for &id in &graph.order {
+        let node = &graph.nodes[id];
+        let old = prev.ids[id].and_then(|o| prev.hashes.get(o).copied().flatten());
+        let local_same = versions_same
+            && prev.reused[id]
+            && node.sources.iter().all(|s| {
+                ctx.sources
+                    .get(&s.path)
+                    .is_some_and(|d| prev.ctx.sources.get(&s.path) == Some(d))
+            });
+        let h = match old {
+            Some(old)
+                if local_same && node.deps.iter().all(|d| d.node.is_some_and(|t| same[t])) =>
+            {
+                Some(old)
+            }
+            Some(old) if local_same => {
+                let mut inputs = Vec::with_capacity(node.deps.len());
+                let mut known = true;
+                for d in &node.deps {
+                    match d.node.and_then(|t| out[t]) {
+                        Some(h) => inputs.push((d.table.as_str(), h.definition)),
+                        None => known = false,
+                    }
+                }
+                known.then(|| NodeHashes {
+                    local: old.local,
+                    definition: combine("definition", &old.local, &mut inputs),
+                })
+            }
+            _ => node_hashes(graph, id, ctx, &out),
+        };
+        same[id] = matches!((h, old), (Some(a), Some(b)) if a == b);
+        out[id] = h;
+    }
+    out
+}
+
+/// [`definition_hashes_since`] of a graph patched in place, over the same
+/// sources and engines, with no cycle: a reused node whose inputs kept
+/// their hashes keeps its own, found through `links` without reading the
+/// node.
+fn patched_in_place(
+    graph: &Graph,
+    ctx: &HashContext,
+    prev: &Previous,
+    links: &Links,
+) -> Vec<Option<NodeHashes>> {
+    let mut out = prev.hashes.to_vec();
+    let mut same = vec![true; out.len()];
+    for &id in &graph.order {
+        if prev.reused[id] && links.of_node(id).iter().all(|&t| same[t as usize]) {
+            continue;
+        }
+        let h = match prev.hashes[id] {
+            // An input's hash changed: the same local hash, combined again.
+            Some(old) if prev.reused[id] => {
+                let node = &graph.nodes[id];
+                let mut inputs = Vec::with_capacity(node.deps.len());
+                let mut known = true;
+                for d in &node.deps {
+                    match d.node.and_then(|t| out[t]) {
+                        Some(h) => inputs.push((d.table.as_str(), h.definition)),
+                        None => known = false,
+                    }
+                }
+                known.then(|| NodeHashes {
+                    local: old.local,
+                    definition: combine("definition", &old.local, &mut inputs),
+                })
+            }
+            _ => node_hashes(graph, id, ctx, &out),
+        };
+        same[id] = h == prev.hashes[id];
+        out[id] = h;
+    }
+    out
+}
+
 fn node_hashes(
     graph: &Graph,
     id: NodeId,

@@ -17,7 +17,7 @@ use super::cron::{Cron, Minute};
 use super::metrics::{ForgeCall, Metrics};
 use super::mirror::Mirrors;
 use crate::engine::run::{RunError, RunRequest};
-use crate::engine::{Outcome, RunReport, Settings, Source, Workspace};
+use crate::engine::{Outcome, RunReport, Settings};
 use crate::exec::CancelToken;
 use crate::exec::task::{TaskQueue, WorkerEnv};
 use crate::forge::{CommitStatus, Forge, StatusState};
@@ -52,6 +52,8 @@ pub struct Repo {
     pub memo: Arc<SqliteState>,
     /// Parsed manifests, kept from job to job.
     pub manifests: Arc<crate::store::ManifestCache>,
+    /// The last job's plan, from which the next one is made incrementally.
+    pub plan_memo: crate::engine::memo::PlanMemo,
 }
 
 /// The nice value of job workers (0 is normal, 19 the lowest).
@@ -217,6 +219,7 @@ impl App {
                 state,
                 memo,
                 manifests: Arc::default(),
+                plan_memo: Default::default(),
             });
         }
         Ok(App {
@@ -483,8 +486,9 @@ impl App {
             state: None,
             path_env: self.path_env.clone(),
         };
-        let mut ws = match Workspace::open(&mirror, &Source::Bare(job.sha.clone()), settings) {
-            Ok(ws) => ws,
+        let planning = std::time::Instant::now();
+        let (mut ws, planned) = match repo.plan_memo.open(&mirror, &job.sha, settings) {
+            Ok(opened) => opened,
             Err(e) => {
                 fail(
                     StatusState::Error,
@@ -493,6 +497,7 @@ impl App {
                 return Ok(None);
             }
         };
+        let opened_in = planning.elapsed();
         let stores = Stores {
             blobs: Arc::clone(&self.blobs),
             state: Arc::clone(&repo.state),
@@ -516,6 +521,20 @@ impl App {
                 );
             }
         }
+        // The plan (the graph and its hashes), timed apart from queueing
+        // the statuses; the run below reuses the hashes.
+        let mut plan_time = opened_in;
+        if ws.diagnostics.is_empty() {
+            let hashing = std::time::Instant::now();
+            let _ = ws.hashes(Some(&stores.memo));
+            plan_time += hashing.elapsed();
+        }
+        tracing::info!(
+            job = job.id,
+            plan_ms = format_args!("{:.1}", plan_time.as_secs_f64() * 1000.0),
+            nodes = ws.graph.nodes.len(),
+            "planned ({planned})"
+        );
         let branch = job.branch.clone();
         let promote = job.kind != JobKind::PullRequest
             && branch.as_deref() == Some(repo.config.production_branch.as_str());
@@ -531,7 +550,9 @@ impl App {
             cancel: cancel.clone(),
             observer: &self.metrics,
         };
-        match crate::engine::run::run(&mut ws, &stores, &req) {
+        let result = crate::engine::run::run(&mut ws, &stores, &req);
+        repo.plan_memo.keep(ws);
+        match result {
             Ok(mut report) => {
                 report.run_id = Some(job.run_id.clone());
                 Ok(Some(report))

@@ -15,6 +15,7 @@ mod forge;
 mod gc;
 mod git_truth;
 mod hooks;
+mod incremental;
 mod moto;
 #[path = "../../src/store/pg/testing.rs"]
 mod pg_cluster;
