@@ -581,7 +581,7 @@ mod tests {
         std::fs::write(data.join("src.csv"), "id\n1\n2\n").unwrap();
         git(&dir, &["init", "-q"]);
         let settings = Settings {
-            data_root: Some(data),
+            data_root: Some(data.clone()),
             ..Settings::default()
         };
         let git_dir = dir.join(".git");
@@ -636,6 +636,11 @@ mod tests {
             };
             write(&dir, &tree, &next);
             tree = next.clone();
+            if i % 7 == 3 {
+                // New source data between two pushes (a nightly load):
+                // every node over it must hash anew.
+                std::fs::write(data.join("src.csv"), format!("id\n{i}\n")).unwrap();
+            }
             git(&dir, &["add", "-A"]);
             git(&dir, &["commit", "-q", "--allow-empty", "-m", &what]);
             let mut expected = Workspace::open(
