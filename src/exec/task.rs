@@ -41,6 +41,17 @@ pub trait TaskQueue: Send + Sync {
     fn done(&self, keys: &[Digest]) -> anyhow::Result<Vec<(Digest, String)>>;
     /// Queues a done task again (its table went missing from the store).
     fn requeue(&self, key: &Digest) -> anyhow::Result<()>;
+    /// Something to wait on until a task completes, when the queue can
+    /// say so; `None`: the scheduler polls.
+    fn done_waiter(&self) -> Option<Box<dyn DoneWaiter>> {
+        None
+    }
+}
+
+/// Waits for completed tasks (PostgreSQL's `LISTEN`).
+pub trait DoneWaiter: Send {
+    /// Returns when a task may have completed (true) or after `timeout`.
+    fn wait(&mut self, timeout: std::time::Duration) -> bool;
 }
 
 /// A node as a worker needs it: what `compute` reads of a [`Node`].
@@ -476,6 +487,8 @@ pub(crate) fn execute_queued(
     let mut outstanding: HashMap<Digest, Vec<Waiting>> = HashMap::new();
     let mut pause = Duration::from_millis(1);
     let mut requeued: HashMap<Digest, u32> = HashMap::new();
+    // Listening before the first submit: no completion is missed.
+    let mut waiter = queue.done_waiter();
     loop {
         let wave = sched.take_wave(&opts.cancel);
         let mut prefetched = super::prefetch(batch_lookups, &wave, hashes, stores);
@@ -585,10 +598,20 @@ pub(crate) fn execute_queued(
             }
         };
         if done.is_empty() {
-            std::thread::sleep(pause);
-            // Workers have the queue's backlog meanwhile: a longer pause
-            // only delays dependents, and saves the cores they compute on.
-            pause = (pause * 2).min(Duration::from_millis(50));
+            match &mut waiter {
+                // Woken by a completion (anyone's: then one query tells
+                // whether it was ours); the timeout is a safety net.
+                Some(w) => {
+                    w.wait(Duration::from_millis(250));
+                }
+                None => {
+                    std::thread::sleep(pause);
+                    // Workers have the queue's backlog meanwhile: a longer
+                    // pause only delays dependents, and saves the cores
+                    // they compute on.
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+            }
             continue;
         }
         pause = Duration::from_millis(1);

@@ -769,7 +769,9 @@ impl App {
                         .ok();
                 }
                 match &mut listener {
-                    Some(l) => l.wait(Duration::from_millis(500)),
+                    Some(l) => {
+                        l.wait(Duration::from_millis(500));
+                    }
                     None => self.jobs_bell.wait(Duration::from_millis(200)),
                 }
                 continue;

@@ -19,6 +19,8 @@ use crate::plan::digest::Digest;
 
 /// The channel workers listen on for new tasks.
 const CHANNEL: &str = "sluice_tasks";
+/// The channel schedulers listen on for completed tasks.
+const DONE_CHANNEL: &str = "sluice_tasks_done";
 
 /// Claims a task may have: one whose workers died this often (a node that
 /// kills its machine) fails instead of taking down worker after worker.
@@ -54,12 +56,19 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Waits until a task may have been queued, or `timeout` passed.
-    pub fn wait(&mut self, timeout: Duration) {
+    /// Waits until a notification came (true), or `timeout` passed.
+    pub fn wait(&mut self, timeout: Duration) -> bool {
         let mut n = self.client.notifications();
-        let _ = n.timeout_iter(timeout).next();
-        // Drain what else arrived: one claim attempt answers them all.
+        let came = matches!(n.timeout_iter(timeout).next(), Ok(Some(_)));
+        // Drain what else arrived: one query answers them all.
         let _ = n.iter().count();
+        came
+    }
+}
+
+impl crate::exec::task::DoneWaiter for Listener {
+    fn wait(&mut self, timeout: Duration) -> bool {
+        Listener::wait(self, timeout)
     }
 }
 
@@ -84,9 +93,13 @@ impl PgTasks {
 
     /// A connection listening for new tasks.
     pub fn listener(&self) -> anyhow::Result<Listener> {
+        self.listen(CHANNEL)
+    }
+
+    fn listen(&self, channel: &str) -> anyhow::Result<Listener> {
         let mut client = self.db.connect.connect()?;
         client
-            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .batch_execute(&format!("LISTEN {channel}"))
             .pg("cannot listen for tasks")?;
         Ok(Listener { client })
     }
@@ -173,8 +186,14 @@ impl PgTasks {
                      lease_until = NULL
                  WHERE id = $1 AND attempt = $2 AND state = 'running'",
             )?;
-            c.client
-                .execute(&st, &[&t.id, &t.attempt, &ok, &result, &owner])
+            let n = c
+                .client
+                .execute(&st, &[&t.id, &t.attempt, &ok, &result, &owner])?;
+            if n == 1 {
+                // Wakes the schedulers waiting on results.
+                c.client.batch_execute(&format!("NOTIFY {DONE_CHANNEL}"))?;
+            }
+            Ok(n)
         })?;
         Ok(n == 1)
     }
@@ -231,6 +250,16 @@ impl TaskQueue for PgTasks {
                 ))
             })
             .collect()
+    }
+
+    fn done_waiter(&self) -> Option<Box<dyn crate::exec::task::DoneWaiter>> {
+        match self.listen(DONE_CHANNEL) {
+            Ok(l) => Some(Box::new(l)),
+            Err(e) => {
+                tracing::debug!("cannot listen for completed tasks, polling instead: {e:#}");
+                None
+            }
+        }
     }
 
     fn requeue(&self, key: &Digest) -> anyhow::Result<()> {
@@ -393,5 +422,30 @@ mod tests {
         assert!(q.release(&t).unwrap());
         let again = q.claim().unwrap().unwrap();
         assert_eq!((again.id, again.attempt), (t.id, t.attempt + 1));
+    }
+
+    #[test]
+    fn a_completion_wakes_the_scheduler_and_a_refused_one_does_not() {
+        let connect = test_connect();
+        let q = queue(&connect, Duration::from_secs(30));
+        let mut waiter = q.done_waiter().expect("listens on PostgreSQL");
+        q.submit(&[(key(4), "s".into())]).unwrap();
+        let t = q.claim().unwrap().unwrap();
+        // Nothing completed yet: the wait times out.
+        assert!(!waiter.wait(Duration::from_millis(200)));
+        let stale = Claimed {
+            attempt: t.attempt + 1,
+            ..t.clone()
+        };
+        assert!(!q.complete(&stale, true, "{}").unwrap());
+        assert!(
+            !waiter.wait(Duration::from_millis(200)),
+            "a refused completion wakes no one"
+        );
+        assert!(q.complete(&t, true, "{}").unwrap());
+        let start = std::time::Instant::now();
+        assert!(waiter.wait(Duration::from_secs(5)));
+        assert!(start.elapsed() < Duration::from_secs(4));
+        assert_eq!(q.done(&[key(4)]).unwrap().len(), 1);
     }
 }
