@@ -788,7 +788,7 @@ pub fn current_branch(dir: &Path) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::fs;
     use std::os::unix::fs::symlink;
@@ -807,7 +807,7 @@ mod tests {
     /// configuration, so the machine's settings cannot change the result.
     /// Variables that point git at another repository (set when the tests run
     /// from a git hook) are dropped for the same reason.
-    fn git(dir: &Path, args: &[&str]) -> String {
+    pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
         let mut cmd = Command::new("git");
         for var in [
             "GIT_DIR",

@@ -2,8 +2,6 @@
 //! one's plan (the log says so, with `plan_ms`), and gives the statuses and
 //! the report a cold daemon gives for the same commits.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -85,27 +83,14 @@ impl Origin {
     }
 }
 
+/// The body of a 2xx answer.
 fn http(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> String {
-    let addr = base.strip_prefix("http://").unwrap();
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
+    let (status, text) = crate::util::http(base, method, path, headers, body);
+    assert!(
+        (200..300).contains(&status),
+        "{method} {path}: {status} {text}"
     );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).unwrap();
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    assert!(text.starts_with("HTTP/1.1 2"), "{method} {path}: {text}");
-    text.split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default()
+    text
 }
 
 /// Delivers a push of `sha` to main; returns the job's run id.

@@ -5,7 +5,7 @@
 //! node; the other takes the task over when its lease expires and the job
 //! finishes, with tables byte-identical to a single-machine run.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -58,20 +58,7 @@ impl Worker {
             line.contains("worker-only"),
             "unexpected first line {line:?}"
         );
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let log = crate::util::capture_stderr(&mut child);
         Worker {
             child,
             log,
