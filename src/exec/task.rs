@@ -2,8 +2,9 @@
 //!
 //! When [`Stores::tasks`] holds a queue (a daemon on PostgreSQL), the
 //! scheduler keeps its dependency book-keeping but sends each cache miss to
-//! the queue as a task, keyed by its task key, and collects the results by
-//! polling (one query per poll for all of the run's outstanding tasks). A
+//! the queue as a task, keyed by its task key, and collects the results in
+//! one query for all of the run's outstanding tasks whenever a completion
+//! wakes it ([`TaskQueue::done_waiter`]; polling when it cannot). A
 //! task carries everything a worker needs without the repository: the
 //! resolved node ([`TaskNode`]), its inputs' digests, the digests its
 //! sources had when the run hashed them, and the repository's limits. A
