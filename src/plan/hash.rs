@@ -270,6 +270,20 @@ impl Links {
     }
 }
 
+/// A node's hashes from its unchanged local hash and its inputs'
+/// definition hashes as `out` has them now; `None` when one is unknown.
+fn recombined(node: &Node, local: &Digest, out: &[Option<NodeHashes>]) -> Option<NodeHashes> {
+    let mut inputs = Vec::with_capacity(node.deps.len());
+    for d in &node.deps {
+        let h = d.node.and_then(|t| out[t])?;
+        inputs.push((d.table.as_str(), h.definition));
+    }
+    Some(NodeHashes {
+        local: *local,
+        definition: combine("definition", local, &mut inputs),
+    })
+}
+
 /// [`definition_hashes`], reusing the previous plan's hashes of the nodes
 /// that did not change: a reused node over the same source digests and
 /// engine versions keeps its local hash, and its definition hash too when
@@ -314,20 +328,7 @@ pub fn definition_hashes_since(
             {
                 Some(old)
             }
-            Some(old) if local_same => {
-                let mut inputs = Vec::with_capacity(node.deps.len());
-                let mut known = true;
-                for d in &node.deps {
-                    match d.node.and_then(|t| out[t]) {
-                        Some(h) => inputs.push((d.table.as_str(), h.definition)),
-                        None => known = false,
-                    }
-                }
-                known.then(|| NodeHashes {
-                    local: old.local,
-                    definition: combine("definition", &old.local, &mut inputs),
-                })
-            }
+            Some(old) if local_same => recombined(node, &old.local, &out),
             _ => node_hashes(graph, id, ctx, &out),
         };
         same[id] = matches!((h, old), (Some(a), Some(b)) if a == b);
@@ -354,21 +355,7 @@ fn patched_in_place(
         }
         let h = match prev.hashes[id] {
             // An input's hash changed: the same local hash, combined again.
-            Some(old) if prev.reused[id] => {
-                let node = &graph.nodes[id];
-                let mut inputs = Vec::with_capacity(node.deps.len());
-                let mut known = true;
-                for d in &node.deps {
-                    match d.node.and_then(|t| out[t]) {
-                        Some(h) => inputs.push((d.table.as_str(), h.definition)),
-                        None => known = false,
-                    }
-                }
-                known.then(|| NodeHashes {
-                    local: old.local,
-                    definition: combine("definition", &old.local, &mut inputs),
-                })
-            }
+            Some(old) if prev.reused[id] => recombined(&graph.nodes[id], &old.local, &out),
             _ => node_hashes(graph, id, ctx, &out),
         };
         same[id] = h == prev.hashes[id];
