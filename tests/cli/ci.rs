@@ -9,7 +9,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::daemon::{fixture, pr_payload as pr_event};
-use crate::fake_forge::{FakeForgeServer, Recorded};
+use crate::fake_forge::{FakeForgeServer, Recorded, statuses};
 use crate::util::{Repo, Run};
 
 const TOKEN: &str = "ci-token-for-tests-5f1e";
@@ -173,24 +173,6 @@ fn push_event(branch: &str, sha: &str) -> Value {
 }
 
 /// (context, state, description, target_url) of each status sent for `sha`.
-fn statuses(reqs: &[Recorded], sha: &str) -> Vec<(String, String, String, String)> {
-    reqs.iter()
-        .filter(|r| r.method == "POST" && r.route().ends_with(&format!("/statuses/{sha}")))
-        .map(|r| {
-            let j = r.json();
-            let s = |k: &str| j[k].as_str().unwrap_or("").to_string();
-            // GitLab calls the context `name`.
-            let context = j["context"].as_str().or(j["name"].as_str()).unwrap_or("");
-            (
-                context.to_string(),
-                s("state"),
-                s("description"),
-                s("target_url"),
-            )
-        })
-        .collect()
-}
-
 fn states(reqs: &[Recorded], sha: &str, context: &str) -> Vec<String> {
     statuses(reqs, sha)
         .into_iter()

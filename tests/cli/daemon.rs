@@ -251,21 +251,9 @@ pub(crate) fn pr_payload(
 }
 
 pub(crate) fn statuses_for(reqs: &[Recorded], sha: &str) -> Vec<(String, String, String)> {
-    reqs.iter()
-        .filter(|r| r.method == "POST" && r.route().ends_with(&format!("/statuses/{sha}")))
-        .map(|r| {
-            let j = r.json();
-            (
-                // GitLab calls the context `name`.
-                j["context"]
-                    .as_str()
-                    .or(j["name"].as_str())
-                    .unwrap_or("")
-                    .to_string(),
-                j["state"].as_str().unwrap_or("").to_string(),
-                j["description"].as_str().unwrap_or("").to_string(),
-            )
-        })
+    crate::fake_forge::statuses(reqs, sha)
+        .into_iter()
+        .map(|(context, state, description, _)| (context, state, description))
         .collect()
 }
 

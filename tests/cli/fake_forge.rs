@@ -559,3 +559,22 @@ fn edit(
         None => not_found(),
     }
 }
+
+/// The commit statuses posted for `sha`, in order: (context, state,
+/// description, target URL). GitLab calls the context `name`.
+pub fn statuses(reqs: &[Recorded], sha: &str) -> Vec<(String, String, String, String)> {
+    reqs.iter()
+        .filter(|r| r.method == "POST" && r.route().ends_with(&format!("/statuses/{sha}")))
+        .map(|r| {
+            let j = r.json();
+            let s = |k: &str| j[k].as_str().unwrap_or("").to_string();
+            let context = j["context"].as_str().or(j["name"].as_str()).unwrap_or("");
+            (
+                context.to_string(),
+                s("state"),
+                s("description"),
+                s("target_url"),
+            )
+        })
+        .collect()
+}
