@@ -490,19 +490,11 @@ impl SqliteState {
     /// Forgets the reports of these jobs (their blobs are being
     /// collected): their run pages then say the job's state only.
     pub(super) fn jobs_forget_reports(&self, ids: &[i64]) -> anyhow::Result<usize> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut n = 0;
-        {
-            let mut stmt = tx
-                .prepare_cached("UPDATE jobs SET report = NULL WHERE id = ?1")
-                .context("cannot update the jobs")?;
-            for id in ids {
-                n += stmt.execute([id]).context("cannot update the jobs")?;
-            }
-        }
-        tx.commit().context("cannot update the jobs")?;
-        Ok(n)
+        self.execute_each(
+            "UPDATE jobs SET report = NULL WHERE id = ?1",
+            ids,
+            "cannot update the jobs",
+        )
     }
 }
 

@@ -622,6 +622,22 @@ impl SqliteState {
         })
     }
 
+    /// Runs `sql` once per id (its `?1`) in one write transaction; the
+    /// rows it changed in all.
+    pub(super) fn execute_each(&self, sql: &str, ids: &[i64], what: &str) -> anyhow::Result<usize> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut n = 0;
+        {
+            let mut stmt = tx.prepare_cached(sql).context(what.to_string())?;
+            for id in ids {
+                n += stmt.execute([id]).context(what.to_string())?;
+            }
+        }
+        tx.commit().context(what.to_string())?;
+        Ok(n)
+    }
+
     /// Retries a locked database every 200 µs instead of SQLite's default
     /// back-off (1, 2, 5, 10 … ms sleeps), for a connection whose writes
     /// someone is waiting on: the daemon's deliveries.
@@ -1081,19 +1097,7 @@ impl State for SqliteState {
     }
 
     fn runs_forget(&self, ids: &[i64]) -> anyhow::Result<usize> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut n = 0;
-        {
-            let mut stmt = tx
-                .prepare_cached("DELETE FROM runs WHERE id = ?1")
-                .context("cannot delete runs")?;
-            for id in ids {
-                n += stmt.execute([id]).context("cannot delete runs")?;
-            }
-        }
-        tx.commit().context("cannot delete runs")?;
-        Ok(n)
+        self.execute_each("DELETE FROM runs WHERE id = ?1", ids, "cannot delete runs")
     }
 
     fn job_counts(&self) -> anyhow::Result<Vec<(JobState, u64)>> {
