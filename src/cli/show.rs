@@ -101,7 +101,8 @@ pub fn run(global: &GlobalArgs, args: &ShowArgs) -> anyhow::Result<ExitCode> {
         writeln!(
             out,
             "depends     {target} as table {} -> {file} (at {})",
-            d.table, d.origin
+            d.table(),
+            d.origin
         )?;
     }
     for s in &node.sources {
@@ -155,7 +156,7 @@ fn json(graph: &Graph, node: &Node, hashes: Option<NodeHashes>) -> serde_json::V
         })).collect::<Vec<_>>(),
         "depends": node.deps.iter().map(|d| json!({
             "reference": d.reference(&node.dir),
-            "table": d.table,
+            "table": d.table(),
             "file": d.node.map(|id| graph.nodes[id].file.to_string()),
             "origin": origin(&d.origin),
         })).collect::<Vec<_>>(),
@@ -172,6 +173,6 @@ fn json(graph: &Graph, node: &Node, hashes: Option<NodeHashes>) -> serde_json::V
         "definition": hashes.map(|h| h.definition.to_string()),
         "local": hashes.map(|h| h.local.to_string()),
         "body_from": node.body_from.as_str(),
-        "body": node.body,
+        "body": &*node.body,
     })
 }

@@ -567,7 +567,7 @@ fn node_reports<'a>(
             error: result.and_then(|r| r.error.clone()),
             rows: result.and_then(|r| r.rows),
             columns: result
-                .map(|r| hide(&r.columns, node.map(|n| n.body.as_str())))
+                .map(|r| hide(&r.columns, node.map(|n| &*n.body)))
                 .unwrap_or_default(),
             output: result.and_then(|r| r.output),
             duration_ms: result.map_or(0, |r| r.duration.as_millis() as u64),

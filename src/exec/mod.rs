@@ -375,7 +375,7 @@ impl<'a> Schedule<'a> {
                 .iter()
                 .filter_map(|d| {
                     let out = self.results.get(&d.node?)?.output?;
-                    Some((d.table.clone(), out))
+                    Some((d.table().to_string(), out))
                 })
                 .collect();
             wave.push((id, inputs));

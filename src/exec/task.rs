@@ -185,9 +185,9 @@ impl TaskNode {
                 Action::Static => TaskAction::Static,
             },
             action_defined_in: node.action.defined_in.to_string(),
-            body: node.body.clone(),
+            body: node.body.to_string(),
             body_from: node.body_from.to_string(),
-            body_lines: node.body_lines.clone(),
+            body_lines: node.body_lines.to_vec(),
             params: node
                 .params
                 .iter()
@@ -267,9 +267,9 @@ impl TaskNode {
                 defined_in: path(&self.action_defined_in)?,
                 by_extension: false,
             },
-            body: self.body.clone(),
+            body: self.body.as_str().into(),
             body_from,
-            body_lines: self.body_lines.clone(),
+            body_lines: self.body_lines.as_slice().into(),
             body_map: Default::default(),
             params: self
                 .params

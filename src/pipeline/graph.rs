@@ -67,10 +67,10 @@ pub struct ParamValue {
 /// A linked input table.
 #[derive(Debug, Clone)]
 pub struct Dep {
-    /// The table name inside the node (the dependency's node name).
-    pub table: String,
     /// The namespace directory the dependency lives in.
     pub dir: RepoPath,
+    /// The dependency's node name, which is also its table name inside
+    /// the node.
     pub name: String,
     /// `None` when the dependency is missing (a diagnostic was emitted).
     pub node: Option<NodeId>,
@@ -78,6 +78,11 @@ pub struct Dep {
 }
 
 impl Dep {
+    /// The table name inside the node: the dependency's node name.
+    pub fn table(&self) -> &str {
+        &self.name
+    }
+
     /// The dependency as written from a node of `from`: `./NAME` in the
     /// same namespace, `/dir/NAME` otherwise.
     pub fn reference(&self, from: &RepoPath) -> String {
@@ -116,13 +121,14 @@ pub struct Node {
     /// Files inherited with `@include`, in the order applied.
     pub includes: Vec<RepoPath>,
     pub action: ResolvedAction,
-    /// The body after templates.
-    pub body: String,
+    /// The body after templates (shared with the file's parsed body when
+    /// no template changed it).
+    pub body: Arc<str>,
     /// The file the body came from.
     pub body_from: RepoPath,
     /// For each line of `body`, the 1-based line of `body_from` it stands
     /// on (templates never add lines: a parameter value is one line).
-    pub body_lines: Vec<u32>,
+    pub body_lines: Arc<[u32]>,
     /// Where templates put values in `body`, to place an offset of `body`
     /// on the column of the text as written.
     pub body_map: super::template::TemplateMap,

@@ -116,9 +116,9 @@ struct Body {
 /// only what its nodes read.
 #[derive(Debug)]
 struct BodyText {
-    body: String,
+    body: Arc<str>,
     /// For each line of `body`, the 1-based line of the file.
-    lines: Vec<u32>,
+    lines: Arc<[u32]>,
 }
 
 impl BodyText {
@@ -605,6 +605,12 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
+        // Exact sizes: a template lives as long as the compile, one per
+        // file, and a growing Vec keeps room for four.
+        t.includes.shrink_to_fit();
+        t.depends.shrink_to_fit();
+        t.sources.shrink_to_fit();
+        t.asserts.shrink_to_fit();
         let blank = parsed.body_is_blank();
         // The parsed file is read only through its template from here on
         // (a file's role is decided before its nodes are added; were it
@@ -614,12 +620,12 @@ impl<'a> Compiler<'a> {
         if !blank {
             let text = match Arc::try_unwrap(parsed) {
                 Ok(p) => BodyText {
-                    body: p.body,
-                    lines: p.body_lines,
+                    body: p.body.into(),
+                    lines: p.body_lines.into(),
                 },
                 Err(p) => BodyText {
-                    body: p.body.clone(),
-                    lines: p.body_lines.clone(),
+                    body: p.body.as_str().into(),
+                    lines: p.body_lines.as_slice().into(),
                 },
             };
             t.body = Some(Body {
@@ -881,9 +887,9 @@ impl<'a> Compiler<'a> {
                 defined_in: entry.file.clone(),
                 by_extension: true,
             },
-            body: String::new(),
+            body: Arc::default(),
             body_from: entry.file.clone(),
-            body_lines: Vec::new(),
+            body_lines: Arc::default(),
             body_map: Default::default(),
             params: BTreeMap::new(),
             deps: Vec::new(),
@@ -903,10 +909,10 @@ impl<'a> Compiler<'a> {
         if entry.file.extension() == Some("csv") {
             self.diags.note(|t| t.entries.push(entry.file.clone()));
             match self.vfs.read_file(&entry.file) {
-                Ok(bytes) => match String::from_utf8(bytes.to_vec()) {
-                    Ok(text) => node.body = text,
+                Ok(bytes) => match std::str::from_utf8(&bytes) {
+                    Ok(text) => node.body = text.into(),
                     Err(e) => {
-                        let line = bytes[..e.utf8_error().valid_up_to()]
+                        let line = bytes[..e.valid_up_to()]
                             .iter()
                             .filter(|b| **b == b'\n')
                             .count()
@@ -1011,7 +1017,9 @@ impl<'a> Compiler<'a> {
                 node.body_from = b.file.clone();
                 node.body_lines = b.text.lines.clone();
                 match template::substitute_mapped(&b.text.body, &values) {
-                    Ok((text, map)) => (node.body, node.body_map) = (text, map),
+                    // Without templates: the file's body, shared.
+                    Ok(_) if !b.text.body.contains("{{") => node.body = b.text.body.clone(),
+                    Ok((text, map)) => (node.body, node.body_map) = (text.into(), map),
                     Err(errs) => {
                         for e in errs {
                             let line = b.text.file_line(e.line);
@@ -1034,6 +1042,10 @@ impl<'a> Compiler<'a> {
 
         // Sources, after templates, must stay inside the data root.
         let mut tables: BTreeMap<String, Origin> = BTreeMap::new();
+        // Exact sizes: a node lives as long as the graph.
+        node.sources.reserve_exact(t.sources.len());
+        node.deps.reserve_exact(t.depends.len());
+        node.asserts.reserve_exact(t.asserts.len());
         for (raw, origin) in &t.sources {
             let text = match template::substitute(raw, &values) {
                 Ok(s) => s,
@@ -1082,7 +1094,6 @@ impl<'a> Compiler<'a> {
             };
             self.claim_table(&mut tables, &r.name, origin);
             node.deps.push(Dep {
-                table: r.name.clone(),
                 dir: dep_dir,
                 name: r.name.clone(),
                 node: None,

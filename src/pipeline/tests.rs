@@ -94,7 +94,7 @@ fn mounts_and_overrides_resolve() {
     assert_eq!(dep.as_str(), "clinics/b/Patient.sql");
     let lab_map = &g.nodes[b_labs.deps[1].node.unwrap()];
     assert_eq!(lab_map.action.action, Action::Static);
-    assert_eq!(b_labs.deps[1].table, "lab_map");
+    assert_eq!(b_labs.deps[1].table(), "lab_map");
 
     // The pipeline runs its own nodes and the foreign one it reaches, in order.
     let names: Vec<String> = g
@@ -141,12 +141,12 @@ fn nested_mounts_and_param_precedence() {
     assert_eq!(phys.params["units"].value, "g");
     assert_eq!(phys.params["clinic"].value, "a");
     assert_eq!(phys.sources[0].path.as_str(), "a/phys_g.csv");
-    assert_eq!(phys.body, "SELECT * FROM phys_g;\n");
+    assert_eq!(&*phys.body, "SELECT * FROM phys_g;\n");
     // The nested mount file sits in common/varian: it sets the param for
     // that group's own nodes too.
     let dx = node(&g, "clinics/a", "Dx");
     assert_eq!(dx.params["units"].value, "g");
-    assert_eq!(node(&g, "clinics/a", "Own").body, "SELECT 'a' FROM Dx;\n");
+    assert_eq!(&*node(&g, "clinics/a", "Own").body, "SELECT 'a' FROM Dx;\n");
 }
 
 #[test]
@@ -171,7 +171,7 @@ fn inheritance_merges_directives_and_body() {
     );
     let a = node(&g, "p", "A");
     assert_eq!(
-        a.body, "SELECT * FROM Raw LIMIT 20;\n",
+        &*a.body, "SELECT * FROM Raw LIMIT 20;\n",
         "inherited body, own param wins"
     );
     assert_eq!(a.body_from.as_str(), "common/_base.sql");
@@ -528,7 +528,7 @@ fn include_chain_at_the_limit_resolves() {
     let (g, errs) = compile_p(&v);
     assert!(errs.is_empty(), "{errs:#?}");
     let a = node(&g, "p", "A");
-    assert_eq!(a.body, "SELECT 1 AS deepest;\n");
+    assert_eq!(&*a.body, "SELECT 1 AS deepest;\n");
     assert_eq!(a.includes.len(), 64);
     assert_eq!(a.params.len(), 63);
 }
@@ -557,7 +557,7 @@ fn mount_chain_at_the_limit_resolves_with_params_and_via() {
     assert_eq!(deepest.via[0].as_str(), "p/m.sql");
     assert_eq!(deepest.via[63].as_str(), "lib/g62/m.sql");
     // The outermost setting wins over every level and the node default.
-    assert_eq!(deepest.body, "SELECT 'outer' AS n63;\n");
+    assert_eq!(&*deepest.body, "SELECT 'outer' AS n63;\n");
     assert_eq!(deepest.params["who"].origin.file.as_str(), "p/m.sql");
 }
 
@@ -666,8 +666,8 @@ fn body_lines_follow_the_file() {
         &["p"],
     );
     let t = node(&g, "p", "T");
-    assert_eq!(t.body, "SELECT\n  1 AS n;\n");
-    assert_eq!(t.body_lines, [4, 5]);
+    assert_eq!(&*t.body, "SELECT\n  1 AS n;\n");
+    assert_eq!(*t.body_lines, [4, 5]);
     assert_eq!(t.body_file_line(1), 5);
 }
 

@@ -184,7 +184,7 @@ pub fn local_key<'a>(node: &'a Node, ctx: &'a HashContext) -> Result<LocalKey<'a
     let mut inputs: Vec<(&str, String)> = node
         .deps
         .iter()
-        .map(|d| (d.table.as_str(), d.reference(&node.dir)))
+        .map(|d| (d.table(), d.reference(&node.dir)))
         .collect();
     inputs.sort();
     let mut sources = Vec::with_capacity(node.sources.len());
@@ -276,7 +276,7 @@ fn recombined(node: &Node, local: &Digest, out: &[Option<NodeHashes>]) -> Option
     let mut inputs = Vec::with_capacity(node.deps.len());
     for d in &node.deps {
         let h = d.node.and_then(|t| out[t])?;
-        inputs.push((d.table.as_str(), h.definition));
+        inputs.push((d.table(), h.definition));
     }
     Some(NodeHashes {
         local: *local,
@@ -375,7 +375,7 @@ fn node_hashes(
     let mut inputs = Vec::with_capacity(node.deps.len());
     for d in &node.deps {
         let h = done[d.node?]?;
-        inputs.push((d.table.as_str(), h.definition));
+        inputs.push((d.table(), h.definition));
     }
     let definition = combine("definition", &local, &mut inputs);
     Some(NodeHashes { local, definition })
