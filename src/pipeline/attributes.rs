@@ -8,6 +8,7 @@
 //! (CRLF hashes as LF), so they are allowed. Pure: the files come in as
 //! bytes.
 
+use super::glob::Glob;
 use super::path::RepoPath;
 
 /// One line of a `.gitattributes` file that sets or unsets an attribute
@@ -27,9 +28,9 @@ pub struct Rule {
 #[derive(Debug, Clone)]
 enum Matcher {
     /// No `/` in the pattern: matches the file name at any depth.
-    Name(globset::GlobMatcher),
+    Name(Glob),
     /// Matches the path relative to the `.gitattributes` directory.
-    Path(globset::GlobMatcher),
+    Path(Glob),
 }
 
 /// The attributes that transform bytes on checkout.
@@ -108,14 +109,8 @@ fn matcher(pattern: &str) -> Option<Matcher> {
     if pattern.ends_with('/') {
         return None;
     }
-    let glob = |p: &str| {
-        globset::GlobBuilder::new(p)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .ok()
-            .map(|g| g.compile_matcher())
-    };
+    // A pattern that is not a glob (`[a`) is skipped, as git skips it.
+    let glob = |p: &str| Glob::new(p).ok();
     if pattern.contains('/') {
         glob(pattern.trim_start_matches('/')).map(Matcher::Path)
     } else {

@@ -8,9 +8,8 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use globset::{GlobBuilder, GlobMatcher};
-
 use crate::pipeline::directive::nearest;
+use crate::pipeline::glob::Glob;
 use crate::pipeline::graph::{Graph, NodeId};
 use crate::pipeline::path::RepoPath;
 
@@ -32,17 +31,14 @@ pub struct Selector {
 #[derive(Debug, Clone)]
 enum Method {
     /// A bare name or glob, matched against node names in every pipeline.
-    Name(GlobMatcher),
+    Name(Glob),
     /// A pattern with a `/`, matched against a node's address `DIR/NAME`
     /// (its home directory and name) and against pipeline paths (all of a
     /// pipeline's nodes).
-    Address(GlobMatcher),
+    Address(Glob),
     /// `PIPELINE//DIR/NAME`: a node as one pipeline runs it (how `sluice
     /// ls` prints inputs from another directory).
-    InPipeline {
-        pipeline: GlobMatcher,
-        address: GlobMatcher,
-    },
+    InPipeline { pipeline: Glob, address: Glob },
     /// `state:modified`: the node's own definition changed against
     /// production, or it is new.
     Modified,
@@ -132,14 +128,14 @@ impl Selector {
         match &self.method {
             Method::Name(g) => g.is_match(&node.name),
             Method::Address(g) => {
-                g.is_match(format!("{}/{}", node.dir, node.name)) || g.is_match(pipeline.as_str())
+                g.is_match(&format!("{}/{}", node.dir, node.name)) || g.is_match(pipeline.as_str())
             }
             Method::InPipeline {
                 pipeline: p,
                 address,
             } => {
                 p.is_match(pipeline.as_str())
-                    && address.is_match(format!("{}/{}", node.dir, node.name))
+                    && address.is_match(&format!("{}/{}", node.dir, node.name))
             }
             Method::Modified => modified,
         }
@@ -155,12 +151,8 @@ fn depth(digits: &str) -> Option<Depth> {
 
 /// A glob where `*` and `?` stay inside one path segment, as in the
 /// `pipelines` globs of sluice.toml.
-fn glob(pattern: &str) -> Result<GlobMatcher, String> {
-    GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .build()
-        .map(|g| g.compile_matcher())
-        .map_err(|e| format!("bad glob: {e}"))
+fn glob(pattern: &str) -> Result<Glob, String> {
+    Glob::new(pattern).map_err(|e| format!("bad glob: {e}"))
 }
 
 /// Parses each argument, splitting it on whitespace (`-s "a b"` is `-s a
