@@ -241,6 +241,20 @@ mod tests {
     }
 
     #[test]
+    fn patterns_are_globs_and_a_bad_or_hostile_one_does_no_harm() {
+        let t = parse("[x ident\n*.{sql,py} ident\n\\*.R ident\n*a*a*a*a*a*a*a*a*a*a*b ident\n");
+        assert_eq!(t.len(), 3, "the unclosed `[` line is skipped");
+        let files = [(RepoPath::root(), t.as_slice())];
+        assert!(transforming(&p("a/X.py"), &files).is_some());
+        assert!(transforming(&p("a/X.R"), &files).is_none());
+        assert!(transforming(&p("a/*.R"), &files).is_some());
+        let long = format!("a/{}", "a".repeat(5_000));
+        let start = std::time::Instant::now();
+        assert!(transforming(&p(&long), &files).is_none());
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
     fn line_endings_and_utf8_are_allowed() {
         let t =
             parse("* text=auto eol=crlf\n*.sql working-tree-encoding=UTF-8\nsluice.toml binary\n");

@@ -479,6 +479,29 @@ mod tests {
         assert!(out.iter().all(|p| p.nodes.is_empty()));
     }
 
+    #[test]
+    fn globs_take_sets_alternatives_and_escapes_and_bad_ones_say_why() {
+        let g = clinics();
+        let ok = |sel: &str| run(&g, &[sel], &[]).unwrap();
+        assert_eq!(
+            ok("clinics/[!b]/[UV]"),
+            ["clinics/a:U", "clinics/a:V", "clinics/b:/clinics/a/U"]
+        );
+        assert_eq!(ok("{V,X}"), ["clinics/a:V", "clinics/b:X"]);
+        assert_eq!(ok("clinics/{a/W,b/X}"), ["clinics/a:W", "clinics/b:X"]);
+        assert_eq!(ok("**/W"), ["clinics/a:W"]);
+        assert_eq!(ok(r"\W"), ["clinics/a:W"]);
+        // `*` stays inside one segment.
+        assert!(run(&g, &["clinics*W"], &[]).is_err());
+        let e = run(&g, &["clinics/[a/T"], &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "selector `clinics/[a/T`: bad glob: error parsing glob 'clinics/[a/T': unclosed character class; missing ']' (write `[[]` for a literal '[')"
+        );
+        let e = run(&g, &["{T,U"], &[]).unwrap_err();
+        assert!(e.to_string().contains("missing '}'"), "{e}");
+    }
+
     /// A random DAG: node `i` may depend on any `j < i`, in one of two
     /// pipelines; a dependency across pipelines is `/clinics/x/Nj`.
     fn dag() -> impl Strategy<Value = Vec<(bool, Vec<usize>)>> {
