@@ -645,6 +645,40 @@ mod tests {
         );
     }
 
+    #[test]
+    fn pipelines_globs_match_one_segment_at_a_time() {
+        use crate::pipeline::resolve::find_pipelines;
+        use crate::pipeline::vfs::MemVfs;
+        let mut v = MemVfs::new();
+        for dir in [
+            "clinics/clinic_a",
+            "clinics/clinic_b",
+            "clinics/other",
+            "x/y/z",
+        ] {
+            v.insert(&format!("{dir}/N.sql"), b"SELECT 1 AS x;\n");
+        }
+        let find = |patterns: &[&str]| {
+            let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+            let (found, problems) = find_pipelines(&v, &patterns);
+            let found: Vec<String> = found.iter().map(|p| p.to_string()).collect();
+            (found, problems)
+        };
+        assert_eq!(
+            find(&["clinics/clinic_[!b]", "clinics/{other,none}"]).0,
+            ["clinics/clinic_a", "clinics/other"]
+        );
+        assert_eq!(find(&["**/z"]).0, ["x/y/z"]);
+        let (found, problems) = find(&["clinics/[x"]);
+        assert!(found.is_empty());
+        assert!(
+            problems[0].starts_with(
+                "pipelines pattern segment `[x` is not a valid glob: error parsing glob '[x': unclosed character class"
+            ),
+            "{problems:?}"
+        );
+    }
+
     /// The differential test against globset, sluice's matcher before
     /// this one: on ASCII, the same patterns are refused and the same
     /// names match, for each way sluice used it.
