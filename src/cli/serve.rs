@@ -78,11 +78,86 @@ fn real_forge(repo: &RepoConfig, secrets: &Secrets) -> Option<Arc<dyn crate::for
 
 /// Log lines go to stderr; `SLUICE_LOG` (e.g. `debug`) sets the level.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let value = std::env::var_os("SLUICE_LOG").map(|v| v.to_string_lossy().into_owned());
+    let (filter, warning) = log_filter(value.as_deref());
+    if let Some(warning) = warning {
+        eprintln!("{warning}");
+    }
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
         .try_init();
+}
+
+/// The log filter `SLUICE_LOG` asks for: a level (`debug`) or
+/// `TARGET=LEVEL` directives (`sluice=debug,info`); `info` when it is
+/// unset or empty, and when it does not parse, with a warning to print.
+fn log_filter(value: Option<&str>) -> (tracing_subscriber::filter::Targets, Option<String>) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    let info = || Targets::new().with_default(LevelFilter::INFO);
+    // Empty directives (`debug,`) are skipped, as tracing's EnvFilter did.
+    let directives: Vec<&str> = value
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return (info(), None);
+    }
+    match directives.join(",").parse::<Targets>() {
+        Ok(filter) => (filter, None),
+        Err(e) => (
+            info(),
+            Some(format!(
+                "sluice serve: warning: SLUICE_LOG={:?} is not a log filter ({e}); logging at info. \
+                 Write a level (debug) or TARGET=LEVEL pairs (sluice=debug,info)",
+                value.unwrap_or_default()
+            )),
+        ),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod log_tests {
+    use super::log_filter;
+    use tracing::Level;
+
+    #[test]
+    fn sluice_log_sets_levels_per_target_and_falls_back_to_info() {
+        let (f, warning) = log_filter(None);
+        assert!(warning.is_none());
+        assert!(f.would_enable("sluice::server", &Level::INFO));
+        assert!(!f.would_enable("sluice::server", &Level::DEBUG));
+        let (f, warning) = log_filter(Some("debug"));
+        assert!(warning.is_none());
+        assert!(f.would_enable("sluice::server", &Level::DEBUG));
+        assert!(!f.would_enable("sluice::server", &Level::TRACE));
+        let (f, warning) = log_filter(Some("sluice=trace,warn,"));
+        assert!(warning.is_none());
+        assert!(f.would_enable("sluice::server", &Level::TRACE));
+        assert!(!f.would_enable("hyper", &Level::INFO));
+        assert!(f.would_enable("hyper", &Level::WARN));
+        let (f, warning) = log_filter(Some(""));
+        assert!(warning.is_none());
+        assert!(f.would_enable("sluice", &Level::INFO));
+        for bad in ["sluice=loud", "a=b=c", "debug,x=1=2"] {
+            let (f, warning) = log_filter(Some(bad));
+            let warning = warning.unwrap();
+            assert!(
+                warning.contains("SLUICE_LOG=") && warning.contains("sluice=debug,info"),
+                "{warning}"
+            );
+            assert!(!warning.contains('\n'), "one line: {warning}");
+            assert!(f.would_enable("sluice", &Level::INFO));
+            assert!(!f.would_enable("sluice", &Level::DEBUG));
+        }
+    }
 }

@@ -8,6 +8,7 @@
 //! (CRLF hashes as LF), so they are allowed. Pure: the files come in as
 //! bytes.
 
+use super::glob::Glob;
 use super::path::RepoPath;
 
 /// One line of a `.gitattributes` file that sets or unsets an attribute
@@ -27,9 +28,9 @@ pub struct Rule {
 #[derive(Debug, Clone)]
 enum Matcher {
     /// No `/` in the pattern: matches the file name at any depth.
-    Name(globset::GlobMatcher),
+    Name(Glob),
     /// Matches the path relative to the `.gitattributes` directory.
-    Path(globset::GlobMatcher),
+    Path(Glob),
 }
 
 /// The attributes that transform bytes on checkout.
@@ -108,14 +109,8 @@ fn matcher(pattern: &str) -> Option<Matcher> {
     if pattern.ends_with('/') {
         return None;
     }
-    let glob = |p: &str| {
-        globset::GlobBuilder::new(p)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .ok()
-            .map(|g| g.compile_matcher())
-    };
+    // A pattern that is not a glob (`[a`) is skipped, as git skips it.
+    let glob = |p: &str| Glob::new(p).ok();
     if pattern.contains('/') {
         glob(pattern.trim_start_matches('/')).map(Matcher::Path)
     } else {
@@ -243,6 +238,20 @@ mod tests {
         let deep = parse("**/X.sql filter=crypt\n");
         let files = [(RepoPath::root(), deep.as_slice())];
         assert!(transforming(&p("a/b/X.sql"), &files).is_some());
+    }
+
+    #[test]
+    fn patterns_are_globs_and_a_bad_or_hostile_one_does_no_harm() {
+        let t = parse("[x ident\n*.{sql,py} ident\n\\*.R ident\n*a*a*a*a*a*a*a*a*a*a*b ident\n");
+        assert_eq!(t.len(), 3, "the unclosed `[` line is skipped");
+        let files = [(RepoPath::root(), t.as_slice())];
+        assert!(transforming(&p("a/X.py"), &files).is_some());
+        assert!(transforming(&p("a/X.R"), &files).is_none());
+        assert!(transforming(&p("a/*.R"), &files).is_some());
+        let long = format!("a/{}", "a".repeat(5_000));
+        let start = std::time::Instant::now();
+        assert!(transforming(&p(&long), &files).is_none());
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
     }
 
     #[test]

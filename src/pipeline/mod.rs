@@ -4,6 +4,7 @@
 pub mod attributes;
 pub mod diag;
 pub mod directive;
+pub mod glob;
 pub mod graph;
 pub mod path;
 pub mod resolve;

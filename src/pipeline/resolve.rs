@@ -1385,13 +1385,13 @@ fn match_segments(
         .iter()
         .filter(|e| !e.name.starts_with('.') && !e.name.starts_with('_'))
         .collect();
+    // Compiled once for every entry of the directory.
+    let glob = super::glob::Glob::new(seg);
     // An unusable entry where the last segment asks for a pipeline (a
     // submodule, a dangling link) is said, not skipped; under `**` the
     // files of every pipeline would match, and those the resolver reports.
     let matches_last = |name: &str| -> bool {
-        rest.is_empty()
-            && *seg != "**"
-            && globset::Glob::new(seg).is_ok_and(|g| g.compile_matcher().is_match(name))
+        rest.is_empty() && *seg != "**" && glob.as_ref().is_ok_and(|g| g.is_match(name))
     };
     for e in &visible {
         if let EntryKind::Unusable(why) = &e.kind
@@ -1413,8 +1413,8 @@ fn match_segments(
         }
         return;
     }
-    let matcher = match globset::Glob::new(seg) {
-        Ok(g) => g.compile_matcher(),
+    let matcher = match glob {
+        Ok(g) => g,
         Err(e) => {
             problems.push(format!(
                 "pipelines pattern segment `{seg}` is not a valid glob: {e}"

@@ -8,9 +8,8 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use globset::{GlobBuilder, GlobMatcher};
-
 use crate::pipeline::directive::nearest;
+use crate::pipeline::glob::Glob;
 use crate::pipeline::graph::{Graph, NodeId};
 use crate::pipeline::path::RepoPath;
 
@@ -32,17 +31,14 @@ pub struct Selector {
 #[derive(Debug, Clone)]
 enum Method {
     /// A bare name or glob, matched against node names in every pipeline.
-    Name(GlobMatcher),
+    Name(Glob),
     /// A pattern with a `/`, matched against a node's address `DIR/NAME`
     /// (its home directory and name) and against pipeline paths (all of a
     /// pipeline's nodes).
-    Address(GlobMatcher),
+    Address(Glob),
     /// `PIPELINE//DIR/NAME`: a node as one pipeline runs it (how `sluice
     /// ls` prints inputs from another directory).
-    InPipeline {
-        pipeline: GlobMatcher,
-        address: GlobMatcher,
-    },
+    InPipeline { pipeline: Glob, address: Glob },
     /// `state:modified`: the node's own definition changed against
     /// production, or it is new.
     Modified,
@@ -132,14 +128,14 @@ impl Selector {
         match &self.method {
             Method::Name(g) => g.is_match(&node.name),
             Method::Address(g) => {
-                g.is_match(format!("{}/{}", node.dir, node.name)) || g.is_match(pipeline.as_str())
+                g.is_match(&format!("{}/{}", node.dir, node.name)) || g.is_match(pipeline.as_str())
             }
             Method::InPipeline {
                 pipeline: p,
                 address,
             } => {
                 p.is_match(pipeline.as_str())
-                    && address.is_match(format!("{}/{}", node.dir, node.name))
+                    && address.is_match(&format!("{}/{}", node.dir, node.name))
             }
             Method::Modified => modified,
         }
@@ -155,12 +151,8 @@ fn depth(digits: &str) -> Option<Depth> {
 
 /// A glob where `*` and `?` stay inside one path segment, as in the
 /// `pipelines` globs of sluice.toml.
-fn glob(pattern: &str) -> Result<GlobMatcher, String> {
-    GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .build()
-        .map(|g| g.compile_matcher())
-        .map_err(|e| format!("bad glob: {e}"))
+fn glob(pattern: &str) -> Result<Glob, String> {
+    Glob::new(pattern).map_err(|e| format!("bad glob: {e}"))
 }
 
 /// Parses each argument, splitting it on whitespace (`-s "a b"` is `-s a
@@ -485,6 +477,29 @@ mod tests {
         let s = parse_all(&["state:modified+".into()]).unwrap();
         let out = select(&g, &g.pipelines, &none, &s, &[]).unwrap();
         assert!(out.iter().all(|p| p.nodes.is_empty()));
+    }
+
+    #[test]
+    fn globs_take_sets_alternatives_and_escapes_and_bad_ones_say_why() {
+        let g = clinics();
+        let ok = |sel: &str| run(&g, &[sel], &[]).unwrap();
+        assert_eq!(
+            ok("clinics/[!b]/[UV]"),
+            ["clinics/a:U", "clinics/a:V", "clinics/b:/clinics/a/U"]
+        );
+        assert_eq!(ok("{V,X}"), ["clinics/a:V", "clinics/b:X"]);
+        assert_eq!(ok("clinics/{a/W,b/X}"), ["clinics/a:W", "clinics/b:X"]);
+        assert_eq!(ok("**/W"), ["clinics/a:W"]);
+        assert_eq!(ok(r"\W"), ["clinics/a:W"]);
+        // `*` stays inside one segment.
+        assert!(run(&g, &["clinics*W"], &[]).is_err());
+        let e = run(&g, &["clinics/[a/T"], &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "selector `clinics/[a/T`: bad glob: error parsing glob 'clinics/[a/T': unclosed character class; missing ']' (write `[[]` for a literal '[')"
+        );
+        let e = run(&g, &["{T,U"], &[]).unwrap_err();
+        assert!(e.to_string().contains("missing '}'"), "{e}");
     }
 
     /// A random DAG: node `i` may depend on any `j < i`, in one of two
