@@ -220,13 +220,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The PostgreSQL password sources of the environment: `PGPASSWORD`, else
 /// the `.pgpass` file (`PGPASSFILE`, or `$HOME/.pgpass`).
-pub fn pg_credentials() -> crate::store::pg::Credentials {
+pub fn pg_credentials() -> crate::store::shared::Credentials {
     let password = std::env::var("PGPASSWORD")
         .ok()
         .filter(|p| !p.is_empty())
-        .map(crate::store::pg::Password::new);
+        .map(crate::store::shared::Password::new);
     let pgpass = std::env::var_os("PGPASSFILE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")));
-    crate::store::pg::Credentials { password, pgpass }
+    crate::store::shared::Credentials { password, pgpass }
 }
