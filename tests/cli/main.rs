@@ -7,6 +7,8 @@
 
 mod analyst;
 mod bench;
+#[cfg(not(feature = "team"))]
+mod built_without;
 mod check;
 mod ci;
 mod daemon;
