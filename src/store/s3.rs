@@ -1035,7 +1035,7 @@ mod tests {
 
 /// Figures for the report: 64 MiB through moto vs the local store, and
 /// the memory an upload takes.
-/// `cargo test --release --lib s3_figures -- --ignored --nocapture`
+/// `cargo test --release --features team --lib s3_figures -- --ignored --nocapture`
 #[cfg(test)]
 mod figures {
     #![allow(clippy::unwrap_used)]
@@ -1065,7 +1065,7 @@ mod figures {
     }
 
     #[test]
-    #[ignore = "a measurement: cargo test --release --lib s3_figures -- --ignored --nocapture"]
+    #[ignore = "a measurement: cargo test --release --features team --lib s3_figures -- --ignored --nocapture"]
     fn s3_figures() {
         const SIZE: usize = 64 << 20;
         let mb = SIZE as f64 / (1 << 20) as f64;

@@ -1,10 +1,10 @@
 //! Where a URL becomes a team's shared store: `--state postgresql://…`
 //! (the daemon's `state`) and `--blobs s3://…` (its `blobs`). The stores
-//! themselves, [`super::pg`] and [`super::s3`], are compiled only with the
-//! cargo feature `team`: their crates are a third of a cold build, and an
-//! analyst's `.sluice/` needs none of them. Without it every such URL is
-//! refused here, when it is parsed, with what to do; [`PgConnect`] then has
-//! no values, so nothing past the parse can name a shared state.
+//! themselves, `store::pg` and `store::s3`, are compiled only with the
+//! cargo feature `team`: their crates are a sixth of a cold build's work,
+//! and an analyst's `.sluice/` needs none of them. Without it every such
+//! URL is refused here, when it is parsed, with what to do; [`PgConnect`]
+//! then has no values, so nothing past the parse can name a shared state.
 
 use std::path::PathBuf;
 use std::sync::Arc;

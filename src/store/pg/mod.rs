@@ -1432,7 +1432,7 @@ mod timing {
     }
 
     #[test]
-    #[ignore = "a measurement: cargo test --release --lib cache_get_timing -- --ignored --nocapture"]
+    #[ignore = "a measurement: cargo test --release --features team --lib cache_get_timing -- --ignored --nocapture"]
     fn cache_get_timing() {
         const N: u32 = 10_000;
         let keys: Vec<Digest> = (0..N).map(|i| Digest::of(&i.to_be_bytes())).collect();
