@@ -19,7 +19,8 @@ pub struct ServeArgs {
     pub config: PathBuf,
     /// Only compute node tasks from the shared queue: no HTTP listener,
     /// no jobs. Needs `state = "postgresql://…"`; `workers` sets the task
-    /// threads. Run any number of these beside the full daemons.
+    /// threads. Run any number of these beside the full daemons. Needs a
+    /// sluice built with `--features team`.
     #[arg(long)]
     pub worker_only: bool,
 }
