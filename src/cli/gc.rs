@@ -16,9 +16,9 @@ use serde::Serialize;
 
 use super::GlobalArgs;
 use crate::server::config;
+use crate::store::PgConnect;
 use crate::store::blob::BlobStore;
 use crate::store::gc::{self, Applied, Kept, Policy, Step, Tally};
-use crate::store::pg::{self, PgConnect};
 use crate::store::state::{SqliteState, State};
 
 #[derive(Debug, Args)]
@@ -207,16 +207,7 @@ type Opened = (PathBuf, std::sync::Arc<dyn BlobStore>, States);
 
 /// Every sluice schema of a shared PostgreSQL.
 fn shared_states(connect: &PgConnect) -> anyhow::Result<States> {
-    pg::sluice_schemas(connect)?
-        .into_iter()
-        .map(|schema| {
-            let db = pg::PgState::open(connect, &schema)?;
-            Ok((
-                db.describe(),
-                std::sync::Arc::new(db) as std::sync::Arc<dyn State>,
-            ))
-        })
-        .collect()
+    crate::store::shared::all_states(connect)
 }
 
 /// The daemon's stores: the shared blob store under `state_dir/blobs`,
@@ -228,7 +219,7 @@ fn open_daemon(path: &Path) -> anyhow::Result<Opened> {
     let dir = cfg.state_dir.clone();
     let blobs = crate::store::open_blobs(&dir, &cfg.blobs)?;
     if let Some(url) = &cfg.state {
-        let connect = PgConnect::parse(url, &super::pg_credentials())
+        let connect = crate::store::shared::parse_state(url, &super::pg_credentials())
             .map_err(|e| anyhow::anyhow!("{}: state: {e:#}", path.display()))?;
         return Ok((dir, blobs, shared_states(&connect)?));
     }

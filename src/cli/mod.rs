@@ -65,7 +65,8 @@ pub struct GlobalArgs {
     /// Where blobs (tables, logs, manifests) live: s3://BUCKET[/PREFIX] for
     /// an S3-compatible object store a team shares, with credentials,
     /// region and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-    /// AWS_REGION and AWS_ENDPOINT_URL. Default: <state-dir>/blobs.
+    /// AWS_REGION and AWS_ENDPOINT_URL. Default: <state-dir>/blobs. Needs
+    /// a sluice built with `--features team`.
     #[arg(long, global = true, value_name = "URL", env = "SLUICE_BLOBS")]
     pub blobs: Option<String>,
     /// The size bound of the local cache of an S3 blob store
@@ -82,7 +83,8 @@ pub struct GlobalArgs {
     /// of the state directory, which still holds the blobs and this
     /// machine's source memo. The password comes from PGPASSWORD or
     /// ~/.pgpass (PGPASSFILE), never from the URL; a host other than this
-    /// machine needs sslmode=require.
+    /// machine needs sslmode=require. Needs a sluice built with
+    /// `--features team`.
     #[arg(long, global = true, value_name = "URL", env = "SLUICE_STATE")]
     pub state: Option<String>,
     /// The search path command actions run with (the only variable of the
@@ -220,13 +222,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The PostgreSQL password sources of the environment: `PGPASSWORD`, else
 /// the `.pgpass` file (`PGPASSFILE`, or `$HOME/.pgpass`).
-pub fn pg_credentials() -> crate::store::pg::Credentials {
+pub fn pg_credentials() -> crate::store::shared::Credentials {
     let password = std::env::var("PGPASSWORD")
         .ok()
         .filter(|p| !p.is_empty())
-        .map(crate::store::pg::Password::new);
+        .map(crate::store::shared::Password::new);
     let pgpass = std::env::var_os("PGPASSFILE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")));
-    crate::store::pg::Credentials { password, pgpass }
+    crate::store::shared::Credentials { password, pgpass }
 }

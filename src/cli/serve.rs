@@ -19,12 +19,19 @@ pub struct ServeArgs {
     pub config: PathBuf,
     /// Only compute node tasks from the shared queue: no HTTP listener,
     /// no jobs. Needs `state = "postgresql://…"`; `workers` sets the task
-    /// threads. Run any number of these beside the full daemons.
+    /// threads. Run any number of these beside the full daemons. Needs a
+    /// sluice built with `--features team`.
     #[arg(long)]
     pub worker_only: bool,
 }
 
 pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    if args.worker_only && !cfg!(feature = "team") {
+        anyhow::bail!(
+            "--worker-only computes node tasks from the shared queue on PostgreSQL: {}",
+            crate::store::shared::BUILT_WITHOUT
+        );
+    }
     let cfg = config::load(&args.config)?;
     // The one place the daemon reads the environment: the variables the
     // config names for secrets, SLUICE_LOG for the log filter, and
@@ -33,7 +40,7 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
     let shared = match &cfg.state {
         Some(url) => Some(
-            crate::store::pg::PgConnect::parse(url, &super::pg_credentials())
+            crate::store::shared::parse_state(url, &super::pg_credentials())
                 .map_err(|e| anyhow::anyhow!("{}: state: {e:#}", args.config.display()))?,
         ),
         None => None,

@@ -19,7 +19,7 @@ pub fn load(global: &GlobalArgs) -> anyhow::Result<Workspace> {
     };
     let state = match &global.state {
         Some(url) => Some(
-            crate::store::pg::PgConnect::parse(url, &super::pg_credentials()).context("--state")?,
+            crate::store::shared::parse_state(url, &super::pg_credentials()).context("--state")?,
         ),
         None => None,
     };

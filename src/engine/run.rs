@@ -968,6 +968,7 @@ mod tests {
 
     /// With the state on PostgreSQL, a no-op run looks up each wave of
     /// ready nodes in one query, and every node is a hit.
+    #[cfg(feature = "team")]
     #[test]
     fn a_no_op_run_on_postgresql_looks_up_waves_not_nodes() {
         let pg = std::sync::Arc::new(crate::store::pg::test_state());

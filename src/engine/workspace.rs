@@ -29,7 +29,7 @@ pub struct Settings {
     pub blobs: BlobOptions,
     /// The state on PostgreSQL (`--state URL`) instead of the state
     /// directory's database, which then holds only the source memo.
-    pub state: Option<crate::store::pg::PgConnect>,
+    pub state: Option<crate::store::PgConnect>,
     /// `PATH` for command actions (and the probe of their versions).
     pub path_env: OsString,
 }
@@ -274,7 +274,7 @@ impl Workspace {
     }
 
     /// The team's PostgreSQL, when the state lives there (`--state`).
-    pub fn shared_state(&self) -> Option<&crate::store::pg::PgConnect> {
+    pub fn shared_state(&self) -> Option<&crate::store::PgConnect> {
         self.settings.state.as_ref()
     }
 

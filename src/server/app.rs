@@ -19,13 +19,18 @@ use super::mirror::Mirrors;
 use crate::engine::run::{RunError, RunRequest};
 use crate::engine::{Outcome, RunReport, Settings};
 use crate::exec::CancelToken;
-use crate::exec::task::{TaskQueue, WorkerEnv};
+use crate::exec::task::TaskQueue;
+#[cfg(feature = "team")]
+use crate::exec::task::WorkerEnv;
 use crate::forge::{CommitStatus, Forge, StatusState};
 use crate::plan::digest::Digest;
+use crate::store::PgConnect;
 use crate::store::Stores;
 use crate::store::blob::BlobStore;
+#[cfg(feature = "team")]
+use crate::store::pg::PgState;
+#[cfg(feature = "team")]
 use crate::store::pg::tasks::{Claimed, PgTasks};
-use crate::store::pg::{PgConnect, PgState};
 use crate::store::queue::{Enqueued, Job, JobKind, JobState, NewJob, OutboxItem, now_ms};
 use crate::store::state::{SqliteState, State};
 
@@ -113,13 +118,16 @@ pub struct App {
     enqueuer: OnceLock<std::sync::mpsc::Sender<EnqueueRequest>>,
     /// The queue and its jobs on PostgreSQL: jobs' leases are renewed
     /// through it.
+    #[cfg(feature = "team")]
     pg_db: Option<Arc<PgState>>,
     /// The shared node-task queue (state on PostgreSQL): runs send their
     /// cache misses there, and task threads compute them.
+    #[cfg(feature = "team")]
     pg_tasks: Option<Arc<PgTasks>>,
     /// The same queue as the scheduler sees it.
     tasks: Option<Arc<dyn TaskQueue>>,
     /// The task threads' own source memo (`state_dir/worker/state.db`).
+    #[cfg(feature = "team")]
     worker_memo: OnceLock<Arc<SqliteState>>,
 }
 
@@ -179,6 +187,7 @@ impl App {
             .with_context(|| format!("cannot create {}", dir.display()))?;
         // On PostgreSQL, the queue has its schema and each repository
         // its own, as each has its own file here.
+        #[cfg(feature = "team")]
         let pg_db = match shared {
             Some(connect) => {
                 let pg = Arc::new(PgState::open(connect, crate::store::pg::DAEMON_SCHEMA)?);
@@ -187,16 +196,23 @@ impl App {
             }
             None => None,
         };
+        #[cfg(feature = "team")]
         let db: Arc<dyn State> = match &pg_db {
             Some(pg) => Arc::clone(pg) as Arc<dyn State>,
             None => Arc::new(SqliteState::open(&dir.join("daemon.db"))?),
         };
+        #[cfg(not(feature = "team"))]
+        let db: Arc<dyn State> = Arc::new(SqliteState::open(&dir.join("daemon.db"))?);
+        #[cfg(feature = "team")]
         let pg_tasks = pg_db
             .as_ref()
             .map(|pg| Arc::new(PgTasks::new(Arc::clone(pg), cfg.task_lease)));
+        #[cfg(feature = "team")]
         let tasks = pg_tasks
             .as_ref()
             .map(|t| Arc::clone(t) as Arc<dyn TaskQueue>);
+        #[cfg(not(feature = "team"))]
+        let tasks = None;
         let blobs = crate::store::open_blobs(&dir, &cfg.blobs)?;
         let mut repos = Vec::new();
         for (config, secrets) in cfg.repos.iter().cloned().zip(secrets) {
@@ -205,10 +221,10 @@ impl App {
                 &dir.join("repos").join(&id[..32]).join("state.db"),
             )?);
             let state: Arc<dyn State> = match shared {
-                Some(connect) => Arc::new(PgState::open(
+                Some(connect) => crate::store::shared::open_state(
                     connect,
-                    &crate::store::pg::repo_schema(&id[..32]),
-                )?),
+                    &crate::store::shared::repo_schema(&id[..32]),
+                )?,
                 None => Arc::clone(&memo) as Arc<dyn State>,
             };
             let forge = forges(&config, &secrets);
@@ -232,9 +248,12 @@ impl App {
             path_env,
             running: Mutex::new(HashMap::new()),
             enqueuer: OnceLock::new(),
+            #[cfg(feature = "team")]
             pg_db,
+            #[cfg(feature = "team")]
             pg_tasks,
             tasks,
+            #[cfg(feature = "team")]
             worker_memo: OnceLock::new(),
             shutdown: CancelToken::new(),
             jobs_bell: Bell::default(),
@@ -393,6 +412,7 @@ impl App {
             token.cancel();
         }
         tracing::info!(job = job.id, run = %job.run_id, repo = %job.repo, sha = %job.sha, "job started");
+        #[cfg(feature = "team")]
         let outcome = match &self.pg_db {
             // On a shared queue the job is held by a lease: renewed while
             // it runs, so that another daemon takes it only if this one dies.
@@ -426,6 +446,8 @@ impl App {
             }
             None => self.execute(&job, &token),
         };
+        #[cfg(not(feature = "team"))]
+        let outcome = self.execute(&job, &token);
         self.running
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -690,11 +712,23 @@ impl App {
     /// Whether this daemon has a shared node-task queue (state on
     /// PostgreSQL).
     pub fn has_task_queue(&self) -> bool {
-        self.pg_tasks.is_some()
+        #[cfg(feature = "team")]
+        {
+            self.pg_tasks.is_some()
+        }
+        #[cfg(not(feature = "team"))]
+        {
+            false
+        }
     }
+
+    /// A task thread: without the shared stores there is no queue.
+    #[cfg(not(feature = "team"))]
+    pub fn task_loop(self: &Arc<Self>) {}
 
     /// A task thread: claims node tasks from the shared queue and computes
     /// them until shutdown. Returns at once without a shared queue.
+    #[cfg(feature = "team")]
     pub fn task_loop(self: &Arc<Self>) {
         let Some(queue) = self.pg_tasks.clone() else {
             return;
@@ -782,6 +816,7 @@ impl App {
 
     /// Computes one claimed task while a heartbeat renews its lease, and
     /// completes it (fenced by its attempt), or releases it at shutdown.
+    #[cfg(feature = "team")]
     fn work_task(&self, queue: &PgTasks, task: &Claimed, stores: &Stores, env: &WorkerEnv) {
         tracing::debug!(task = task.id, attempt = task.attempt, "task claimed");
         let cancel = &CancelToken::new();

@@ -280,9 +280,9 @@ pub fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
         None => None,
         Some(url) => {
             // The same checks as at open, without a password to look up.
-            crate::store::pg::PgConnect::parse(
+            crate::store::shared::parse_state(
                 url.get_ref(),
-                &crate::store::pg::Credentials::default(),
+                &crate::store::shared::Credentials::default(),
             )
             .map_err(|e| err(at(url.span()), "state", format!("{e:#}")))?;
             Some(url.into_inner())
@@ -310,7 +310,7 @@ pub fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
         None => crate::store::BlobLocation::Local,
     };
     let blob_cache_size = match &raw.blob_cache_size {
-        Some(size) => crate::store::s3::parse_size(size.get_ref())
+        Some(size) => crate::store::blob_cache::parse_size(size.get_ref())
             .map_err(|why| err(at(size.span()), "blob_cache_size", why))?,
         None => crate::store::blob_cache::DEFAULT_CACHE_SIZE,
     };
@@ -327,7 +327,7 @@ pub fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
             }
             Err(why) => return Err(err(at(text.span()), "task_lease", why)),
         },
-        None => crate::store::pg::DEFAULT_LEASE,
+        None => crate::store::shared::DEFAULT_LEASE,
     };
 
     let task_threads = match &raw.task_threads {
@@ -805,6 +805,7 @@ mod tests {
         assert_eq!(gl.line, 12);
     }
 
+    #[cfg(feature = "team")]
     #[test]
     fn blobs_select_a_bucket_and_a_bad_url_names_the_key() {
         use crate::store::{BlobLocation, BlobOptions};
@@ -883,6 +884,27 @@ mod tests {
         assert_eq!((e.line, e.key.as_str()), (4, "data_root"));
     }
 
+    /// Built without the shared stores, a config naming one is refused at
+    /// its line, saying how to build them in.
+    #[cfg(not(feature = "team"))]
+    #[test]
+    fn shared_stores_need_the_team_feature() {
+        let with = |line: &str| example_with("workers = 2", &format!("workers = 2\n{line}"));
+        for (line, key) in [
+            ("state = \"postgresql://sluice@127.0.0.1/s\"", "state"),
+            ("blobs = \"s3://team-bucket/sluice\"", "blobs"),
+        ] {
+            let e = error_of(&with(line));
+            assert_eq!((e.line, e.key.as_str()), (6, key), "{e}");
+            assert!(e.message.contains("--features team"), "{e}");
+            assert!(e.message.contains("docs/team.md"), "{e}");
+        }
+        // The cache size alone is still checked, and harmless.
+        let c = parse(&with("blob_cache_size = \"2GiB\"")).unwrap();
+        assert_eq!(c.blobs.cache_size, 2 << 30);
+    }
+
+    #[cfg(feature = "team")]
     #[test]
     fn state_on_postgresql_is_checked_at_parse() {
         let with = |line: &str| example_with("workers = 2", &format!("workers = 2\n{line}"));

@@ -228,6 +228,38 @@ fn touch(path: &Path, when: SystemTime) {
     }
 }
 
+/// Parses a size such as `10GiB`, `500MiB`, `2GB` or `1048576` (bytes).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let unit_bytes: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a size; write e.g. 10GiB, 500MiB or 2GB"
+            ));
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size; write e.g. 10GiB, 500MiB or 2GB"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("`{text}` is not a size"));
+    }
+    Ok((value * unit_bytes as f64) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +268,17 @@ mod tests {
         let d = cache.store().put(bytes).unwrap();
         cache.admit(&d);
         d
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("10GiB").unwrap(), 10 << 30);
+        assert_eq!(parse_size("512 MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2GB").unwrap(), 2_000_000_000);
+        assert_eq!(parse_size("1.5k").unwrap(), 1536);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").unwrap_err().contains("10GiB"));
+        assert!(parse_size("10 parsecs").is_err());
     }
 
     #[test]

@@ -1,17 +1,25 @@
 //! Where sluice keeps what it computes: content-addressed blobs and the
 //! state (SQLite in the state directory, `.sluice/` by default, or a
-//! team's PostgreSQL), and the local source-digest memo.
+//! team's PostgreSQL), and the local source-digest memo. The shared
+//! stores (`pg`, `s3`) are built only with the cargo feature `team`; see
+//! [`shared`].
 
 pub mod blob;
 pub mod blob_cache;
 pub mod fsck;
 pub mod gc;
+#[cfg(feature = "team")]
 pub mod pg;
 pub mod queue;
+#[cfg(feature = "team")]
 pub mod s3;
+#[cfg(feature = "team")]
 mod s3_http;
+pub mod shared;
 pub mod source;
 pub mod state;
+
+pub use shared::PgConnect;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -74,27 +82,36 @@ pub(crate) fn warn(message: &str) {
 }
 
 /// Where the blobs live: `<state_dir>/blobs` (the default), or a bucket
-/// with a local cache in `<state_dir>/blob-cache`.
+/// with a local cache in `<state_dir>/blob-cache` (built with `team`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum BlobLocation {
     #[default]
     Local,
+    #[cfg(feature = "team")]
     S3(s3::S3Location),
 }
 
 impl BlobLocation {
     /// Parses a blob store URL; `setting` names where it was written, for
-    /// the error (`--blobs / SLUICE_BLOBS`, `blobs`).
+    /// the error (`--blobs / SLUICE_BLOBS`, `blobs`). Without the `team`
+    /// feature there is no store a URL can name.
     pub fn parse(url: &str, setting: &str) -> anyhow::Result<BlobLocation> {
-        s3::S3Location::parse(url.trim())
-            .map(BlobLocation::S3)
-            .map_err(|why| {
-                anyhow::anyhow!(
-                    "{setting} `{url}`: {why}; write s3://BUCKET[/PREFIX] (credentials, region \
-                     and endpoint come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION \
-                     and AWS_ENDPOINT_URL), or leave it unset for the local store"
-                )
-            })
+        #[cfg(feature = "team")]
+        {
+            s3::S3Location::parse(url.trim())
+                .map(BlobLocation::S3)
+                .map_err(|why| {
+                    anyhow::anyhow!(
+                        "{setting} `{url}`: {why}; write s3://BUCKET[/PREFIX] (credentials, \
+                         region and endpoint come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, \
+                         AWS_REGION and AWS_ENDPOINT_URL), or leave it unset for the local store"
+                    )
+                })
+        }
+        #[cfg(not(feature = "team"))]
+        {
+            anyhow::bail!("{setting} `{url}`: {}", shared::BUILT_WITHOUT)
+        }
     }
 }
 
@@ -128,7 +145,7 @@ impl BlobOptions {
         };
         let cache_size = match cache_size {
             Some(text) => {
-                s3::parse_size(text).map_err(|why| anyhow::anyhow!("{}: {why}", names.1))?
+                blob_cache::parse_size(text).map_err(|why| anyhow::anyhow!("{}: {why}", names.1))?
             }
             None => blob_cache::DEFAULT_CACHE_SIZE,
         };
@@ -143,6 +160,7 @@ impl BlobOptions {
 pub fn open_blobs(dir: &Path, options: &BlobOptions) -> anyhow::Result<Arc<dyn BlobStore>> {
     Ok(match &options.location {
         BlobLocation::Local => Arc::new(LocalBlobStore::open(&dir.join("blobs"))?),
+        #[cfg(feature = "team")]
         BlobLocation::S3(location) => {
             let opts = s3::S3Options::new(&dir.join("blob-cache"), options.cache_size);
             Arc::new(
@@ -224,7 +242,7 @@ impl Stores {
     pub fn open_with(
         dir: &Path,
         blobs: &BlobOptions,
-        shared: Option<&pg::PgConnect>,
+        shared: Option<&PgConnect>,
     ) -> anyhow::Result<Stores> {
         if let Some(warning) = secure_dir(dir)? {
             warn(&warning);
@@ -239,7 +257,7 @@ impl Stores {
         let blobs = open_blobs(dir, blobs)?;
         let memo = Arc::new(SqliteState::open(&dir.join("state.db"))?);
         let state: Arc<dyn State> = match shared {
-            Some(connect) => Arc::new(pg::PgState::open(connect, pg::CLI_SCHEMA)?),
+            Some(connect) => shared::open_state(connect, shared::CLI_SCHEMA)?,
             None => Arc::clone(&memo) as Arc<dyn State>,
         };
         Ok(Stores {
@@ -261,6 +279,21 @@ impl Stores {
             manifests: Arc::default(),
             tasks: None,
         })
+    }
+}
+
+/// The state backends, empty: the contract tests of `state` and `queue`
+/// run on each (SQLite, and PostgreSQL in a build with `team`).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_backends() -> Vec<Arc<dyn State>> {
+    #[cfg(feature = "team")]
+    {
+        pg::both_backends()
+    }
+    #[cfg(not(feature = "team"))]
+    {
+        vec![Arc::new(SqliteState::open_in_memory().unwrap())]
     }
 }
 

@@ -518,7 +518,7 @@ mod tests {
 
     #[test]
     fn a_delivery_is_queued_once() {
-        for db in crate::store::pg::both_backends() {
+        for db in crate::store::test_backends() {
             let db = &*db;
             let first = db
                 .enqueue(&job("refs/heads/b", "a", "r1"), Some(("d1", "push")))
@@ -534,7 +534,7 @@ mod tests {
 
     #[test]
     fn a_newer_push_supersedes_queued_and_marks_running() {
-        for db in crate::store::pg::both_backends() {
+        for db in crate::store::test_backends() {
             let db = &*db;
             db.enqueue(&job("refs/heads/b", "a", "r1"), None).unwrap();
             let running = db.claim_job().unwrap().unwrap();
@@ -564,7 +564,7 @@ mod tests {
 
     #[test]
     fn lanes_run_side_by_side_and_running_jobs_requeue() {
-        for db in crate::store::pg::both_backends() {
+        for db in crate::store::test_backends() {
             let db = &*db;
             db.enqueue(&job("refs/heads/a", "1", "r1"), None).unwrap();
             db.enqueue(&job("refs/heads/b", "2", "r2"), None).unwrap();
@@ -585,7 +585,7 @@ mod tests {
 
     #[test]
     fn outbox_keeps_order_per_repo() {
-        for db in crate::store::pg::both_backends() {
+        for db in crate::store::test_backends() {
             let db = &*db;
             let a1 = db.outbox_push("a", 1, "status", "1").unwrap();
             let a2 = db.outbox_push("a", 1, "status", "2").unwrap();
@@ -606,7 +606,7 @@ mod tests {
 
     #[test]
     fn comment_ids_are_remembered() {
-        for db in crate::store::pg::both_backends() {
+        for db in crate::store::test_backends() {
             let db = &*db;
             assert_eq!(db.comment_id("r", 7).unwrap(), None);
             db.set_comment_id("r", 7, 42).unwrap();

@@ -692,38 +692,6 @@ impl BlobWriter for S3BlobWriter {
     }
 }
 
-/// Parses a size such as `10GiB`, `500MiB`, `2GB` or `1048576` (bytes).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let unit_bytes: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        _ => {
-            return Err(format!(
-                "`{text}` is not a size; write e.g. 10GiB, 500MiB or 2GB"
-            ));
-        }
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size; write e.g. 10GiB, 500MiB or 2GB"))?;
-    if !value.is_finite() || value < 0.0 {
-        return Err(format!("`{text}` is not a size"));
-    }
-    Ok((value * unit_bytes as f64) as u64)
-}
-
 #[cfg(test)]
 #[path = "../../tests/cli/moto.rs"]
 mod moto;
@@ -789,17 +757,6 @@ mod tests {
             let e = S3Location::parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
-    }
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("10GiB").unwrap(), 10 << 30);
-        assert_eq!(parse_size("512 MiB").unwrap(), 512 << 20);
-        assert_eq!(parse_size("2GB").unwrap(), 2_000_000_000);
-        assert_eq!(parse_size("1.5k").unwrap(), 1536);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("lots").unwrap_err().contains("10GiB"));
-        assert!(parse_size("10 parsecs").is_err());
     }
 
     #[test]
@@ -1078,7 +1035,7 @@ mod tests {
 
 /// Figures for the report: 64 MiB through moto vs the local store, and
 /// the memory an upload takes.
-/// `cargo test --release --lib s3_figures -- --ignored --nocapture`
+/// `cargo test --release --features team --lib s3_figures -- --ignored --nocapture`
 #[cfg(test)]
 mod figures {
     #![allow(clippy::unwrap_used)]
@@ -1108,7 +1065,7 @@ mod figures {
     }
 
     #[test]
-    #[ignore = "a measurement: cargo test --release --lib s3_figures -- --ignored --nocapture"]
+    #[ignore = "a measurement: cargo test --release --features team --lib s3_figures -- --ignored --nocapture"]
     fn s3_figures() {
         const SIZE: usize = 64 << 20;
         let mb = SIZE as f64 / (1 << 20) as f64;

@@ -1354,7 +1354,7 @@ mod tests {
 
     #[test]
     fn cache_round_trips_and_replaces() {
-        for db in crate::store::pg::both_backends() {
+        for db in crate::store::test_backends() {
             let db = &*db;
             let key = d("task");
             assert_eq!(db.cache_get(&key).unwrap(), None);
@@ -1378,7 +1378,7 @@ mod tests {
 
     #[test]
     fn cache_get_many_answers_in_order() {
-        for db in crate::store::pg::both_backends() {
+        for db in crate::store::test_backends() {
             let entry = |n: u64| CacheEntry {
                 output: d(&format!("out{n}")),
                 rows: n,
@@ -1440,7 +1440,7 @@ mod tests {
 
     #[test]
     fn refs_and_compare_and_set() {
-        for db in crate::store::pg::both_backends() {
+        for db in crate::store::test_backends() {
             let db = &*db;
             let r = "production/clinics";
             assert_eq!(db.ref_get(r).unwrap(), None);
@@ -1517,7 +1517,7 @@ mod tests {
 
     #[test]
     fn cache_blobs_lists_and_forgets_entries() {
-        for db in crate::store::pg::both_backends() {
+        for db in crate::store::test_backends() {
             let db = &*db;
             let entry = CacheEntry {
                 output: d("out"),
@@ -1560,7 +1560,7 @@ mod tests {
 
     #[test]
     fn runs_round_trip_and_last_is_newest() {
-        for db in crate::store::pg::both_backends() {
+        for db in crate::store::test_backends() {
             let db = &*db;
             assert_eq!(db.last_run("p").unwrap(), None);
             let a = db

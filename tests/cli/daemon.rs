@@ -115,18 +115,21 @@ impl Daemon {
 
     pub(crate) fn spawn(dir: tempfile::TempDir, state: PathBuf, config: PathBuf) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        // For a config with `blobs = "s3://…"`: moto's endpoint and keys.
-        if std::fs::read_to_string(&config).is_ok_and(|c| c.contains("\"s3://")) {
-            for (k, v) in crate::moto::moto().env() {
-                cmd.env(k, v);
+        #[cfg(feature = "team")]
+        {
+            // For a config with `blobs = "s3://…"`: moto's endpoint and keys.
+            if std::fs::read_to_string(&config).is_ok_and(|c| c.contains("\"s3://")) {
+                for (k, v) in crate::moto::moto().env() {
+                    cmd.env(k, v);
+                }
             }
+            // For a config with `state = "postgresql://…"`.
+            cmd.env("PGPASSWORD", crate::pg_cluster::PASSWORD);
         }
         let mut child = cmd
             .args(["serve", "--config", config.to_str().unwrap()])
             .env("SLUICE_TEST_SECRET", SECRET)
             .env("SLUICE_TEST_TOKEN", TOKEN)
-            // For a config with `state = "postgresql://…"`.
-            .env("PGPASSWORD", crate::pg_cluster::PASSWORD)
             .env_remove("SLUICE_STATE_DIR")
             .env_remove("SLUICE_DATA_ROOT")
             .stdout(Stdio::piped())
@@ -275,6 +278,7 @@ fn push_then_pull_request_statuses_and_one_comment_edited_in_place() {
 }
 
 /// The same with the queue and the state on PostgreSQL, the blobs on S3.
+#[cfg(feature = "team")]
 #[test]
 fn push_then_pull_request_on_postgresql_and_s3() {
     let stores = Stores::shared("pushpr");
@@ -294,6 +298,7 @@ fn push_then_pull_request_on_postgresql_and_s3() {
 pub(crate) struct Stores {
     /// Lines for `sluice-server.toml`.
     pub(crate) config: String,
+    #[cfg(feature = "team")]
     shared: Option<(crate::pg_cluster::TestDb, String)>,
 }
 
@@ -301,10 +306,34 @@ impl Stores {
     pub(crate) fn embedded() -> Stores {
         Stores {
             config: String::new(),
+            #[cfg(feature = "team")]
             shared: None,
         }
     }
 
+    /// Whether these are the embedded stores.
+    fn is_embedded(&self) -> bool {
+        #[cfg(feature = "team")]
+        {
+            self.shared.is_none()
+        }
+        #[cfg(not(feature = "team"))]
+        {
+            true
+        }
+    }
+
+    /// Without the team feature, only the embedded stores: nothing to
+    /// check.
+    #[cfg(not(feature = "team"))]
+    fn check(&self, _: &Daemon) {}
+
+    /// Without the team feature, only the embedded stores: nothing to
+    /// check.
+    #[cfg(not(feature = "team"))]
+    fn lacks(&self, _: &str) {}
+
+    #[cfg(feature = "team")]
     pub(crate) fn shared(hint: &str) -> Stores {
         let db = crate::pg_cluster::cluster().fresh_db();
         let bucket = crate::moto::moto().bucket(hint);
@@ -318,14 +347,17 @@ impl Stores {
         }
     }
 
+    #[cfg(feature = "team")]
     pub(crate) fn bucket(&self) -> &str {
         &self.shared.as_ref().expect("shared stores").1
     }
 
+    #[cfg(feature = "team")]
     pub(crate) fn db(&self) -> &crate::pg_cluster::TestDb {
         &self.shared.as_ref().expect("shared stores").0
     }
 
+    #[cfg(feature = "team")]
     pub(crate) fn count(&self, sql: &str) -> i64 {
         crate::pg_cluster::cluster().query(&self.db().name, sql)[0]
             .parse()
@@ -333,6 +365,7 @@ impl Stores {
     }
 
     /// The `sluice_repo_<id>` schemas the daemon made.
+    #[cfg(feature = "team")]
     fn repo_schemas(&self) -> Vec<String> {
         crate::pg_cluster::cluster().query(
             &self.db().name,
@@ -344,6 +377,7 @@ impl Stores {
     /// With the shared stores: the daemon used them (its jobs in
     /// PostgreSQL, its tables in the bucket, no blob under its state dir),
     /// with the embedded ones, nothing to check.
+    #[cfg(feature = "team")]
     fn check(&self, d: &Daemon) {
         let Some((_, bucket)) = &self.shared else {
             return;
@@ -368,6 +402,7 @@ impl Stores {
 
     /// With the shared stores: no row of any sluice schema of the
     /// database holds `secret` in its text form.
+    #[cfg(feature = "team")]
     fn lacks(&self, secret: &str) {
         let Some((db, _)) = &self.shared else {
             return;
@@ -638,6 +673,7 @@ fn a_newer_push_supersedes_the_running_job() {
     a_newer_push_supersedes_the_running_job_on(&Stores::embedded());
 }
 
+#[cfg(feature = "team")]
 #[test]
 fn a_newer_push_supersedes_the_running_job_on_postgresql_and_s3() {
     a_newer_push_supersedes_the_running_job_on(&Stores::shared("a_newer_push"));
@@ -706,6 +742,7 @@ fn a_job_killed_with_sigkill_finishes_after_restart() {
     a_job_killed_with_sigkill_finishes_after_restart_on(&Stores::embedded());
 }
 
+#[cfg(feature = "team")]
 #[test]
 fn a_job_killed_with_sigkill_finishes_after_restart_on_postgresql_and_s3() {
     a_job_killed_with_sigkill_finishes_after_restart_on(&Stores::shared("a_job_killed"));
@@ -741,11 +778,12 @@ fn a_job_killed_with_sigkill_finishes_after_restart_on(stores: &Stores) {
             "{c}"
         );
     }
-    if stores.shared.is_none() {
+    if stores.is_embedded() {
         assert!(d.log().contains("resuming jobs"), "{}", d.log());
     } else {
         // On a shared queue the killed daemon's job is claimed again once
         // its lease expired, and its report written once.
+        #[cfg(feature = "team")]
         assert_eq!(
             stores.count("SELECT count(*) FROM sluice_daemon.jobs WHERE report IS NOT NULL"),
             1
@@ -759,6 +797,7 @@ fn sigterm_stops_the_running_job_and_the_next_start_finishes_it() {
     sigterm_stops_the_running_job_and_the_next_start_finishes_it_on(&Stores::embedded());
 }
 
+#[cfg(feature = "team")]
 #[test]
 fn sigterm_stops_the_running_job_and_the_next_start_finishes_it_on_postgresql_and_s3() {
     sigterm_stops_the_running_job_and_the_next_start_finishes_it_on(&Stores::shared(
@@ -803,6 +842,7 @@ fn statuses_survive_a_forge_outage_in_order() {
     statuses_survive_a_forge_outage_in_order_on(&Stores::embedded());
 }
 
+#[cfg(feature = "team")]
 #[test]
 fn statuses_survive_a_forge_outage_in_order_on_postgresql_and_s3() {
     statuses_survive_a_forge_outage_in_order_on(&Stores::shared("statuses_sur"));
@@ -847,6 +887,7 @@ fn no_cell_value_reaches_the_forge_the_metrics_or_the_log() {
     no_cell_value_reaches_the_forge_the_metrics_or_the_log_on(&Stores::embedded());
 }
 
+#[cfg(feature = "team")]
 #[test]
 fn no_cell_value_reaches_the_forge_the_metrics_or_the_log_on_postgresql_and_s3() {
     no_cell_value_reaches_the_forge_the_metrics_or_the_log_on(&Stores::shared("no_cell_valu"));
@@ -935,6 +976,7 @@ fn gitlab_merge_request_gets_statuses_and_one_note() {
     gitlab_merge_request_gets_statuses_and_one_note_on(&Stores::embedded());
 }
 
+#[cfg(feature = "team")]
 #[test]
 fn gitlab_merge_request_gets_statuses_and_one_note_on_postgresql_and_s3() {
     gitlab_merge_request_gets_statuses_and_one_note_on(&Stores::shared("gitlab_merge"));

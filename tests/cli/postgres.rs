@@ -261,7 +261,7 @@ fn the_password_comes_only_from_pgpassword_or_pgpass() {
 
 /// A no-op run of 500 nodes, state on SQLite and on PostgreSQL (loopback).
 #[test]
-#[ignore = "a measurement: cargo test --release --test cli noop_run_timing -- --ignored --nocapture"]
+#[ignore = "a measurement: cargo test --release --features team --test cli noop_run_timing -- --ignored --nocapture"]
 fn noop_run_timing() {
     let db = cluster().fresh_db();
     let tmp = tempfile::tempdir().unwrap();

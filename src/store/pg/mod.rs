@@ -20,7 +20,6 @@ pub mod testing;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::str::FromStr as _;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -32,18 +31,6 @@ use postgres::{Client, Statement};
 use super::queue::{Enqueued, Job, JobState, NewJob, OutboxItem};
 use super::state::{CacheBlobs, CacheEntry, RunRecord, State, now_rfc3339};
 use crate::plan::digest::Digest;
-
-/// The CLI's schema (`--state URL`): every checkout using the same URL
-/// shares it.
-pub const CLI_SCHEMA: &str = "sluice";
-/// The daemon's deliveries, jobs and outbox.
-pub const DAEMON_SCHEMA: &str = "sluice_daemon";
-
-/// The schema of one served repository, by the id its local directory has
-/// (`state_dir/repos/<id>`): repositories stay apart as their files do.
-pub fn repo_schema(id: &str) -> String {
-    format!("sluice_repo_{id}")
-}
 
 /// Migrations in order, recorded in `schema_migrations`. Append only.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -72,30 +59,9 @@ const VALID_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection attempt may take when the URL does not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A password, never printed.
-#[derive(Clone)]
-pub struct Password(String);
-
-impl Password {
-    pub fn new(text: String) -> Password {
-        Password(text)
-    }
-}
-
-impl std::fmt::Debug for Password {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
-
-/// Where the password may come from, as the front end found them in its
-/// environment: `PGPASSWORD`, else the `.pgpass` file (`PGPASSFILE`, or
-/// `~/.pgpass`).
-#[derive(Debug, Clone, Default)]
-pub struct Credentials {
-    pub password: Option<Password>,
-    pub pgpass: Option<PathBuf>,
-}
+pub use super::shared::{
+    CLI_SCHEMA, Credentials, DAEMON_SCHEMA, DEFAULT_LEASE, Password, repo_schema,
+};
 
 /// A checked connection target: a `postgresql://` URL without a password,
 /// the password from [`Credentials`], and the TLS rule applied.
@@ -156,7 +122,7 @@ impl PgConnect {
             );
         }
         if let Some(pw) = &creds.password {
-            config.password(pw.0.as_bytes());
+            config.password(pw.expose().as_bytes());
         } else if let Some(file) = &creds.pgpass
             && let Some(pw) = pgpass_lookup(file, &config)?
         {
@@ -382,10 +348,6 @@ fn outside_runtime<T: Send>(f: impl FnOnce() -> anyhow::Result<T> + Send) -> any
             .unwrap_or_else(|_| Err(anyhow!("a PostgreSQL call panicked")))
     })
 }
-
-/// The lease of a claimed job or task unless the server config sets
-/// `task_lease`.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// This process's name in `claimed_by` and `completed_by`: the host, the
 /// process id and a random part (a pid is reused after a restart).
@@ -1470,7 +1432,7 @@ mod timing {
     }
 
     #[test]
-    #[ignore = "a measurement: cargo test --release --lib cache_get_timing -- --ignored --nocapture"]
+    #[ignore = "a measurement: cargo test --release --features team --lib cache_get_timing -- --ignored --nocapture"]
     fn cache_get_timing() {
         const N: u32 = 10_000;
         let keys: Vec<Digest> = (0..N).map(|i| Digest::of(&i.to_be_bytes())).collect();
