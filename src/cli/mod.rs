@@ -201,6 +201,11 @@ pub enum Command {
 /// Runs a parsed command line; the exit code says whether the repository
 /// was valid, an error is a problem running sluice itself.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Every command but the daemon exits when done: a big repository's
+    // caches and graph are left to the exit to free.
+    if !matches!(cli.command, Command::Serve(_)) {
+        crate::pipeline::resolve::free_nothing_big();
+    }
     match cli.command {
         Command::Check { json } => check::run(&cli.global, json),
         Command::Ls(args) => ls::run(&cli.global, &args),

@@ -55,10 +55,12 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<ExitCode> {
         }
         plans.retain(|p| !p.nodes.is_empty());
     }
-    let mut out = std::io::stdout().lock();
+    // Buffered: the JSON of 50,000 nodes is megabytes of small writes.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     if args.json {
         serde_json::to_writer(&mut out, &PlanOutput { plans: &plans })?;
         writeln!(out)?;
+        out.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
     if plans.is_empty() {
@@ -67,6 +69,7 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<ExitCode> {
     for plan in &plans {
         write_plan(&mut out, plan)?;
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 

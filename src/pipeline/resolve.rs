@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::diag::{Diagnostic, Diagnostics};
 use std::cell::RefCell;
@@ -63,12 +64,29 @@ pub fn compile(vfs: &dyn Vfs, pipelines: &[RepoPath]) -> (Graph, Vec<Diagnostic>
 /// Past this many nodes, big structures are freed on another thread.
 pub(crate) const DROP_ASIDE_NODES: usize = 4096;
 
+/// Set by [`free_nothing_big`].
+static FREE_NOTHING_BIG: AtomicBool = AtomicBool::new(false);
+
+/// For a process that exits when its command is done (every command but
+/// `serve`): what [`drop_aside`] is given is never freed. Freeing the
+/// caches of 50,000 nodes costs a quarter of a plan, on another thread it
+/// still contends for the allocator with the hashing that follows, and
+/// the process's exit returns the memory anyway.
+pub fn free_nothing_big() {
+    FREE_NOTHING_BIG.store(true, Ordering::Relaxed);
+}
+
 /// Frees `value` on a thread of its own when it is big (`size` past
 /// [`DROP_ASIDE_NODES`]): freeing the caches of 50,000 nodes takes as long
 /// as building some of them, and nobody waits for it. A command that exits
 /// first never frees them at all; the daemon's thread finishes on its own.
+/// After [`free_nothing_big`], a big value is not freed.
 pub(crate) fn drop_aside<T: Send + 'static>(value: T, size: usize) {
     if size < DROP_ASIDE_NODES {
+        return;
+    }
+    if FREE_NOTHING_BIG.load(Ordering::Relaxed) {
+        std::mem::forget(value);
         return;
     }
     let spawned = std::thread::Builder::new()

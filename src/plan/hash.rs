@@ -214,11 +214,44 @@ pub fn local_key<'a>(node: &'a Node, ctx: &'a HashContext) -> Result<LocalKey<'a
 /// cannot be known: a source digest is missing, or a dependency is missing,
 /// cyclic or itself unknown.
 pub fn definition_hashes(graph: &Graph, ctx: &HashContext) -> Vec<Option<NodeHashes>> {
+    // The local hashes (the bodies: most of the work) need nothing from
+    // other nodes, so they are computed on every core; the definition
+    // hashes then follow the order, each from its inputs'.
+    let locals = local_digests(graph, ctx);
     let mut out: Vec<Option<NodeHashes>> = vec![None; graph.nodes.len()];
     for &id in &graph.order {
-        out[id] = node_hashes(graph, id, ctx, &out);
+        out[id] = locals[id].and_then(|local| recombined(&graph.nodes[id], &local, &out));
     }
     out
+}
+
+/// Below this many nodes, the local hashes are computed on one thread.
+const PARALLEL_HASH_NODES: usize = 2048;
+
+/// Each node's local hash; `None` when a source digest is unknown.
+fn local_digests(graph: &Graph, ctx: &HashContext) -> Vec<Option<Digest>> {
+    let one = |node: &Node| local_key(node, ctx).ok().map(|k| k.digest());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if threads < 2 || graph.nodes.len() < PARALLEL_HASH_NODES {
+        return graph.nodes.iter().map(one).collect();
+    }
+    let chunk = graph.nodes.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = graph
+            .nodes
+            .chunks(chunk)
+            .map(|nodes| {
+                let part = s.spawn(move || nodes.iter().map(one).collect::<Vec<_>>());
+                (part, nodes.len())
+            })
+            .collect();
+        parts
+            .into_iter()
+            // A hashing thread has no reason to panic; if one did, its
+            // nodes are unknown rather than the plan aborted.
+            .flat_map(|(part, len)| part.join().unwrap_or_else(|_| vec![None; len]))
+            .collect()
+    })
 }
 
 /// What the previous plan's hashes lend this one (the daemon's
@@ -484,6 +517,48 @@ mod tests {
         assert_eq!(x, y);
         assert_ne!(x, combine("definition", &l, &mut [("A", b), ("B", a)]));
         assert_ne!(x, combine("task", &l, &mut [("A", a), ("B", b)]));
+    }
+
+    /// Past [`PARALLEL_HASH_NODES`], the local hashes are computed on
+    /// several threads: the result is what one thread in order gives,
+    /// node for node, an unknown source included.
+    #[test]
+    fn hashes_on_several_threads_equal_one_thread() {
+        use crate::pipeline::{RepoPath, compile, vfs::MemVfs};
+        let n = PARALLEL_HASH_NODES + 301;
+        let mut v = MemVfs::new();
+        v.insert("p/N0.sql", "-- @source data://s.csv\nSELECT * FROM s;\n");
+        v.insert(
+            "p/M.sql",
+            "-- @source data://unknown.csv\nSELECT * FROM unknown;\n",
+        );
+        for i in 1..n {
+            let text = format!(
+                "-- @depend ./N{}\n-- @depend ./N{}\nSELECT {i} AS n;\n",
+                i / 2,
+                i - 1
+            );
+            v.insert(&format!("p/N{i}.sql"), text);
+        }
+        let (g, d) = compile(&v, &[RepoPath::parse("p").unwrap()]);
+        assert!(d.is_empty(), "{d:?}");
+        let mut ctx = HashContext::default();
+        ctx.sources
+            .insert(RepoPath::parse("s.csv").unwrap(), Digest::of(b"s"));
+        let parallel = definition_hashes(&g, &ctx);
+        let mut serial: Vec<Option<NodeHashes>> = vec![None; g.nodes.len()];
+        for &id in &g.order {
+            serial[id] = node_hashes(&g, id, &ctx, &serial);
+        }
+        assert_eq!(parallel, serial);
+        assert_eq!(
+            parallel.iter().filter(|h| h.is_none()).count(),
+            1,
+            "M's source is unknown"
+        );
+        let distinct: std::collections::HashSet<_> =
+            parallel.iter().flatten().map(|h| h.definition).collect();
+        assert_eq!(distinct.len(), n, "every known node has its own hashes");
     }
 
     /// From files to hashes: each directive that changes the result changes

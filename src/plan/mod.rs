@@ -81,9 +81,10 @@ pub fn plan_pipeline(
     let prod: HashMap<&str, &manifest::ManifestNode> = production
         .map(|m| m.nodes.iter().map(|n| (n.name.as_str(), n)).collect())
         .unwrap_or_default();
-    let mut nodes = Vec::new();
+    let members = graph.pipeline_nodes(pipeline);
+    let mut nodes = Vec::with_capacity(members.len());
     let mut seen = std::collections::HashSet::new();
-    for id in graph.pipeline_nodes(pipeline) {
+    for id in members {
         let node = &graph.nodes[id];
         let name = node.display_name(pipeline);
         let h = hashes.get(id).copied().flatten();
@@ -95,7 +96,10 @@ pub fn plan_pipeline(
             (Some(p), Some(h)) if p.definition_hash != h.definition => Change::Affected,
             (Some(_), Some(_)) => Change::Unchanged,
         };
-        seen.insert(name.clone());
+        // Only a production manifest has nodes to look for here.
+        if production.is_some() {
+            seen.insert(name.clone());
+        }
         nodes.push(NodePlan {
             name,
             change,
