@@ -1138,6 +1138,17 @@ impl<'a> Compiler<'a> {
         }
         node.timeout = t.timeout.clone();
         self.register(node);
+        // A pipeline's own node file is read once: its template is not
+        // kept (the node holds what it needs, its body shared). A mounted
+        // file is kept, since every pipeline mounting its group reads it
+        // again; another read of an own file (a pipeline mounting another
+        // pipeline, an `@include` of a node file) builds the same template
+        // again, as the incremental plan does per unit.
+        if entry.via.is_none() {
+            drop(t);
+            self.templates.remove(&entry.file);
+            self.template_traces.remove(&entry.file);
+        }
     }
 
     /// A mount file's `@param` that no node of the pipeline declares or

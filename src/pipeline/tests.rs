@@ -703,3 +703,52 @@ fn path_clones_share_their_text() {
     assert_eq!(RepoPath::default(), RepoPath::root());
     assert_eq!(RepoPath::default().to_string(), ".");
 }
+
+/// A pipeline's own node file is read again after its node was added (its
+/// template is not kept): by a node of its pipeline that includes it, by
+/// another pipeline mounting its directory, and with a syntax error that
+/// is still said once.
+#[test]
+fn an_own_node_file_read_again_resolves_as_the_first_time() {
+    let files = [
+        (
+            "clinics/a/Base.sql",
+            "-- @key id\n-- @param units=g\nSELECT 1 AS id, '{{units}}' AS u;\n",
+        ),
+        (
+            "clinics/a/More.sql",
+            "-- @include ./Base.sql\n-- @param units=mg\n",
+        ),
+        ("clinics/b/a.sql", "-- @include ../a\n-- @param units=kg\n"),
+    ];
+    let g = ok(&files, &["clinics/a", "clinics/b"]);
+    assert_eq!(
+        &*node(&g, "clinics/a", "Base").body,
+        "SELECT 1 AS id, 'g' AS u;\n"
+    );
+    assert_eq!(
+        &*node(&g, "clinics/a", "More").body,
+        "SELECT 1 AS id, 'mg' AS u;\n"
+    );
+    let mounted = node(&g, "clinics/b", "Base");
+    assert_eq!(&*mounted.body, "SELECT 1 AS id, 'kg' AS u;\n");
+    assert_eq!(
+        mounted.key.as_ref().map(|(k, _)| k.clone()),
+        Some(vec!["id".to_string()])
+    );
+    assert_eq!(
+        &*node(&g, "clinics/b", "More").body,
+        "SELECT 1 AS id, 'kg' AS u;\n"
+    );
+
+    let mut bad = files;
+    bad[0].1 = "-- @key id\n-- @bogus x\nSELECT 1 AS id;\n";
+    let errs = errors(&bad, &["clinics/a", "clinics/b"]);
+    assert_eq!(
+        errs.iter()
+            .filter(|e| e.starts_with("clinics/a/Base.sql:2:"))
+            .count(),
+        1,
+        "{errs:#?}"
+    );
+}
